@@ -1,0 +1,70 @@
+"""The full set of config fields, with defaults; experiment files override what they need.
+
+Every field the training loop reads is here, so `--config.<field>=...` overrides work for any
+experiment and a typo is an error (ml_collections refuses unknown fields).
+"""
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Defaults: an MLP VAE with a Bernoulli likelihood on dynamically binarised data."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "digits"  # "digits" (embedded), "mnist", "fashion_mnist", any TFDS name
+    config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+    config.data.download = False  # True lets TFDS download on a machine with internet
+    config.data.validation_size = 0.1  # a fraction of train, or a count of examples
+    config.data.binarization = "dynamic"  # "dynamic" (every step), "static" (once), "none"
+    config.data.seed = 0  # validation split and static binarisation
+    config.data.max_device_bytes = 2**30  # larger training sets are streamed with tf.data
+
+    # Model (`vae_jax.models`): modules by name.
+    config.encoder = "mlp"  # "mlp" or "conv"
+    config.decoder = "mlp"
+    config.latent_dim = 16
+    config.hidden = (512, 512)  # MLP hidden layers
+    config.features = (32, 64)  # conv encoder channels (the decoder mirrors them)
+    config.kernel_size = 3
+    config.strides = 2
+    config.conv_hidden = ()  # dense layers between the conv stack and the latent heads
+    config.activation = "relu"
+    config.kernel_init = "kaiming_normal"  # or "lecun_normal", "kaiming_uniform", ...
+
+    # Objective (`vae_jax.losses`).
+    config.likelihood = "bernoulli"
+    config.gaussian_logvar = 0.0  # fixed log-variance of the "gaussian" likelihood
+    config.objective = "elbo"  # "elbo" or "iwae"
+    config.num_samples = 1  # latent samples per example (K for IWAE)
+    config.beta = 1.0  # the KL weight the schedule reaches
+    config.kl_schedule = "constant"  # "constant", "linear" (warm-up), "cyclical"
+    config.kl_warmup_steps = 0
+    config.kl_cycle_steps = 0
+    config.kl_cycle_ratio = 0.5
+    config.kl_num_cycles = 0  # 0: cycle for the whole run
+    config.free_bits = 0.0  # nats per latent dimension; 0 disables
+
+    # Optimisation.
+    config.optimizer = "adam"  # "adam" or "adamw"
+    config.learning_rate = 1e-3
+    config.lr_schedule = "constant"  # "constant", "cosine", "warmup_cosine"
+    config.lr_warmup_steps = 0
+    config.weight_decay = 0.0  # with "adamw"
+    config.grad_clip_norm = 0.0  # 0 disables
+    config.max_consecutive_skips = 10  # non-finite updates in a row before the run stops
+    config.ema_decay = 0.0  # > 0 keeps an EMA of the parameters, used for evaluation
+
+    # Schedule of the run.
+    config.batch_size = 128  # global: split across all devices
+    config.eval_batch_size = 256
+    config.num_steps = 0  # 0: num_epochs epochs
+    config.num_epochs = 10
+    config.steps_per_dispatch = 1  # steps per jitted lax.scan; >1 pays for small MLPs
+    config.log_every = 100
+    config.eval_every = 1000
+    config.checkpoint_every = 1000
+    config.keep_checkpoints = 3
+    config.num_image_examples = 16
+    return config

@@ -1,0 +1,330 @@
+"""VAE objectives: the ELBO, the importance-weighted bound, and KL-weight schedules.
+
+This module combines the Flax modules (`vae_jax.models`) with the pure math of
+`vae_jax.distributions`. Everything here is a pure function; the caller applies `jax.jit`
+after binding the static configuration (modules, likelihood name, beta schedule) with
+`functools.partial`.
+
+Reduction convention (used everywhere in vae_jax): per-example terms are summed over data
+and latent dimensions, in nats per example; batch metrics are means over examples.
+
+Parameters are a dict `{"encoder": encoder_params, "decoder": decoder_params}`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vae_jax import distributions
+
+# name -> number of decoder outputs per data channel.
+LIKELIHOODS = {
+    "bernoulli": 1,
+    "gaussian": 1,
+    "gaussian_learned": 2,
+    "continuous_bernoulli": 1,
+    "discretized_logistic": 2,
+}
+
+Params = Any
+
+
+def _check_likelihood(name: str) -> None:
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}; valid names: {sorted(LIKELIHOODS)}")
+
+
+def likelihood_num_params(likelihood: str) -> int:
+    """Number of decoder output channels per data channel the likelihood needs (1 or 2)."""
+    _check_likelihood(likelihood)
+    return LIKELIHOODS[likelihood]
+
+
+def check_data_support(x, likelihood: str, *, num_bins: int = 256) -> None:
+    """Raises ValueError when concrete data lie outside the likelihood's support.
+
+    Bernoulli and continuous Bernoulli need x in [0, 1]; the discretised logistic needs x on
+    the grid k / (num_bins - 1) in [0, 1]; the Gaussians need finite x. Called at the public
+    boundaries where values are concrete (data loading, eager calls of `elbo`); inside `jax.jit`
+    the data are assumed to satisfy it.
+    """
+    _check_likelihood(likelihood)
+    x = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"data for the {likelihood!r} likelihood contain non-finite values")
+    if likelihood == "gaussian" or likelihood == "gaussian_learned":
+        return
+    lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"the {likelihood!r} likelihood needs data in [0, 1]; got values in [{lo:.4g}, {hi:.4g}]"
+            " (scale pixels to [0, 1] first)"
+        )
+    if likelihood == "discretized_logistic":
+        levels = x * (num_bins - 1)
+        if not np.allclose(levels, np.round(levels), atol=1e-4):
+            raise ValueError(
+                f"the 'discretized_logistic' likelihood needs data on the grid k/{num_bins - 1};"
+                " got values between grid points"
+            )
+
+
+def log_likelihood(
+    likelihood: str,
+    decoder_out,
+    x,
+    *,
+    gaussian_logvar: float = 0.0,
+    num_bins: int = 256,
+):
+    """log p(x | z) per example, in nats, summed over all data dimensions.
+
+    Args:
+      likelihood: one of `LIKELIHOODS`.
+      decoder_out: [B, H, W, C * P] decoder output, P = `likelihood_num_params(likelihood)`.
+        For P = 2 the first C channels are the mean and the last C the log-variance (Gaussian)
+        or log-scale (discretised logistic).
+      x: [B, H, W, C] data.
+      gaussian_logvar: the fixed log-variance of the `gaussian` likelihood.
+      num_bins: number of intensity levels for `discretized_logistic`.
+
+    Returns:
+      [B] log-likelihoods.
+    """
+    p = likelihood_num_params(likelihood)
+    chex.assert_shape(decoder_out, x.shape[:-1] + (x.shape[-1] * p,))
+    if likelihood == "bernoulli":
+        return distributions.bernoulli_log_likelihood(decoder_out, x)
+    if likelihood == "continuous_bernoulli":
+        return distributions.continuous_bernoulli_log_likelihood(decoder_out, x)
+    if likelihood == "gaussian":
+        return distributions.gaussian_log_likelihood(x, decoder_out, jnp.float32(gaussian_logvar))
+    first, second = jnp.split(decoder_out, 2, axis=-1)
+    if likelihood == "gaussian_learned":
+        return distributions.gaussian_log_likelihood(x, first, second)
+    return distributions.discretized_logistic_log_likelihood(x, first, second, num_bins=num_bins)
+
+
+def likelihood_mean(likelihood: str, decoder_out):
+    """The mean of p(x | z) shaped like the data [B, H, W, C], for pictures.
+
+    Bernoulli: sigmoid(logits). Continuous Bernoulli: its mean
+    lambda / (2 lambda - 1) + 1 / (2 atanh(1 - 2 lambda)), which tends to 1/2 as lambda -> 1/2.
+    Gaussians and the discretised logistic: the location, clipped to [0, 1].
+    """
+    p = likelihood_num_params(likelihood)
+    loc = decoder_out[..., : decoder_out.shape[-1] // p]
+    if likelihood == "bernoulli":
+        return jax.nn.sigmoid(loc)
+    if likelihood == "continuous_bernoulli":
+        lam = jnp.clip(jax.nn.sigmoid(loc), 1e-6, 1 - 1e-6)
+        near_half = jnp.abs(lam - 0.5) < 1e-3
+        safe = jnp.where(near_half, 0.4, lam)
+        exact = safe / (2 * safe - 1) + 1 / (2 * jnp.arctanh(1 - 2 * safe))
+        # Taylor expansion around 1/2: mean = 1/2 + (lambda - 1/2) / 3 + O((lambda - 1/2)^3).
+        return jnp.where(near_half, 0.5 + (lam - 0.5) / 3.0, exact)
+    return jnp.clip(loc, 0.0, 1.0)
+
+
+def per_example_keys(key, example_ids):
+    """[B] keys, one per example, from its global position in the batch.
+
+    Noise drawn from these keys does not depend on how the batch is split across devices:
+    example i gets `fold_in(key, i)` whether it lives on device 0 of 1 or device 5 of 8.
+    """
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, example_ids)
+
+
+def _encode_sample(params, x, key, encoder, num_samples, example_ids):
+    """Encodes x and draws K reparameterised latents per example: returns mean, logvar, z_kbz."""
+    mean_bz, logvar_bz = encoder.apply(params["encoder"], x)
+    if example_ids is None:
+        example_ids = jnp.arange(x.shape[0])
+    keys_b = per_example_keys(key, example_ids)
+    z_bkz = jax.vmap(functools.partial(distributions.reparameterize, num_samples=num_samples))(
+        keys_b, mean_bz, logvar_bz
+    )
+    return mean_bz, logvar_bz, jnp.swapaxes(z_bkz, 0, 1)
+
+
+def _decode_log_likelihood(params, x, z_kbz, decoder, likelihood, gaussian_logvar, num_bins):
+    """log p(x | z_k) for every sample: [K, B]."""
+    k, b = z_kbz.shape[:2]
+    out = decoder.apply(params["decoder"], z_kbz.reshape((k * b,) + z_kbz.shape[2:]))
+    x_kb = jnp.broadcast_to(x[None], (k,) + x.shape).reshape((k * b,) + x.shape[1:])
+    ll = log_likelihood(likelihood, out, x_kb, gaussian_logvar=gaussian_logvar, num_bins=num_bins)
+    return ll.reshape(k, b)
+
+
+def elbo(
+    params: Params,
+    x,
+    key,
+    *,
+    encoder,
+    decoder,
+    likelihood: str = "bernoulli",
+    beta=1.0,
+    free_bits: float = 0.0,
+    num_samples: int = 1,
+    gaussian_logvar: float = 0.0,
+    num_bins: int = 256,
+    example_ids=None,
+    axis_name: str | None = None,
+):
+    """The negative ELBO as a loss, with its terms reported separately.
+
+    For each example x_b, with q(z|x) = N(mean, diag exp(logvar)) from the encoder and
+    z_k = mean + exp(logvar / 2) * eps_k (Kingma & Welling 2014, eq. 10):
+
+        recon_b = -1/K sum_k log p(x_b | z_k)                 (nats)
+        kl_b    = KL(q(z|x_b) || N(0, I)), summed over Z      (nats, closed form)
+        elbo_b  = -(recon_b + kl_b)                            (a lower bound on log p(x_b))
+        loss    = mean_b recon_b + beta * mean_b kl_b
+
+    With `free_bits` = lambda > 0 the KL part of the loss is sum_z max(lambda, mean_b kl_bz)
+    (Kingma et al. 2016, eq. 15): no gradient pushes a latent dimension's batch-averaged KL
+    below lambda nats. When `axis_name` is given (inside `jax.shard_map`) the batch average is
+    taken over the whole global batch with `lax.pmean`, so the loss does not depend on the
+    number of devices. The reported `kl_nats` and `elbo_nats` never include free bits or beta.
+
+    Args:
+      params: `{"encoder": ..., "decoder": ...}`.
+      x: [B, H, W, C] data in the likelihood's support (assumed inside jit; checked when
+        concrete).
+      key: PRNG key for the latent noise.
+      encoder, decoder: Flax modules (static).
+      likelihood: a name from `LIKELIHOODS`.
+      beta: KL weight (a float or a traced scalar from a schedule).
+      free_bits: nats per latent dimension; 0 disables.
+      num_samples: K latent samples per example.
+      gaussian_logvar: fixed log-variance for the `gaussian` likelihood.
+      num_bins: intensity levels for `discretized_logistic`.
+      example_ids: [B] global positions of the examples, for device-count-invariant noise;
+        default arange(B).
+      axis_name: the mapped device axis, when called per device.
+
+    Returns:
+      `(loss, metrics)`; metrics has scalars `loss`, `recon_nats`, `kl_nats`, `elbo_nats`,
+      `kl_per_dim_nats` [Z] (batch mean), and `per_example` = {recon, kl, elbo}, each [B].
+    """
+    _check_likelihood(likelihood)
+    if not isinstance(x, jax.core.Tracer):
+        check_data_support(x, likelihood, num_bins=num_bins)
+    mean_bz, logvar_bz, z_kbz = _encode_sample(params, x, key, encoder, num_samples, example_ids)
+    ll_kb = _decode_log_likelihood(params, x, z_kbz, decoder, likelihood, gaussian_logvar, num_bins)
+    recon_b = -jnp.mean(ll_kb, axis=0)
+    kl_bz = distributions.kl_standard_normal(mean_bz[..., None], logvar_bz[..., None])  # [B, Z]
+    kl_b = jnp.sum(kl_bz, axis=-1)
+    kl_per_dim_z = jnp.mean(kl_bz, axis=0)
+    if axis_name is not None:
+        kl_per_dim_z = jax.lax.pmean(kl_per_dim_z, axis_name)
+    if free_bits > 0.0:
+        kl_term = jnp.sum(jnp.maximum(kl_per_dim_z, free_bits))
+    else:
+        kl_term = jnp.mean(kl_b)
+    loss = jnp.mean(recon_b) + beta * kl_term
+    elbo_b = -(recon_b + kl_b)
+    metrics = {
+        "loss": loss,
+        "recon_nats": jnp.mean(recon_b),
+        "kl_nats": jnp.mean(kl_b),
+        "elbo_nats": jnp.mean(elbo_b),
+        "kl_per_dim_nats": kl_per_dim_z,
+        "per_example": {"recon": recon_b, "kl": kl_b, "elbo": elbo_b},
+    }
+    return loss, metrics
+
+
+def iwae_bound(
+    params: Params,
+    x,
+    key,
+    *,
+    encoder,
+    decoder,
+    likelihood: str = "bernoulli",
+    num_samples: int = 5,
+    gaussian_logvar: float = 0.0,
+    num_bins: int = 256,
+    example_ids=None,
+):
+    """The importance-weighted bound (Burda et al. 2015, eq. 8) as a loss.
+
+        log w_bk = log p(x_b | z_k) + log N(z_k; 0, I) - log q(z_k | x_b),  z_k ~ q(z | x_b)
+        L_K(x_b) = logsumexp_k(log w_bk) - log K
+
+    computed with logsumexp, so it is stable for any K. L_1 is the ELBO (with the KL estimated
+    by one sample); L_K grows with K and tends to log p(x_b). The loss is -mean_b L_K(x_b).
+
+    Returns:
+      `(loss, metrics)`; metrics: `loss`, `iwae_nats` (mean bound), `per_example` {iwae: [B]}.
+    """
+    _check_likelihood(likelihood)
+    if not isinstance(x, jax.core.Tracer):
+        check_data_support(x, likelihood, num_bins=num_bins)
+    mean_bz, logvar_bz, z_kbz = _encode_sample(params, x, key, encoder, num_samples, example_ids)
+    ll_kb = _decode_log_likelihood(params, x, z_kbz, decoder, likelihood, gaussian_logvar, num_bins)
+    zeros = jnp.zeros_like(mean_bz)
+    log_prior_kb = distributions.gaussian_log_density(z_kbz, zeros, zeros)
+    log_q_kb = distributions.gaussian_log_density(z_kbz, mean_bz, logvar_bz)
+    log_w_kb = ll_kb + log_prior_kb - log_q_kb
+    bound_b = jax.nn.logsumexp(log_w_kb, axis=0) - jnp.log(num_samples)
+    loss = -jnp.mean(bound_b)
+    return loss, {"loss": loss, "iwae_nats": -loss, "per_example": {"iwae": bound_b}}
+
+
+# KL-weight schedules: plain step -> value functions, in optax's schedule style.
+
+
+def constant_schedule(value: float = 1.0) -> Callable:
+    """beta(step) = value."""
+    return optax.constant_schedule(value)
+
+
+def linear_warmup(warmup_steps: int, init_value: float = 0.0, end_value: float = 1.0) -> Callable:
+    """beta rises linearly from init_value to end_value over warmup_steps, then stays."""
+    return optax.linear_schedule(init_value, end_value, max(int(warmup_steps), 1))
+
+
+def cyclical_annealing(
+    cycle_steps: int, ratio: float = 0.5, max_value: float = 1.0, num_cycles: int | None = None
+) -> Callable:
+    """Cyclical KL annealing (Fu et al. 2019, eq. 5).
+
+    With tau = (step mod T) / T for cycle length T: beta = max_value * min(1, tau / ratio), so
+    beta rises linearly over the first `ratio` of every cycle and holds at max_value for the
+    rest. After `num_cycles` cycles (if given) beta stays at max_value.
+    """
+    if cycle_steps <= 0 or not 0.0 < ratio <= 1.0:
+        raise ValueError(f"need cycle_steps > 0 and 0 < ratio <= 1; got {cycle_steps}, {ratio}")
+
+    def schedule(step):
+        tau = jnp.mod(step, cycle_steps) / cycle_steps
+        beta = max_value * jnp.minimum(1.0, tau / ratio)
+        if num_cycles is not None:
+            beta = jnp.where(step >= num_cycles * cycle_steps, max_value, beta)
+        return beta
+
+    return schedule
+
+
+KL_SCHEDULES = {
+    "constant": constant_schedule,
+    "linear": linear_warmup,
+    "cyclical": cyclical_annealing,
+}
+
+
+def make_kl_schedule(name: str, **kwargs) -> Callable:
+    """A KL-weight schedule by name (`KL_SCHEDULES`), with its keyword arguments."""
+    if name not in KL_SCHEDULES:
+        raise ValueError(f"unknown KL schedule {name!r}; valid names: {sorted(KL_SCHEDULES)}")
+    return KL_SCHEDULES[name](**kwargs)

@@ -1,0 +1,61 @@
+"""Command line: train a VAE from an experiment config.
+
+    python -m vae_jax.main --config experiments/mnist_mlp.py --workdir runs/mnist_mlp \
+        --config.latent_dim=32
+
+(or the console script `vae-jax-train` with the same flags). Rerunning the same command resumes
+from the latest checkpoint in the workdir. Multi-host: pass --coordinator_address,
+--num_processes and --process_id on every host (or set the standard JAX_COORDINATOR_ADDRESS /
+JAX_NUM_PROCESSES / JAX_PROCESS_ID variables); the same command then trains across all of them.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a workdir whose config.json differs from this config (the old one is kept).",
+)
+_QUIET = flags.DEFINE_bool("quiet", False, "No progress bar.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from vae_jax import parallel, train
+
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    import jax
+
+    logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
+                 jax.process_count())
+    result = train.train_and_evaluate(
+        _CONFIG.value,
+        _WORKDIR.value,
+        allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+        quiet=_QUIET.value,
+    )
+    if jax.process_index() == 0:
+        summary = {**result.last_metrics, **result.validation}
+        keys = ("step", "loss", "recon_nats", "kl_nats", "val_elbo_nats", "examples_per_sec")
+        print("final: " + ", ".join(f"{k}={summary[k]:.4g}" for k in keys if k in summary))
+        print(f"pictures: {os.path.join(_WORKDIR.value, 'images')}")
+
+
+def run():
+    """Console-script entry point (`vae-jax-train`)."""
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

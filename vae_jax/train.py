@@ -1,0 +1,610 @@
+"""Training: the pure train step, its data-parallel mapping, and the loop.
+
+Data flow of one run (all of it on the devices after start-up):
+
+    dataset rows (uint8) ──split across devices──► rows_shard [N/D, H, W, C] per device
+    epoch permutation (drawn on device, replicated) ─► global batch indices [B]
+    gather_rows + psum_scatter ─► local batch [B/D, H, W, C] ─► scale / binarise ─► train_step
+    train_step: value_and_grad(elbo) ─► pmean(grads, "batch") ─► optax update ─► new state
+
+`train_step` is a pure, undecorated function of one device's shard. `make_train_chunk` maps it
+over the mesh with `jax.shard_map` and runs `steps_per_dispatch` steps inside one `lax.scan`, so a
+small model pays Python dispatch once per chunk. Only the training loop reads the config.
+
+Randomness: one seed -> `jax.random.key(seed)` -> `init_key`, `train_key`, `eval_key`,
+`data_key`. Step s uses `fold_in(train_key, s)`; epoch e's order is
+`permutation(fold_in(data_key, e))`; latent noise and binarisation draw from per-example keys
+folded with the example's position in the global batch. Nothing depends on the device count, so
+1 device and 8 devices follow the same trajectory, and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vae_jax import input_pipeline, losses, models, parallel
+from vae_jax import workdir as workdir_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (all of it is checkpointed)."""
+
+    step: jax.Array  # int32 []
+    params: Any  # {"encoder": ..., "decoder": ...}
+    opt_state: Any
+    ema_params: Any  # same tree as params, or None when EMA is off
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def make_models(config: ml_collections.ConfigDict, image_shape):
+    """Encoder and decoder modules chosen by name from the config."""
+    h, w, c = image_shape
+    num_params = losses.likelihood_num_params(config.likelihood)
+    common = dict(activation=config.activation, kernel_init=config.kernel_init)
+    enc_kwargs = dict(latent_dim=config.latent_dim, **common)
+    dec_kwargs = dict(output_shape=(h, w, c * num_params), **common)
+    for name, kwargs in ((config.encoder, enc_kwargs), (config.decoder, dec_kwargs)):
+        kwargs["hidden"] = tuple(config.hidden)
+        if name == "conv":
+            kwargs.update(
+                features=tuple(config.features),
+                kernel_size=config.kernel_size,
+                strides=config.strides,
+                hidden=tuple(config.conv_hidden),
+            )
+    encoder = models.make_encoder(config.encoder, **enc_kwargs)
+    decoder = models.make_decoder(config.decoder, **dec_kwargs)
+    return encoder, decoder
+
+
+def make_lr_schedule(config: ml_collections.ConfigDict) -> Callable:
+    """Learning-rate schedule: constant, cosine decay, or linear warm-up then cosine decay."""
+    name, lr, steps = config.lr_schedule, config.learning_rate, config.num_steps
+    if name == "constant":
+        return optax.constant_schedule(lr)
+    if name == "cosine":
+        return optax.cosine_decay_schedule(lr, decay_steps=steps)
+    if name == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, lr, warmup_steps=config.lr_warmup_steps, decay_steps=steps
+        )
+    raise ValueError(f"unknown lr_schedule {name!r}; valid: ['constant', 'cosine', 'warmup_cosine']")
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam(W) with optional clipping, wrapped in a guard that skips non-finite updates.
+
+    `optax.apply_if_finite` leaves parameters and moments untouched when any gradient is NaN or
+    inf and counts the skips (`notfinite_count` consecutive, `total_notfinite` in all); the
+    loop stops with an error once `max_consecutive_skips` are exceeded.
+    """
+    schedule = make_lr_schedule(config)
+    parts = []
+    if config.grad_clip_norm:
+        parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    if config.optimizer == "adam":
+        parts.append(optax.adam(schedule))
+    elif config.optimizer == "adamw":
+        parts.append(optax.adamw(schedule, weight_decay=config.weight_decay))
+    else:
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: ['adam', 'adamw']")
+    return optax.apply_if_finite(optax.chain(*parts), config.max_consecutive_skips)
+
+
+def make_kl_schedule(config: ml_collections.ConfigDict) -> Callable:
+    """The KL weight beta(step) named by `config.kl_schedule`, peaking at `config.beta`."""
+    name = config.kl_schedule
+    if name == "constant":
+        return losses.make_kl_schedule(name, value=config.beta)
+    if name == "linear":
+        return losses.make_kl_schedule(
+            name, warmup_steps=config.kl_warmup_steps, end_value=config.beta
+        )
+    if name == "cyclical":
+        return losses.make_kl_schedule(
+            name,
+            cycle_steps=config.kl_cycle_steps,
+            ratio=config.kl_cycle_ratio,
+            max_value=config.beta,
+            num_cycles=config.kl_num_cycles or None,
+        )
+    return losses.make_kl_schedule(name)  # raises, listing the valid names
+
+
+def make_loss_fn(config: ml_collections.ConfigDict, encoder, decoder, num_levels: int) -> Callable:
+    """The objective with its static configuration bound: (params, x, key, *, beta, ...)."""
+    common = dict(
+        encoder=encoder,
+        decoder=decoder,
+        likelihood=config.likelihood,
+        gaussian_logvar=config.gaussian_logvar,
+        num_bins=num_levels,
+    )
+    if config.objective == "elbo":
+        return functools.partial(
+            losses.elbo, free_bits=config.free_bits, num_samples=config.num_samples, **common
+        )
+    if config.objective == "iwae":
+
+        def iwae_loss(params, x, key, *, beta, example_ids=None, axis_name=None):
+            del beta, axis_name  # the IWAE bound has no separate KL weight
+            loss, metrics = losses.iwae_bound(
+                params, x, key, num_samples=config.num_samples, example_ids=example_ids, **common
+            )
+            return loss, dict(metrics, recon_nats=jnp.nan, kl_nats=jnp.nan, elbo_nats=-loss)
+
+        return iwae_loss
+    raise ValueError(f"unknown objective {config.objective!r}; valid: ['elbo', 'iwae']")
+
+
+def init_state(init_key, encoder, decoder, image_shape, optimizer, *, ema: bool) -> TrainState:
+    """Initial parameters (from `init_key`), optimiser state and step 0."""
+    enc_key, dec_key = jax.random.split(init_key)
+    x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    enc_params = encoder.init(enc_key, x)
+    mean_bz, _ = encoder.apply(enc_params, x)
+    dec_params = decoder.init(dec_key, mean_bz)
+    params = {"encoder": enc_params, "decoder": dec_params}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_params=params if ema else None,
+    )
+
+
+# --------------------------------------------------------------------------- pure steps
+
+
+def preprocess(batch, key, *, scale: float, binarize: bool, example_ids):
+    """uint8 levels [b, H, W, C] -> float32 in [0, 1], dynamically binarised if asked.
+
+    Dynamic binarisation draws every pixel afresh from Bernoulli(intensity) at every step,
+    from a per-example key, so the draw does not depend on the device layout.
+    """
+    x = batch.astype(jnp.float32) * scale
+    if binarize:
+        keys_b = losses.per_example_keys(key, example_ids)
+        x = jax.vmap(input_pipeline.dynamic_binarize)(keys_b, x)
+    return x
+
+
+def local_example_ids(local_batch: int, axis_name: str | None):
+    """Global positions [b] of this device's examples in the global batch."""
+    ids = jnp.arange(local_batch)
+    if axis_name is not None:
+        ids = ids + jax.lax.axis_index(axis_name) * local_batch
+    return ids
+
+
+def train_step(
+    state: TrainState,
+    batch,
+    key,
+    *,
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    beta_schedule: Callable,
+    lr_schedule: Callable,
+    scale: float,
+    binarize: bool,
+    ema_decay: float = 0.0,
+    axis_name: str | None = None,
+):
+    """One optimisation step on one device's shard of the batch.
+
+    Args:
+      state: the replicated `TrainState`.
+      batch: [b, H, W, C] uint8 levels (b = B / D examples on this device).
+      key: this step's key, `fold_in(train_key, step)`.
+      loss_fn: `(params, x, key, *, beta, example_ids, axis_name) -> (loss, metrics)`.
+      axis_name: the device axis; gradients and metrics are averaged over it with `pmean`.
+
+    Returns:
+      `(new_state, metrics)` with scalar metrics averaged over the global batch.
+    """
+    binarize_key, latent_key = jax.random.split(key)
+    example_ids = local_example_ids(batch.shape[0], axis_name)
+    x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids)
+    beta = beta_schedule(state.step)
+
+    def objective(params):
+        return loss_fn(
+            params, x, latent_key, beta=beta, example_ids=example_ids, axis_name=axis_name
+        )
+
+    (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    metrics = {k: v for k, v in metrics.items() if k not in ("per_example", "kl_per_dim_nats")}
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+        metrics = jax.lax.pmean(metrics, axis_name)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+        new_ema = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
+        ema_params = jax.tree.map(
+            lambda new, old: jnp.where(opt_state.last_finite, new, old), new_ema, ema_params
+        )
+    metrics.update(
+        beta=jnp.asarray(beta, jnp.float32),
+        learning_rate=jnp.asarray(lr_schedule(state.step), jnp.float32),
+        grad_norm=optax.global_norm(grads),
+        skipped_updates=opt_state.total_notfinite,
+        consecutive_skips=opt_state.notfinite_count,
+    )
+    new_state = TrainState(
+        step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
+    )
+    return new_state, metrics
+
+
+def eval_step(params, batch, mask, key, *, loss_fn, scale, binarize, axis_name=None):
+    """Sums of the per-example ELBO terms over the valid (mask = 1) examples of a batch.
+
+    Returns {"elbo", "recon", "kl", "count"} summed over the global batch (psum), so the
+    caller divides by the count once at the end of the pass.
+    """
+    binarize_key, latent_key = jax.random.split(key)
+    example_ids = local_example_ids(batch.shape[0], axis_name)
+    x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids)
+    _, metrics = loss_fn(params, x, latent_key, beta=1.0, example_ids=example_ids, axis_name=None)
+    per = metrics["per_example"]
+    sums = {
+        name: jnp.sum(jnp.where(mask > 0, per[name], 0.0))
+        for name in ("elbo", "recon", "kl")
+        if name in per
+    }
+    sums["count"] = jnp.sum(mask)
+    if axis_name is not None:
+        sums = jax.lax.psum(sums, axis_name)
+    return sums
+
+
+# --------------------------------------------------------------------------- mapped programs
+
+
+def epochs_per_chunk(num_steps: int, steps_per_epoch: int) -> int:
+    """How many epochs a chunk of `num_steps` consecutive steps can touch."""
+    return (num_steps - 1) // steps_per_epoch + 2
+
+
+def epoch_permutations(data_key, epoch, *, num_examples: int, num_epochs: int):
+    """[E, N] example orders of epochs `epoch .. epoch + E - 1`, drawn on the device."""
+    epochs = epoch + jnp.arange(num_epochs)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(data_key, epochs)
+    return jax.vmap(lambda k: jax.random.permutation(k, num_examples))(keys).astype(jnp.int32)
+
+
+def make_train_chunk(
+    step_fn: Callable, mesh, *, num_steps: int, batch_size: int, steps_per_epoch: int
+) -> Callable:
+    """A jitted program running `num_steps` training steps on every device of the mesh.
+
+    `step_fn(state, batch, key)` is `train_step` with its static arguments bound and
+    `axis_name="batch"`. The program takes `(state, rows, perms, first_epoch, train_key)`:
+    `rows` the device-split dataset, `perms` [E, N] the orders of the E =
+    `epochs_per_chunk(...)` epochs from `first_epoch` on, and returns the new state and the
+    metrics of every step, stacked [num_steps].
+    """
+
+    def one_step(state, rows_shard, perms, first_epoch, train_key):
+        step = state.step
+        epoch = step // steps_per_epoch
+        start = (step % steps_per_epoch) * batch_size
+        order = perms[epoch - first_epoch]
+        indices = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
+        batch = parallel.gather_rows(rows_shard, indices)
+        return step_fn(state, batch, jax.random.fold_in(train_key, step))
+
+    def per_device(state, rows_shard, perms, first_epoch, train_key):
+        if num_steps == 1:
+            state, metrics = one_step(state, rows_shard, perms, first_epoch, train_key)
+            return state, jax.tree.map(lambda m: m[None], metrics)
+
+        def body(carry, _):
+            return one_step(carry, rows_shard, perms, first_epoch, train_key)
+
+        return jax.lax.scan(body, state, length=num_steps)
+
+    mapped = parallel.data_parallel(
+        per_device,
+        mesh,
+        in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED, parallel.REPLICATED,
+                  parallel.REPLICATED),
+        out_specs=(parallel.REPLICATED, parallel.REPLICATED),
+    )
+    return jax.jit(mapped, donate_argnums=(0,))
+
+
+def make_stream_step(step_fn: Callable, mesh) -> Callable:
+    """A jitted program for one step on a global batch streamed from the host."""
+
+    def per_device(state, batch, train_key):
+        state, metrics = step_fn(state, batch, jax.random.fold_in(train_key, state.step))
+        return state, jax.tree.map(lambda m: m[None], metrics)
+
+    mapped = parallel.data_parallel(
+        per_device,
+        mesh,
+        in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
+        out_specs=(parallel.REPLICATED, parallel.REPLICATED),
+    )
+    return jax.jit(mapped, donate_argnums=(0,))
+
+
+def make_eval_program(eval_fn: Callable, mesh, *, batch_size: int) -> Callable:
+    """A jitted program: ELBO sums over the rows `start .. start + batch_size` of a split."""
+
+    def per_device(params, rows_shard, num_valid, start, eval_key):
+        indices = start + jnp.arange(batch_size)
+        batch = parallel.gather_rows(rows_shard, jnp.minimum(indices, num_valid - 1))
+        local_indices = start + local_example_ids(batch.shape[0], parallel.AXIS)
+        mask = (local_indices < num_valid).astype(jnp.float32)
+        # Noise keyed by the batch's start: every example of the split keeps its noise
+        # whatever the device count.
+        return eval_fn(params, batch, mask, jax.random.fold_in(eval_key, start))
+
+    mapped = parallel.data_parallel(
+        per_device,
+        mesh,
+        in_specs=(parallel.REPLICATED,) + (parallel.SHARDED,) + (parallel.REPLICATED,) * 3,
+        out_specs=parallel.REPLICATED,
+    )
+    return jax.jit(mapped)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def eval_params(state: TrainState):
+    """The parameters evaluation uses: the EMA when it is kept, else the live ones."""
+    return state.ema_params if state.ema_params is not None else state.params
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train_and_evaluate` returns (the files in the workdir say the same)."""
+
+    state: TrainState
+    last_metrics: dict
+    validation: dict
+
+
+def _device_rows(rows: np.ndarray, mesh) -> jax.Array:
+    """Pads rows to a multiple of the device count and splits them across the mesh's devices.
+
+    Devices are ordered process by process, so process p holds the contiguous block p of the
+    padded rows: each process passes only its own share.
+    """
+    num_devices = mesh.devices.size
+    n_pad = -(-len(rows) // num_devices) * num_devices
+    padded = np.zeros((n_pad,) + rows.shape[1:], rows.dtype)
+    padded[: len(rows)] = rows
+    per_process = n_pad // jax.process_count()
+    p = jax.process_index()
+    return parallel.shard_rows(padded[p * per_process : (p + 1) * per_process], mesh)
+
+
+def _validation_size(value):
+    """A config value >= 1 is a count of examples (ml_collections may hold it as a float)."""
+    return int(value) if value >= 1 else float(value)
+
+
+def resolve_num_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+    """num_steps, or num_epochs * steps per epoch when num_steps is 0."""
+    if config.num_steps:
+        return int(config.num_steps)
+    return int(config.num_epochs) * (num_train // config.batch_size)
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Clear errors for settings that cannot work, before anything is compiled or written."""
+    parallel.check_batch_divisible(config.batch_size, num_devices)
+    parallel.check_batch_divisible(config.eval_batch_size, num_devices, "eval_batch_size")
+    k = config.steps_per_dispatch
+    if k < 1:
+        raise ValueError(f"steps_per_dispatch must be >= 1; got {k}")
+    for name in ("log_every", "eval_every", "checkpoint_every"):
+        value = config[name]
+        if value <= 0 or value % k:
+            raise ValueError(
+                f"{name}={value} must be a positive multiple of steps_per_dispatch={k}"
+            )
+    losses.likelihood_num_params(config.likelihood)
+    if config.data.binarization == "dynamic" and config.likelihood not in (
+        "bernoulli", "continuous_bernoulli"
+    ):
+        raise ValueError(
+            f"dynamic binarisation makes binary data; it needs a Bernoulli-type likelihood, "
+            f"not {config.likelihood!r} (set data.binarization='none')"
+        )
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    allow_config_change: bool = False,
+    quiet: bool = False,
+    devices=None,
+) -> TrainResult:
+    """Trains the VAE the config describes, writing everything into `workdir`.
+
+    Resumes from the latest checkpoint in `workdir/checkpoints` when there is one. See the
+    README ("What is in a workdir") for the files it writes.
+    """
+    mesh = parallel.make_mesh(devices)
+    num_devices = mesh.devices.size
+    validate_config(config, num_devices)
+    workdir = pathlib.Path(workdir)
+    is_chief = jax.process_index() == 0
+    workdir_lib.prepare_workdir(workdir, config, allow_config_change=allow_config_change)
+
+    data = input_pipeline.load_dataset(
+        config.data.name,
+        data_dir=config.data.data_dir,
+        download=config.data.download,
+        validation_size=_validation_size(config.data.validation_size),
+        binarization=config.data.binarization,
+        seed=config.data.seed,
+    )
+    num_train = len(data.train)
+    steps_per_epoch = num_train // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"batch_size={config.batch_size} is larger than the training set ({num_train})"
+        )
+    num_steps = resolve_num_steps(config, num_train)
+    losses.check_data_support(
+        data.validation[:256].astype(np.float32) * data.scale, config.likelihood,
+        num_bins=data.num_levels,
+    )
+
+    root_key = jax.random.key(config.seed)
+    init_key, train_key, eval_key, data_key = jax.random.split(root_key, 4)
+    encoder, decoder = make_models(config, data.image_shape)
+    optimizer = make_optimizer(config)
+    lr_schedule = make_lr_schedule(config)
+    loss_fn = make_loss_fn(config, encoder, decoder, data.num_levels)
+    binarize = config.data.binarization == "dynamic"
+
+    state = init_state(init_key, encoder, decoder, data.image_shape, optimizer,
+                       ema=config.ema_decay > 0)
+    state = parallel.replicate(state, mesh)
+    checkpoints = workdir_lib.Checkpoints(
+        workdir / "checkpoints", keep=config.keep_checkpoints, process_is_chief=is_chief
+    )
+    state = checkpoints.restore_latest(state)
+    start_step = int(jax.device_get(state.step))
+
+    step_fn = functools.partial(
+        train_step,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        beta_schedule=make_kl_schedule(config),
+        lr_schedule=lr_schedule,
+        scale=data.scale,
+        binarize=binarize,
+        ema_decay=config.ema_decay,
+        axis_name=parallel.AXIS,
+    )
+    eval_fn = functools.partial(
+        eval_step, loss_fn=loss_fn, scale=data.scale, binarize=binarize, axis_name=parallel.AXIS
+    )
+    eval_program = make_eval_program(eval_fn, mesh, batch_size=config.eval_batch_size)
+    val_rows = _device_rows(data.validation, mesh)
+
+    streaming = data.train.nbytes > config.data.max_device_bytes
+    if streaming:
+        stream_program = make_stream_step(step_fn, mesh)
+        batches = input_pipeline.stream_batches(
+            config.data.name,
+            split="train",
+            batch_size=config.batch_size // jax.process_count(),
+            data_dir=config.data.data_dir,
+            download=config.data.download,
+            seed=config.data.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        # Replays the stream up to the restored step, so a resumed run sees the same batches.
+        batches = itertools.islice(batches, start_step, None)
+    else:
+        k = config.steps_per_dispatch
+        chunk_program = make_train_chunk(
+            step_fn, mesh, num_steps=k, batch_size=config.batch_size,
+            steps_per_epoch=steps_per_epoch,
+        )
+        rows = _device_rows(data.train, mesh)
+        perms_fn = jax.jit(
+            functools.partial(
+                epoch_permutations,
+                num_examples=num_train,
+                num_epochs=epochs_per_chunk(k, steps_per_epoch),
+            ),
+            out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED),
+        )
+        data_key = parallel.replicate(data_key, mesh)
+    train_key, eval_key = parallel.replicate((train_key, eval_key), mesh)
+
+    def evaluate(state):
+        params = eval_params(state)
+        totals = None
+        for start in range(0, len(data.validation), config.eval_batch_size):
+            sums = eval_program(params, val_rows, len(data.validation), start, eval_key)
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        totals = jax.device_get(totals)
+        count = float(totals.pop("count"))
+        return {f"val_{name}_nats": float(v) / count for name, v in totals.items()}
+
+    logger = workdir_lib.MetricsLogger(workdir, enabled=is_chief, quiet=quiet,
+                                       total_steps=num_steps, initial_step=start_step)
+    pictures = workdir_lib.Pictures(
+        workdir, encoder=encoder, decoder=decoder, likelihood=config.likelihood,
+        image_shape=data.image_shape, latent_dim=config.latent_dim,
+        examples=data.validation[: config.num_image_examples].astype(np.float32) * data.scale,
+        enabled=is_chief,
+    )
+    last_metrics, validation = {}, {}
+    pending, window_start, window_steps = [], time.perf_counter(), 0
+    cached_epoch, perms = None, None
+    step = start_step
+    try:
+        while step < num_steps:
+            if streaming:
+                batch = parallel.shard_rows(next(batches), mesh)
+                state, metrics = stream_program(state, batch, train_key)
+                step += 1
+            else:
+                epoch = step // steps_per_epoch
+                if epoch != cached_epoch:
+                    perms, cached_epoch = perms_fn(data_key, epoch), epoch
+                state, metrics = chunk_program(state, rows, perms, epoch, train_key)
+                step += k
+            pending.append(metrics)
+            window_steps += 1 if streaming else k
+            if step % config.log_every == 0 or step >= num_steps:
+                host = jax.device_get(pending)
+                elapsed = time.perf_counter() - window_start
+                last_metrics = workdir_lib.summarise(host, step, elapsed, window_steps * config.batch_size)
+                if last_metrics["consecutive_skips"] > config.max_consecutive_skips:
+                    raise FloatingPointError(
+                        f"{int(last_metrics['consecutive_skips'])} consecutive updates had "
+                        f"non-finite gradients (limit max_consecutive_skips="
+                        f"{config.max_consecutive_skips}) at step {step}; stopping. The last "
+                        f"good checkpoint is in {workdir / 'checkpoints'}."
+                    )
+                logger.log(last_metrics, step)
+                pending, window_start, window_steps = [], time.perf_counter(), 0
+            if step % config.eval_every == 0 or step >= num_steps:
+                validation = evaluate(state)
+                logger.log_eval(validation, step)
+                pictures.write(eval_params(state), step, jax.random.fold_in(eval_key, step))
+                logger.log_images(pictures.last_images, step)
+            if step % config.checkpoint_every == 0 or step >= num_steps:
+                checkpoints.save(step, state)
+    finally:
+        checkpoints.close()
+        logger.close()
+    if is_chief:
+        workdir_lib.write_json(workdir / "final_metrics.json", {**last_metrics, **validation})
+    return TrainResult(state=state, last_metrics=last_metrics, validation=validation)
