@@ -116,7 +116,8 @@ def likelihood_mean(likelihood: str, decoder_out):
     """The mean of p(x | z) shaped like the data [B, H, W, C], for pictures.
 
     Bernoulli: sigmoid(logits). Continuous Bernoulli: its mean
-    lambda / (2 lambda - 1) + 1 / (2 atanh(1 - 2 lambda)), which tends to 1/2 as lambda -> 1/2.
+    lambda / (2 lambda - 1) + 1 / (2 atanh(1 - 2 lambda)) = 1 / (1 - e^-eta) - 1 / eta in logits
+    eta, which tends to 1/2 as eta -> 0.
     Gaussians and the discretised logistic: the location, clipped to [0, 1].
     """
     p = likelihood_num_params(likelihood)
@@ -124,12 +125,15 @@ def likelihood_mean(likelihood: str, decoder_out):
     if likelihood == "bernoulli":
         return jax.nn.sigmoid(loc)
     if likelihood == "continuous_bernoulli":
-        lam = jnp.clip(jax.nn.sigmoid(loc), 1e-6, 1 - 1e-6)
-        near_half = jnp.abs(lam - 0.5) < 1e-3
-        safe = jnp.where(near_half, 0.4, lam)
-        exact = safe / (2 * safe - 1) + 1 / (2 * jnp.arctanh(1 - 2 * safe))
-        # Taylor expansion around 1/2: mean = 1/2 + (lambda - 1/2) / 3 + O((lambda - 1/2)^3).
-        return jnp.where(near_half, 0.5 + (lam - 0.5) / 3.0, exact)
+        # Computed from the logits: lambda = sigmoid(eta) rounds to 1 in float32 for eta > ~17,
+        # which would cap the mean near 0.93 (and 0.07) however saturated the logits are.
+        near_zero = jnp.abs(loc) < 0.5
+        safe = jnp.where(near_zero, 1.0, loc)
+        exact = -1.0 / jnp.expm1(-safe) - 1.0 / safe
+        # Taylor series at 0 (from coth); the next term, eta^7 / 1209600, is < 1e-8 here.
+        eta_sq = jnp.square(loc)
+        taylor = 0.5 + loc * (1.0 / 12.0 + eta_sq * (-1.0 / 720.0 + eta_sq / 30240.0))
+        return jnp.where(near_zero, taylor, exact)
     return jnp.clip(loc, 0.0, 1.0)
 
 
@@ -291,7 +295,9 @@ def constant_schedule(value: float = 1.0) -> Callable:
 
 def linear_warmup(warmup_steps: int, init_value: float = 0.0, end_value: float = 1.0) -> Callable:
     """beta rises linearly from init_value to end_value over warmup_steps, then stays."""
-    return optax.linear_schedule(init_value, end_value, max(int(warmup_steps), 1))
+    if warmup_steps <= 0:
+        return optax.constant_schedule(end_value)
+    return optax.linear_schedule(init_value, end_value, int(warmup_steps))
 
 
 def cyclical_annealing(

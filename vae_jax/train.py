@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import json
 import os
 import pathlib
@@ -525,9 +524,8 @@ def train_and_evaluate(
             seed=config.data.seed,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
+            skip_batches=start_step,  # a resumed run continues where the stream stopped
         )
-        # Replays the stream up to the restored step, so a resumed run sees the same batches.
-        batches = itertools.islice(batches, start_step, None)
     else:
         k = config.steps_per_dispatch
         chunk_program = make_train_chunk(

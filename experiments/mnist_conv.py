@@ -1,0 +1,38 @@
+"""Convolutional VAE on dynamically binarised MNIST: strided convolutions, transposed decoder.
+
+Purpose: the encoder downsamples with stride-2 3x3 convolutions (32 then 64 channels, 28 -> 14
+-> 7, no max-pooling) and dense heads for the mean and log-variance; the decoder projects z to
+the encoder's last feature map (7x7x64, computed from the input shape by
+`models.conv_feature_shape`) and upsamples with stride-2 transposed convolutions back to 28x28.
+The transposed convolutions use the sub-pixel decomposition (`models.ConvTranspose`), which
+computes the same function as `flax.linen.ConvTranspose` without XLA's slow gradient path.
+Convolutions run one step per dispatch: inside `lax.scan` XLA's CPU convolutions are much slower.
+
+Command:
+    python -m vae_jax.main --config experiments/mnist_conv.py --workdir runs/mnist_conv \
+        --config.data.data_dir=../shared/data/tfds
+
+Hardware and time: see "Expected numbers" in the README.
+"""
+
+from vae_jax.config_defaults import default_config
+
+
+def get_config():
+    config = default_config()
+    config.data.name = "mnist"
+    config.data.validation_size = 5000
+    config.encoder = "conv"
+    config.decoder = "conv"
+    config.features = (32, 64)
+    config.kernel_size = 3
+    config.strides = 2
+    config.latent_dim = 16
+    config.batch_size = 128
+    config.num_epochs = 20
+    config.num_steps = 0
+    config.steps_per_dispatch = 1
+    config.log_every = 100
+    config.eval_every = 2000
+    config.checkpoint_every = 2000
+    return config

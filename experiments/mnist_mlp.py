@@ -1,0 +1,33 @@
+"""MLP VAE on dynamically binarised MNIST (TFDS), Bernoulli likelihood.
+
+Purpose: the standard MNIST VAE baseline: 784-512-512-Z encoder and its mirror decoder, ReLU,
+Kaiming-normal initialisation, Adam 1e-3, batch 128, every pixel redrawn from Bernoulli(intensity)
+at every step (dynamic binarisation), so the Bernoulli likelihood (binary cross-entropy on the
+logits) is the exact likelihood of the data the model sees.
+
+Command (data in a pre-populated TFDS directory; drop data_dir and add
+--config.data.download=True on a machine with internet):
+    python -m vae_jax.main --config experiments/mnist_mlp.py --workdir runs/mnist_mlp \
+        --config.data.data_dir=../shared/data/tfds --config.latent_dim=32
+
+Hardware and time: see "Expected numbers" in the README (2-core CPU figures measured there).
+"""
+
+from vae_jax.config_defaults import default_config
+
+
+def get_config():
+    config = default_config()
+    config.data.name = "mnist"
+    config.data.validation_size = 5000
+    config.data.binarization = "dynamic"
+    config.latent_dim = 32
+    config.hidden = (512, 512)
+    config.batch_size = 128
+    config.num_epochs = 50
+    config.num_steps = 0
+    config.steps_per_dispatch = 50
+    config.log_every = 200
+    config.eval_every = 2000
+    config.checkpoint_every = 2000
+    return config

@@ -1,0 +1,344 @@
+"""Tests for vae_jax.input_pipeline.
+
+References are independent of the code under test: sklearn's own copy of digits, the published
+MNIST split sizes and label counts, plain numpy padding, and Monte Carlo estimates with stated
+tolerances. TFDS data sets that are not available offline are loaded through
+`tfds.testing.mock_data`, the documented TFDS way; real MNIST comes from the shared data_dir
+(the `mnist_data_dir` fixture skips when it is absent).
+"""
+
+import collections
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn import datasets as sklearn_datasets
+
+from vae_jax import input_pipeline
+
+# Published MNIST figures (LeCun et al.): images per class in the official train / test splits.
+MNIST_TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+# Mean pixel level (0..255) of the official MNIST splits, a checksum-like figure.
+MNIST_TRAIN_MEAN, MNIST_TEST_MEAN = 33.3184, 33.7912
+
+
+def row_keys(images):
+    """One hashable key per example: its bytes."""
+    return [row.tobytes() for row in images.reshape(len(images), -1)]
+
+
+@pytest.fixture(scope="module")
+def tfds():
+    import tensorflow_datasets
+
+    return tensorflow_datasets
+
+
+# ----------------------------------------------------------------------------------- digits
+
+
+def test_digits_shapes_levels_and_split_sizes():
+    data = input_pipeline.load_dataset("digits", validation_size=150)
+    chex.assert_shape(data.train, (1350, 8, 8, 1))
+    chex.assert_shape(data.validation, (150, 8, 8, 1))
+    chex.assert_shape(data.test, (input_pipeline.DIGITS_TEST_SIZE, 8, 8, 1))
+    assert len(data.train) + len(data.validation) + len(data.test) == 1797
+    for images in (data.train, data.validation, data.test):
+        assert images.dtype == np.uint8
+    assert data.num_levels == 17 and data.scale == 1 / 16 and data.image_shape == (8, 8, 1)
+    assert max(x.max() for x in (data.train, data.validation, data.test)) == 16
+    assert data.train_labels.dtype == np.int32 and data.train_labels.shape == (1350,)
+
+
+def test_digits_splits_partition_sklearns_copy():
+    data = input_pipeline.load_dataset("digits", seed=3)
+    reference = sklearn_datasets.load_digits()
+    # sklearn's 1,797 digits are all distinct images, so the bytes identify an example.
+    expected = collections.Counter(zip(row_keys(reference.images.astype(np.uint8)),
+                                       reference.target.tolist()))
+    got = collections.Counter()
+    for split in ("train", "validation", "test"):
+        got.update(zip(row_keys(getattr(data, split)), getattr(data, f"{split}_labels").tolist()))
+    assert got == expected
+    train, val, test = (set(row_keys(x)) for x in (data.train, data.validation, data.test))
+    assert not (train & val or train & test or val & test)
+
+
+def test_digits_deterministic_in_seed_with_a_fixed_test_split():
+    a = input_pipeline.load_dataset("digits", seed=0)
+    b = input_pipeline.load_dataset("digits", seed=0)
+    c = input_pipeline.load_dataset("digits", seed=1)
+    np.testing.assert_array_equal(a.train, b.train)
+    np.testing.assert_array_equal(a.validation, b.validation)
+    assert not np.array_equal(a.validation, c.validation)
+    np.testing.assert_array_equal(a.test, c.test)  # the test split never depends on seed
+
+
+@pytest.mark.parametrize("size, expected", [(0, 0), (300, 300), (0.2, 300)])
+def test_validation_size_count_or_fraction(size, expected):
+    data = input_pipeline.load_dataset("digits", validation_size=size)
+    assert data.validation.shape == (expected, 8, 8, 1)
+    assert len(data.train) == 1500 - expected
+
+
+@pytest.mark.parametrize("size", [-1, 1500, 1.0, -0.1, "10", True])
+def test_bad_validation_size(size):
+    with pytest.raises(ValueError, match="validation_size"):
+        input_pipeline.load_dataset("digits", validation_size=size)
+
+
+def test_bad_binarization_name():
+    with pytest.raises(ValueError, match="binarization"):
+        input_pipeline.load_dataset("digits", binarization="threshold")
+
+
+def test_digits_does_not_import_tensorflow():
+    code = ("import sys; from vae_jax import input_pipeline as ip; ip.load_dataset('digits'); "
+            "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_image_dataset_checks_its_arrays():
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    with pytest.raises(ValueError, match="uint8"):
+        input_pipeline.ImageDataset("x", images.astype(np.float32), images, images, 17)
+    with pytest.raises(ValueError, match="labels"):
+        input_pipeline.ImageDataset("x", images, images, images, 17,
+                                    train_labels=np.zeros(3, np.int32))
+
+
+# ----------------------------------------------------------------------------- binarisation
+
+
+def test_static_binarization_is_fixed_bernoulli_of_intensity():
+    gray = input_pipeline.load_dataset("digits", seed=5)
+    binary = input_pipeline.load_dataset("digits", seed=5, binarization="static")
+    again = input_pipeline.load_dataset("digits", seed=5, binarization="static")
+    assert binary.num_levels == 2 and binary.scale == 1.0
+    for split in ("train", "validation", "test"):
+        b, g = getattr(binary, split), getattr(gray, split)
+        assert b.dtype == np.uint8 and set(np.unique(b)) <= {0, 1}
+        np.testing.assert_array_equal(b, getattr(again, split))
+        assert (b[g == 0] == 0).all() and (b[g == 16] == 1).all()
+        np.testing.assert_array_equal(getattr(binary, f"{split}_labels"),
+                                      getattr(gray, f"{split}_labels"))
+    # Monte Carlo: 86,400 independent pixels; the mean's std is <= 0.5 / sqrt(86,400) = 0.0017.
+    assert abs(binary.train.mean() - gray.train.mean() / 16) < 0.01
+
+
+def test_dynamic_binarization_leaves_levels_to_the_device():
+    gray = input_pipeline.load_dataset("digits")
+    flagged = input_pipeline.load_dataset("digits", binarization="dynamic")
+    np.testing.assert_array_equal(flagged.train, gray.train)
+    assert flagged.num_levels == 17
+
+
+def test_dynamic_binarize_is_bernoulli_of_x():
+    x = np.linspace(0.0, 1.0, 11, dtype=np.float32)  # [11] probabilities, both ends included
+    keys = jax.random.split(jax.random.key(0), 4000)
+    draws = jax.jit(jax.vmap(input_pipeline.dynamic_binarize, in_axes=(0, None)))(keys, x)
+    chex.assert_shape(draws, (4000, 11))
+    assert draws.dtype == jnp.float32 and set(np.unique(draws)) <= {0.0, 1.0}
+    # Per pixel, the frequency over K=4000 draws has std sqrt(p (1 - p) / K) <= 0.0079; allow
+    # five of them (0 and 1 are exact).
+    np.testing.assert_allclose(draws.mean(axis=0), x, atol=0.04)
+    assert (draws[:, 0] == 0).all() and (draws[:, -1] == 1).all()
+
+
+def test_dynamic_binarize_per_example_keys_under_jit_and_vmap():
+    x_bhwc = np.random.default_rng(1).random((3, 8, 8, 1), dtype=np.float32)
+    keys_b = jax.random.split(jax.random.key(2), 3)
+    batched = jax.jit(jax.vmap(input_pipeline.dynamic_binarize))(keys_b, x_bhwc)
+    chex.assert_shape(batched, (3, 8, 8, 1))
+    single = jax.jit(input_pipeline.dynamic_binarize)
+    for i in range(3):  # each example's draw depends on its own key alone
+        np.testing.assert_array_equal(batched[i], single(keys_b[i], x_bhwc[i]))
+    assert not np.array_equal(batched[0], single(jax.random.key(3), x_bhwc[0]))
+
+
+# ---------------------------------------------------------------------------- pixel checks
+
+
+def test_validate_pixels_accepts_data_in_range():
+    input_pipeline.validate_pixels(np.array([0.0, 0.5, 1.0]))
+    input_pipeline.validate_pixels(jnp.array([0, 255]), high=255, name="levels")
+    input_pipeline.validate_pixels(np.zeros((0, 3)))
+
+
+def test_validate_pixels_reports_min_and_max():
+    with pytest.raises(ValueError, match=r"batch: .*min=-0\.5, max=1\.5"):
+        input_pipeline.validate_pixels(np.array([-0.5, 0.2, 1.5]), name="batch")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_validate_pixels_rejects_non_finite(bad):
+    with pytest.raises(ValueError, match="1 non-finite"):
+        input_pipeline.validate_pixels(np.array([0.0, bad, 1.0]))
+
+
+# -------------------------------------------------------------------------------- sharding
+
+
+def test_padded_size():
+    assert [input_pipeline.padded_size(n, 4) for n in (0, 1, 4, 5, 8)] == [0, 4, 4, 8, 8]
+
+
+@pytest.mark.parametrize("n, count", [(10, 3), (12, 4), (2, 4), (7, 1)])
+def test_shard_for_process_is_a_block_of_the_zero_padded_rows(n, count):
+    array = np.arange(1, n * 2 + 1).reshape(n, 2)
+    rows = -(-n // count)
+    reference = np.pad(array, ((0, rows * count - n), (0, 0))).reshape(count, rows, 2)
+    shards = [input_pipeline.shard_for_process(array, p, count) for p in range(count)]
+    for p, shard in enumerate(shards):
+        np.testing.assert_array_equal(shard, reference[p])
+    np.testing.assert_array_equal(np.concatenate(shards)[:n], array)
+    with pytest.raises(ValueError, match="process_index"):
+        input_pipeline.shard_for_process(array, count, count)
+
+
+# ------------------------------------------------------------------- names and missing data
+
+
+def test_unknown_name_lists_the_valid_names():
+    with pytest.raises(ValueError, match="digits, mnist, fashion_mnist, binarized_mnist, "
+                       "cifar10.*any TFDS image data set"):
+        input_pipeline.load_dataset("no_such_dataset")
+
+
+def test_tfds_data_set_without_images_is_refused():
+    with pytest.raises(ValueError, match="no 'image' feature"):
+        input_pipeline.load_dataset("glue")
+
+
+def test_missing_data_fails_fast_naming_the_directory(tmp_path):
+    input_pipeline.dataset_nbytes("digits")  # nothing to import; the next call imports TFDS
+    with pytest.raises(input_pipeline.DatasetNotFoundError):
+        input_pipeline.load_dataset("mnist", data_dir=tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as excinfo:
+        input_pipeline.load_dataset("fashion_mnist", data_dir=tmp_path)
+    assert time.perf_counter() - start < 5.0  # no network attempt, no retries
+    message = str(excinfo.value)
+    assert str(tmp_path) in message and "download=True" in message
+    assert "TFDS_DATA_DIR" in message
+    with pytest.raises(input_pipeline.DatasetNotFoundError, match=str(tmp_path)):
+        input_pipeline.dataset_nbytes("mnist", data_dir=tmp_path)
+    with pytest.raises(input_pipeline.DatasetNotFoundError, match=str(tmp_path)):
+        input_pipeline.stream_batches("mnist", split="train", batch_size=8, data_dir=tmp_path)
+
+
+def test_tfds_data_dir_environment_variable_is_honoured(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(input_pipeline.DatasetNotFoundError, match=str(tmp_path)):
+        input_pipeline.load_dataset("mnist")
+
+
+# ---------------------------------------------------------------- mocked TFDS data sets
+
+
+@pytest.mark.parametrize("name, image_shape", [("fashion_mnist", (28, 28, 1)),
+                                               ("cifar10", (32, 32, 3))])
+def test_mocked_8bit_data_sets(tfds, tmp_path, name, image_shape):
+    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+        data = input_pipeline.load_dataset(name, data_dir=tmp_path, validation_size=2)
+    # mock_data yields the same 12 examples for every split.
+    assert data.train.shape == (10, *image_shape) and data.validation.shape == (2, *image_shape)
+    assert data.test.shape == (12, *image_shape) and data.image_shape == image_shape
+    assert data.train.dtype == np.uint8 and data.num_levels == 256
+    assert data.test_labels.dtype == np.int32 and set(data.test_labels) <= set(range(10))
+
+
+def test_mocked_binarized_mnist_uses_its_official_splits(tfds, tmp_path):
+    with tfds.testing.mock_data(num_examples=12, max_value=2,  # levels drawn from {0, 1}
+                                policy=tfds.testing.MockPolicy.USE_CODE):
+        data = input_pipeline.load_dataset("binarized_mnist", data_dir=tmp_path,
+                                           validation_size=5)
+    for images in (data.train, data.validation, data.test):
+        assert images.shape == (12, 28, 28, 1) and images.dtype == np.uint8
+        assert set(np.unique(images)) <= {0, 1}
+    assert data.num_levels == 2 and data.train_labels is None
+
+
+def test_mocked_data_with_too_many_levels_is_refused(tfds, tmp_path):
+    with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+        with pytest.raises(ValueError, match="num_levels=2"):
+            input_pipeline.load_dataset("binarized_mnist", data_dir=tmp_path)
+
+
+def test_mocked_static_binarization(tfds, tmp_path):
+    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+        data = input_pipeline.load_dataset("fashion_mnist", data_dir=tmp_path,
+                                           binarization="static", validation_size=2)
+    assert data.num_levels == 2 and set(np.unique(data.train)) == {0, 1}
+
+
+# ------------------------------------------------------------------------------- real MNIST
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_data_dir):
+    """Real MNIST, 10,000 examples held out of the official train split for validation."""
+    return input_pipeline.load_dataset("mnist", data_dir=mnist_data_dir, validation_size=10_000)
+
+
+def test_real_mnist_splits_and_published_figures(mnist):
+    assert mnist.train.shape == (50_000, 28, 28, 1)
+    assert mnist.validation.shape == (10_000, 28, 28, 1)
+    assert mnist.test.shape == (10_000, 28, 28, 1)
+    assert mnist.train.dtype == np.uint8 and mnist.num_levels == 256
+    assert mnist.train.min() == 0 and mnist.train.max() == 255
+    official_train = np.concatenate([mnist.train, mnist.validation])
+    official_labels = np.concatenate([mnist.train_labels, mnist.validation_labels])
+    # The 60,000 official train images are all distinct, so train and validation are disjoint
+    # exactly when together they hold 60,000 distinct images; the published class counts and
+    # mean level then say that these are the official ones.
+    assert len(set(row_keys(official_train))) == 60_000
+    assert np.bincount(official_labels).tolist() == MNIST_TRAIN_LABEL_COUNTS
+    assert np.bincount(mnist.test_labels).tolist() == MNIST_TEST_LABEL_COUNTS
+    assert abs(official_train.mean(dtype=np.float64) - MNIST_TRAIN_MEAN) < 1e-3
+    assert abs(mnist.test.mean(dtype=np.float64) - MNIST_TEST_MEAN) < 1e-3
+
+
+def test_real_mnist_nbytes_from_metadata(mnist_data_dir, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", mnist_data_dir)
+    assert input_pipeline.dataset_nbytes("mnist") == 70_000 * 28 * 28
+
+
+def test_stream_batches_gives_each_process_its_own_block(mnist, mnist_data_dir):
+    def one_pass(process_index):
+        batches = list(input_pipeline.stream_batches(
+            "mnist", split="train[:4000]", batch_size=500, data_dir=mnist_data_dir,
+            process_index=process_index, process_count=2, shuffle_buffer=0, repeat=False))
+        assert len(batches) == 4
+        for batch in batches:
+            chex.assert_shape(batch, (500, 28, 28, 1))
+            assert batch.dtype == np.uint8
+        return set(row_keys(np.concatenate(batches)))
+
+    first, second = one_pass(0), one_pass(1)
+    assert len(first) == len(second) == 2000 and not first & second
+    assert first | second <= set(row_keys(mnist.train)) | set(row_keys(mnist.validation))
+
+
+def test_stream_batches_shuffles_repeats_and_resumes(mnist_data_dir):
+    def stream(seed, *, shuffle_buffer=1000, skip_batches=0):
+        return input_pipeline.stream_batches(
+            "mnist", split="train[:4000]", batch_size=500, data_dir=mnist_data_dir, seed=seed,
+            process_index=1, process_count=2, shuffle_buffer=shuffle_buffer,
+            skip_batches=skip_batches)
+
+    in_order = [next(it) for it in [stream(0, shuffle_buffer=0)] for _ in range(4)]
+    shard = set(row_keys(np.concatenate(in_order)))
+    it = stream(seed=7)
+    batches = [next(it) for _ in range(6)]  # 4 batches per epoch: crosses into the second
+    assert all(set(row_keys(batch)) <= shard for batch in batches)
+    assert set(row_keys(np.concatenate(batches[:4]))) == shard  # one epoch: each example once
+    assert not np.array_equal(batches[0], in_order[0])
+    assert not np.array_equal(batches[0], next(stream(seed=8)))
+    np.testing.assert_array_equal(next(stream(seed=7, skip_batches=5)), batches[5])

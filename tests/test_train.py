@@ -1,0 +1,319 @@
+"""Tests of the training system: end to end, device-count invariance, resume, guards, errors."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from vae_jax import input_pipeline, train
+from vae_jax import workdir as workdir_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name="digits", **overrides):
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in overrides.items():
+        target = config
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return config
+
+
+def tiny_digits(**overrides):
+    """A few steps of the quickstart config: small enough for a 2-core CI machine."""
+    defaults = dict(num_steps=40, steps_per_dispatch=10, log_every=10, eval_every=20,
+                    checkpoint_every=20, hidden=(64,), num_image_examples=8)
+    defaults.update(overrides)
+    return load_config("digits", **defaults)
+
+
+def params_of(result):
+    return jax.device_get(result.state.params)
+
+
+def max_abs_diff(tree_a, tree_b):
+    return max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b))
+    )
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
+
+
+def read_tensorboard_tags(directory):
+    """Scalar and image tags in the event files, read with TensorFlow's own event parser."""
+    import tensorflow as tf
+
+    tags = set()
+    for event_file in pathlib.Path(directory).glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                tags.add(value.tag)
+    return tags
+
+
+def run_main(workdir, *flags, env=None, **kwargs):
+    cmd = [sys.executable, "-m", "vae_jax.main", "--config", str(REPO / "experiments/digits.py"),
+           "--workdir", str(workdir), "--quiet", *flags]
+    full_env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                    **(env or {}))
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+SMALL_FLAGS = ("--config.num_steps=40", "--config.steps_per_dispatch=10",
+               "--config.log_every=10", "--config.eval_every=20",
+               "--config.checkpoint_every=20", "--config.hidden=(64,)")
+
+
+def check_workdir(workdir, num_steps, image_hw):
+    """Every output file of a finished run: parses, opens, restores."""
+    workdir = pathlib.Path(workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["num_steps"] == num_steps
+    metrics = read_jsonl(workdir / "metrics.jsonl")
+    assert metrics[-1]["step"] == num_steps
+    for key in ("step", "loss", "recon_nats", "kl_nats", "elbo_nats", "beta", "learning_rate",
+                "grad_norm", "skipped_updates", "examples_per_sec"):
+        assert all(np.isfinite(m[key]) for m in metrics), key
+    evals = read_jsonl(workdir / "eval_metrics.jsonl")
+    assert evals[-1]["step"] == num_steps and evals[-1]["val_elbo_nats"] < 0
+    pngs = sorted((workdir / "images").glob("*.png"))
+    assert {p.name.split("_")[0] for p in pngs} == {"reconstructions", "samples"}
+    for png in pngs:
+        with Image.open(png) as image:
+            image.verify()
+    tags = read_tensorboard_tags(workdir / "tensorboard")
+    assert {"train/loss", "train/kl_nats", "validation/val_elbo_nats", "reconstructions",
+            "samples"} <= tags
+    assert (workdir / "checkpoints" / str(num_steps)).is_dir()
+    final = json.loads((workdir / "final_metrics.json").read_text())
+    assert final["step"] == num_steps
+
+
+@pytest.mark.slow
+def test_end_to_end_digits_through_the_entry_point(tmp_path):
+    workdir = tmp_path / "digits"
+    proc = run_main(workdir, *SMALL_FLAGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "final: step=40" in proc.stdout
+    check_workdir(workdir, 40, (8, 8))
+
+    # The checkpoint restores into the model the config describes.
+    config = tiny_digits()
+    data = input_pipeline.load_dataset("digits", validation_size=150)
+    encoder, decoder = train.make_models(config, data.image_shape)
+    optimizer = train.make_optimizer(config)
+    fresh = train.init_state(jax.random.key(1), encoder, decoder, data.image_shape, optimizer,
+                             ema=False)
+    checkpoints = workdir_lib.Checkpoints(workdir / "checkpoints", keep=3)
+    restored = checkpoints.restore_latest(fresh)
+    checkpoints.close()
+    assert int(restored.step) == 40
+    assert max_abs_diff(restored.params, fresh.params) > 1e-3
+
+    # Rerunning the finished command resumes at the end and trains nothing more.
+    proc = run_main(workdir, *SMALL_FLAGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(read_jsonl(workdir / "metrics.jsonl")) == 4
+
+
+@pytest.mark.slow
+def test_end_to_end_real_mnist(tmp_path, mnist_data_dir):
+    config = load_config(
+        "mnist_mlp", num_steps=20, steps_per_dispatch=10, log_every=10, eval_every=20,
+        checkpoint_every=20, hidden=(64,), num_image_examples=8, **{"data.data_dir": mnist_data_dir},
+    )
+    result = train.train_and_evaluate(config, tmp_path / "mnist", quiet=True)
+    check_workdir(tmp_path / "mnist", 20, (28, 28))
+    # 20 steps of Adam from initialisation: the ELBO is already far above a uniform
+    # Bernoulli's 784 log 2 = 543 nats.
+    assert -543 < result.validation["val_elbo_nats"] < 0
+
+
+def test_one_device_and_eight_devices_follow_the_same_trajectory(tmp_path):
+    assert len(jax.devices()) == 8
+    results = {}
+    for n in (1, 8):
+        config = tiny_digits(num_steps=30, eval_every=30, checkpoint_every=30, free_bits=0.1)
+        results[n] = train.train_and_evaluate(
+            config, tmp_path / f"d{n}", quiet=True, devices=jax.devices()[:n]
+        )
+    losses_1 = [m["loss"] for m in read_jsonl(tmp_path / "d1" / "metrics.jsonl")]
+    losses_8 = [m["loss"] for m in read_jsonl(tmp_path / "d8" / "metrics.jsonl")]
+    np.testing.assert_allclose(losses_1, losses_8, rtol=1e-5)
+    assert max_abs_diff(params_of(results[1]), params_of(results[8])) < 1e-5
+    assert results[1].validation["val_elbo_nats"] == pytest.approx(
+        results[8].validation["val_elbo_nats"], rel=1e-5)
+
+
+def test_the_loop_traces_the_step_once(tmp_path, monkeypatch):
+    # Several chunks across several epochs (digits: 21 steps per epoch), with evaluation and
+    # checkpoints in between: the step function is traced once, when the chunk compiles.
+    monkeypatch.setattr(train, "train_step", chex.assert_max_traces(train.train_step, n=1))
+    config = tiny_digits(num_steps=60, eval_every=30, checkpoint_every=30)
+    train.train_and_evaluate(config, tmp_path / "w", quiet=True, devices=jax.devices()[:2])
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
+    flags = ("--config.num_steps=3000", "--config.steps_per_dispatch=50",
+             "--config.log_every=50", "--config.eval_every=3000",
+             "--config.checkpoint_every=100", "--config.keep_checkpoints=2")
+    reference = run_main(tmp_path / "reference", *flags)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    workdir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "vae_jax.main", "--config", str(REPO / "experiments/digits.py"),
+           "--workdir", str(workdir), "--quiet", *flags]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (workdir / "checkpoints" / "200").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and max(saved) < 3000
+
+    resumed = run_main(workdir, *flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    def final_params(path):
+        config = tiny_digits(hidden=(256, 256))
+        data = input_pipeline.load_dataset("digits", validation_size=150)
+        encoder, decoder = train.make_models(config, data.image_shape)
+        state = train.init_state(jax.random.key(0), encoder, decoder, data.image_shape,
+                                 train.make_optimizer(config), ema=False)
+        checkpoints = workdir_lib.Checkpoints(path / "checkpoints", keep=2)
+        state = checkpoints.restore_latest(state)
+        checkpoints.close()
+        assert int(state.step) == 3000
+        return state
+
+    a, b = final_params(tmp_path / "reference"), final_params(workdir)
+    for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_non_finite_gradients_are_skipped_and_counted():
+    optimizer = train.make_optimizer(tiny_digits())
+    params = {"w": jnp.ones(3)}
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             opt_state=optimizer.init(params), ema_params=params)
+
+    def loss_fn(params, x, key, *, beta, example_ids, axis_name):
+        # x = 255 makes the scaled input 1: a log(0) in the loss, so infinite gradients.
+        loss = jnp.sum(params["w"]) * jnp.mean(jnp.log1p(-x))
+        return loss, {"loss": loss}
+
+    step = jax.jit(lambda s, b, k: train.train_step(
+        s, b, k, loss_fn=loss_fn, optimizer=optimizer, beta_schedule=optax.constant_schedule(1.),
+        lr_schedule=optax.constant_schedule(1e-3), scale=1 / 255, binarize=False, ema_decay=0.5))
+    bad = jnp.full((4, 2, 2, 1), 255, jnp.uint8)
+    good = jnp.zeros((4, 2, 2, 1), jnp.uint8).at[:, 0].set(100)
+    key = jax.random.key(0)
+    state, metrics = step(state, bad, key)
+    np.testing.assert_array_equal(state.params["w"], np.ones(3))  # untouched
+    np.testing.assert_array_equal(state.ema_params["w"], np.ones(3))
+    assert int(metrics["skipped_updates"]) == 1 and int(metrics["consecutive_skips"]) == 1
+    state, metrics = step(state, bad, key)
+    assert int(metrics["consecutive_skips"]) == 2
+    state, metrics = step(state, good, key)
+    assert int(metrics["skipped_updates"]) == 2 and int(metrics["consecutive_skips"]) == 0
+    # Adam's first step moves every weight by the learning rate, against the gradient's sign
+    # (d loss / d w = mean(log1p(-x)) < 0, so w grows).
+    np.testing.assert_allclose(state.params["w"], np.ones(3) + 1e-3, rtol=1e-5)
+    np.testing.assert_allclose(state.ema_params["w"], np.ones(3) + 0.5e-3, rtol=1e-5)
+    assert int(state.step) == 3
+
+
+def test_run_stops_after_too_many_non_finite_updates(tmp_path):
+    config = tiny_digits(learning_rate=float("nan"), max_consecutive_skips=3)
+    with pytest.raises(FloatingPointError, match="consecutive updates had non-finite"):
+        train.train_and_evaluate(config, tmp_path / "nan", quiet=True, devices=jax.devices()[:1])
+    assert not (tmp_path / "nan" / "checkpoints" / "10").exists()
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_unknown_dataset_name(tmp_path):
+    with pytest.raises(ValueError, match="no_such_dataset"):
+        train.train_and_evaluate(tiny_digits(**{"data.name": "no_such_dataset"}), tmp_path / "w",
+                                 quiet=True)
+
+
+def test_unknown_model_name(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown encoder 'transformer'.*\['conv', 'mlp'\]"):
+        train.train_and_evaluate(tiny_digits(encoder="transformer"), tmp_path / "w", quiet=True)
+
+
+def test_missing_data_dir(tmp_path):
+    config = tiny_digits(**{"data.name": "mnist", "data.data_dir": str(tmp_path / "nowhere")})
+    with pytest.raises(input_pipeline.DatasetNotFoundError, match="nowhere"):
+        train.train_and_evaluate(config, tmp_path / "w", quiet=True)
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+    with pytest.raises(ValueError, match=r"batch_size=60 .* 8 devices"):
+        train.train_and_evaluate(tiny_digits(batch_size=60), tmp_path / "w", quiet=True)
+    assert not (tmp_path / "w").exists()
+
+
+def test_mismatched_workdir_is_refused_and_left_alone(tmp_path):
+    workdir = tmp_path / "w"
+    train.train_and_evaluate(tiny_digits(num_steps=20), workdir, quiet=True,
+                             devices=jax.devices()[:1])
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    with pytest.raises(workdir_lib.WorkdirConfigMismatch, match="latent_dim: 8 -> 4"):
+        train.train_and_evaluate(tiny_digits(num_steps=20, latent_dim=4), workdir, quiet=True,
+                                 devices=jax.devices()[:1])
+    after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_left_in_place(tmp_path):
+    workdir = tmp_path / "w"
+    train.train_and_evaluate(tiny_digits(num_steps=20), workdir, quiet=True,
+                             devices=jax.devices()[:1])
+    ckpt = workdir / "checkpoints" / "20"
+    for f in ckpt.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f.parent.name) + f.name:
+            f.write_bytes(b"garbage")
+    files_before = sorted(p.relative_to(workdir) for p in ckpt.rglob("*"))
+    with pytest.raises(workdir_lib.CheckpointRestoreError, match="left in place"):
+        train.train_and_evaluate(tiny_digits(num_steps=40), workdir, quiet=True,
+                                 devices=jax.devices()[:1], allow_config_change=True)
+    assert sorted(p.relative_to(workdir) for p in ckpt.rglob("*")) == files_before
+
+
+def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
+    workdir = tmp_path / "w"
+    train.train_and_evaluate(tiny_digits(num_steps=20), workdir, quiet=True,
+                             devices=jax.devices()[:1])
+    with pytest.raises(workdir_lib.CheckpointRestoreError, match="left in place"):
+        train.train_and_evaluate(tiny_digits(num_steps=20, hidden=(32,)), workdir, quiet=True,
+                                 devices=jax.devices()[:1], allow_config_change=True)
+    assert (workdir / "checkpoints" / "20").is_dir()

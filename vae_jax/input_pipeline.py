@@ -1,0 +1,500 @@
+"""Image data sets for the VAEs: TFDS (and one embedded data set) -> uint8 numpy -> device.
+
+Data flow::
+
+    load_dataset(name)            host, once: every split decoded into uint8 numpy arrays
+      -> ImageDataset             train / validation / test, [N, H, W, C] uint8 levels
+      -> shard_for_process        host: the contiguous block of rows this process holds
+      -> (training loop)          device_put as uint8; on device x = levels * dataset.scale
+      -> dynamic_binarize         on device, every step, when binarization="dynamic"
+
+    stream_batches(name, split)   for data sets over the memory budget (see dataset_nbytes):
+                                  tf.data reads this process's sub-split, shuffles, batches
+                                  and yields [B_local, H, W, C] uint8 numpy batches.
+
+Pixels stay integer levels 0..num_levels-1 on the host and on the device (a quarter of the
+bytes of float32); `ImageDataset.scale = 1 / (num_levels - 1)` maps them to [0, 1].
+
+Data sets by name:
+
+* "digits" (the default; embedded, never downloaded): `sklearn.datasets.load_digits`, 1,797
+  real 8x8 handwritten digits with levels 0..16 (num_levels=17). It has no official test
+  split, so a fixed one of `DIGITS_TEST_SIZE` = 297 images is drawn with `DIGITS_TEST_SEED`
+  (the same for every run and every `seed`); validation is held out of the other 1,500.
+* "mnist", "fashion_mnist", "cifar10": TFDS, 8-bit (num_levels=256).
+* "binarized_mnist": TFDS's fixed binarisation of MNIST (Larochelle & Murray, 2011) with its
+  official train / validation / test splits (50,000 / 10,000 / 10,000); num_levels=2.
+* any other TFDS data set with a fixed-shape uint8 "image" feature, by its TFDS name.
+
+TFDS data sets are read from `data_dir` (None: `$TFDS_DATA_DIR` if set, else TFDS's default,
+~/tensorflow_datasets). With `download=False` (the default) nothing is fetched: missing data
+raises `DatasetNotFoundError` at once, naming the directory searched.
+
+TensorFlow and TFDS are imported lazily, so runs on "digits" never import TensorFlow. When
+they are imported, GPUs are hidden from TensorFlow so that it leaves their memory to JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DIGITS_TEST_SIZE = 297
+DIGITS_TEST_SEED = 0
+BINARIZATIONS = ("none", "static", "dynamic")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Builtin:
+    """What is known about a built-in data set before reading it."""
+
+    num_levels: int
+    official_validation: bool = False
+
+
+BUILTIN_DATASETS = {
+    "digits": _Builtin(num_levels=17),
+    "mnist": _Builtin(num_levels=256),
+    "fashion_mnist": _Builtin(num_levels=256),
+    "binarized_mnist": _Builtin(num_levels=2, official_validation=True),
+    "cifar10": _Builtin(num_levels=256),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A TFDS data set is not prepared in the data directory, and download=False.
+
+    Not `tfds.core.DatasetNotFoundError`, which TFDS raises for a name it does not know (this
+    module turns that one into a ValueError).
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+    """An image data set held in host memory as integer levels.
+
+    Attributes:
+        name: the name given to `load_dataset`.
+        train: [N_train, H, W, C] uint8, levels in 0..num_levels-1.
+        validation: [N_val, H, W, C] uint8, disjoint from train (N_val may be 0).
+        test: [N_test, H, W, C] uint8.
+        num_levels: pixel levels: 256 for 8-bit data, 17 for digits, 2 for binary data.
+        train_labels, validation_labels, test_labels: [N] int32 class labels, or None for
+            data sets without labels (binarized_mnist).
+    """
+
+    name: str
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    num_levels: int
+    train_labels: np.ndarray | None = None
+    validation_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+
+    def __post_init__(self):
+        for split in ("train", "validation", "test"):
+            images, labels = getattr(self, split), getattr(self, f"{split}_labels")
+            if images.dtype != np.uint8 or images.shape[1:] != self.train.shape[1:]:
+                raise ValueError(f"{split}: {images.dtype} {images.shape}, expected uint8 "
+                                 f"[N, {', '.join(map(str, self.train.shape[1:]))}]")
+            if labels is not None and labels.shape != images.shape[:1]:
+                raise ValueError(f"{split}_labels: shape {labels.shape}, expected "
+                                 f"{images.shape[:1]}")
+        if self.train.ndim != 4 or not 2 <= self.num_levels <= 256:
+            raise ValueError(f"expected [N, H, W, C] images and 2 <= num_levels <= 256, got "
+                             f"{self.train.shape} and {self.num_levels}")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C)."""
+        return tuple(self.train.shape[1:])
+
+    @property
+    def scale(self) -> float:
+        """1 / (num_levels - 1): maps levels 0..num_levels-1 to [0, 1]."""
+        return 1.0 / (self.num_levels - 1)
+
+
+def load_dataset(
+    name: str = "digits",
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    validation_size: int | float = 0.1,
+    binarization: str = "none",
+    seed: int = 0,
+) -> ImageDataset:
+    """Loads every split of an image data set into host memory as uint8 levels.
+
+    Args:
+        name: "digits", "mnist", "fashion_mnist", "binarized_mnist", "cifar10", or the name of
+            any TFDS data set with a fixed-shape uint8 "image" feature and train / test splits.
+        data_dir: TFDS data directory; None: `$TFDS_DATA_DIR` if set, else TFDS's default.
+            Unused for "digits".
+        download: let TFDS download and prepare missing data (needs internet). When False,
+            missing data raises `DatasetNotFoundError` without touching the network.
+        validation_size: how much of the official train split to hold out for validation: an
+            int count or a float fraction in [0, 1). The held-out examples are chosen by a
+            permutation drawn from `seed`; both parts keep the original order. Ignored when
+            the data set has an official validation split (binarized_mnist): that is used.
+        binarization: "none" keeps the levels. "static" replaces every pixel once, on the
+            host, by a Bernoulli draw with probability level * scale (the stochastic
+            binarisation of Salakhutdinov & Murray (2008), with which Larochelle & Murray made
+            the fixed binarized MNIST) from generators seeded by `seed`, so the binary data
+            are the same in every run with that seed; num_levels becomes 2. "dynamic" keeps
+            the levels (the training step calls `dynamic_binarize` on device); it is only
+            validated here.
+        seed: seeds the validation hold-out and the static binarisation.
+
+    Returns:
+        An `ImageDataset` of [N, H, W, C] uint8 arrays.
+
+    Raises:
+        ValueError: an unknown name, a TFDS data set without a usable "image" feature, or a
+            bad validation_size or binarization.
+        DatasetNotFoundError: the data is not in the data directory and download=False.
+    """
+    if binarization not in BINARIZATIONS:
+        raise ValueError(f"binarization must be one of {BINARIZATIONS}, got {binarization!r}")
+    if name == "digits":
+        splits = _load_digits()
+        num_levels = BUILTIN_DATASETS["digits"].num_levels
+    else:
+        builder = _tfds_builder(name, data_dir=data_dir, download=download)
+        _image_feature(name, builder)
+        num_levels = BUILTIN_DATASETS[name].num_levels if name in BUILTIN_DATASETS else 256
+        # Known for built-ins; for others, from the metadata of the prepared data set.
+        has_validation = (name in BUILTIN_DATASETS and BUILTIN_DATASETS[name].official_validation
+                          or "validation" in builder.info.splits)
+        split_names = ("train", "test") + (("validation",) if has_validation else ())
+        splits = {split: _read_split(name, builder, split) for split in split_names}
+        for split, (images, _) in splits.items():
+            if images.max() >= num_levels:
+                raise ValueError(f"{name} {split}: pixel level {images.max()} is not below "
+                                 f"num_levels={num_levels}")
+
+    if binarization == "static":
+        # Before the hold-out, and one generator per split: an example's binary image does not
+        # depend on validation_size.
+        stream = {"train": 0, "validation": 1, "test": 2}
+        splits = {split: (_bernoulli_levels(images, num_levels=num_levels,
+                                            seed=(seed, stream[split])), labels)
+                  for split, (images, labels) in splits.items()}
+        num_levels = 2
+
+    train_images, train_labels = splits["train"]
+    if "validation" not in splits:
+        train_idx, val_idx = _holdout(len(train_images), validation_size, seed=seed)
+        splits["validation"] = _take(splits["train"], val_idx)
+        train_images, train_labels = _take(splits["train"], train_idx)
+    return ImageDataset(
+        name=name,
+        train=train_images,
+        validation=splits["validation"][0],
+        test=splits["test"][0],
+        num_levels=num_levels,
+        train_labels=train_labels,
+        validation_labels=splits["validation"][1],
+        test_labels=splits["test"][1],
+    )
+
+
+def dataset_nbytes(
+    name: str, *, data_dir: str | os.PathLike | None = None, download: bool = False
+) -> int:
+    """Bytes of host memory the images of `load_dataset(name)` take: sum of N * H * W * C.
+
+    Read from the TFDS metadata (no example is decoded), so a training loop can choose between
+    `load_dataset` and `stream_batches` against a memory budget. Labels are not counted.
+
+    Raises:
+        DatasetNotFoundError: the data is not prepared and download=False (TFDS only knows
+            the split sizes of a prepared data set).
+    """
+    if name == "digits":
+        return 1797 * 8 * 8 * 1
+    builder = _tfds_builder(name, data_dir=data_dir, download=download)
+    height, width, channels = _image_feature(name, builder).shape
+    if not builder.is_prepared():
+        raise _not_found(name, builder)
+    num_examples = sum(split.num_examples for split in builder.info.splits.values())
+    return num_examples * height * width * channels
+
+
+def stream_batches(
+    name: str,
+    *,
+    split: str,
+    batch_size: int,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_buffer: int = 10_000,
+    repeat: bool = True,
+    skip_batches: int = 0,
+) -> Iterator[np.ndarray]:
+    """Streams this process's batches of a TFDS image data set, for data over the budget.
+
+    Each process reads its own contiguous sub-split (`tfds.split_for_jax_process` with
+    drop_remainder=True, so every process has as many examples, hence batches, as the
+    others), shuffles it through a `shuffle_buffer`-example buffer (reshuffled every epoch),
+    repeats it if `repeat`, and batches it with drop_remainder=True. The order is a function
+    of `seed`, so a resumed run skips the `skip_batches` batches it has already trained on.
+
+    Args:
+        name: a TFDS image data set name (not "digits", which is always held in memory).
+        split: a TFDS split string, e.g. "train", "test", "train[:90%]" (TFDS slicing is how
+            a validation part is held out when streaming: contiguous, not permuted).
+        batch_size: examples per batch on this process.
+        data_dir, download: as in `load_dataset`.
+        seed: seeds the file and example shuffles.
+        process_index, process_count: this process and how many share the data (pass
+            `jax.process_index()`, `jax.process_count()`).
+        shuffle_buffer: examples in the shuffle buffer; 0 reads in order (e.g. evaluation).
+        repeat: repeat forever; when False the iterator ends after one pass.
+        skip_batches: batches to skip at the start (the step a resumed run starts from).
+
+    Returns:
+        An iterator of [batch_size, H, W, C] uint8 numpy arrays of levels. Static
+        binarisation is not applied when streaming; dynamic binarisation happens on device.
+
+    Raises:
+        DatasetNotFoundError: the data is not prepared and download=False (raised by this
+            call, not at the first batch).
+    """
+    if name == "digits":
+        raise ValueError("'digits' is small and always in memory: use load_dataset('digits')")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    tf, tfds = _tf_and_tfds()
+    builder = _tfds_builder(name, data_dir=data_dir, download=download)
+    _image_feature(name, builder)
+    process_split = tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count, drop_remainder=True
+    )
+    ds = _as_dataset(name, builder, split=process_split, shuffle_files=shuffle_buffer > 0,
+                     read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False))
+    ds = ds.map(lambda example: example["image"], num_parallel_calls=tf.data.AUTOTUNE)
+    if shuffle_buffer > 0:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=True).skip(skip_batches)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_deterministic(tf)).as_numpy_iterator()
+
+
+def dynamic_binarize(key: jax.Array, x: jax.Array) -> jax.Array:
+    """A fresh binarisation of x: each pixel an independent draw b ~ Bernoulli(x).
+
+    Dynamic binarisation (Salakhutdinov & Murray, 2008): redrawn every step, so E[b] = x and
+    the model sees a new binary image of each example every time. Pure; works under jit and vmap (give
+    each example its own key: `jax.vmap(dynamic_binarize)(keys_b, x_bhwc)`).
+
+    Args:
+        key: a JAX PRNG key.
+        x: probabilities in [0, 1], any shape (e.g. [B, H, W, C]).
+
+    Returns:
+        float32 array of 0s and 1s with x's shape.
+    """
+    return jax.random.bernoulli(key, x).astype(jnp.float32)
+
+
+def validate_pixels(x: Any, *, low: float = 0.0, high: float = 1.0, name: str = "data") -> None:
+    """Raises ValueError, naming the observed min and max, unless x is finite and in range.
+
+    Eager: x must be a concrete array (numpy, or a jax.Array outside jit), not a tracer.
+    """
+    x = np.asarray(x)
+    if x.size == 0:
+        return
+    num_bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    # nanmin / nanmax still see +-inf, which is what the message should report.
+    lo, hi = (np.nan, np.nan) if np.isnan(x).all() else (np.nanmin(x), np.nanmax(x))
+    if num_bad or lo < low or hi > high:
+        raise ValueError(
+            f"{name}: values must be finite and in [{low}, {high}], but min={lo}, max={hi}"
+            + (f", {num_bad} non-finite" if num_bad else "")
+            + f" (dtype {x.dtype}, shape {x.shape})"
+        )
+
+
+def padded_size(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= n."""
+    return -(-n // multiple) * multiple
+
+
+def shard_for_process(array: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+    """The rows of `array` one process holds when the example axis is split across processes.
+
+    The N rows are zero-padded at the end to `padded_size(N, process_count)` and cut into
+    `process_count` contiguous blocks of R = ceil(N / process_count) rows; block
+    `process_index` is returned. Every process gets R rows, as collectives need; block p holds
+    clip(N - p * R, 0, R) real rows followed by zero rows, which evaluation must mask out.
+
+    Args:
+        array: [N, ...].
+        process_index: this process, in [0, process_count).
+        process_count: number of processes.
+
+    Returns:
+        [R, ...] array of array's dtype.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    rows = padded_size(len(array), process_count) // process_count
+    block = array[process_index * rows : (process_index + 1) * rows]
+    if len(block) == rows:
+        return block
+    padding = np.zeros((rows - len(block),) + array.shape[1:], array.dtype)
+    return np.concatenate([block, padding])
+
+
+# --------------------------------------------------------------------------- private helpers
+
+_Split = tuple[np.ndarray, np.ndarray | None]  # ([N, H, W, C] uint8, [N] int32 or None)
+
+
+def _load_digits() -> dict[str, _Split]:
+    """sklearn digits as {"train": 1,500 examples, "test": the fixed 297}."""
+    from sklearn import datasets  # Only here: digits runs need no other data library.
+
+    digits = datasets.load_digits()
+    full = (digits.images.astype(np.uint8)[..., None], digits.target.astype(np.int32))
+    train_idx, test_idx = _holdout(len(digits.images), DIGITS_TEST_SIZE, seed=DIGITS_TEST_SEED)
+    return {"train": _take(full, train_idx), "test": _take(full, test_idx)}
+
+
+def _take(split: _Split, idx: np.ndarray) -> _Split:
+    images, labels = split
+    return images[idx], None if labels is None else labels[idx]
+
+
+def _holdout(n: int, size: int | float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (kept, held-out) indices into range(n); the held-out ones drawn with seed."""
+    if isinstance(size, bool) or not isinstance(size, numbers.Real):
+        raise ValueError(f"validation_size must be an int count or a float fraction, got "
+                         f"{size!r}")
+    if isinstance(size, numbers.Integral):
+        if not 0 <= size < n:
+            raise ValueError(f"validation_size={size} must be in [0, {n}) for {n} examples")
+        count = int(size)
+    else:
+        if not 0.0 <= size < 1.0:
+            raise ValueError(f"validation_size={size} as a fraction must be in [0, 1)")
+        count = round(size * n)
+    permutation = np.random.default_rng(seed).permutation(n)
+    return np.sort(permutation[count:]), np.sort(permutation[:count])
+
+
+def _bernoulli_levels(images: np.ndarray, *, num_levels: int, seed: Any) -> np.ndarray:
+    """uint8 {0, 1} draws with probability level / (num_levels - 1), from a seeded generator."""
+    rng = np.random.default_rng(seed)
+    probability = images.astype(np.float32) * np.float32(1.0 / (num_levels - 1))
+    return (rng.random(images.shape, dtype=np.float32) < probability).astype(np.uint8)
+
+
+@functools.cache
+def _tf_and_tfds():
+    """Imports TensorFlow, with GPUs hidden and C++ INFO logs off, and TFDS, once."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    try:
+        # Otherwise TF reserves most of every GPU's memory, which JAX needs.
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF initialised its devices before this module imported it.
+        pass
+    return tf, tfds
+
+
+def _deterministic(tf):
+    options = tf.data.Options()
+    options.deterministic = True
+    return options
+
+
+def _tfds_builder(name: str, *, data_dir: str | os.PathLike | None, download: bool):
+    """The TFDS builder for name, prepared first if download; ValueError for unknown names."""
+    _, tfds = _tf_and_tfds()
+    if data_dir is None:
+        # Read here, at each call: TFDS reads $TFDS_DATA_DIR only once, when it is imported.
+        data_dir = os.environ.get("TFDS_DATA_DIR") or None
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
+    except tfds.core.DatasetNotFoundError as err:
+        raise ValueError(
+            f"Unknown data set {name!r}. Built-in names: {', '.join(BUILTIN_DATASETS)}. The "
+            "name of any TFDS image data set (one with an 'image' feature; see "
+            "tfds.list_builders()) also works."
+        ) from err
+    if download:
+        builder.download_and_prepare()
+    return builder
+
+
+def _image_feature(name: str, builder):
+    """The builder's "image" feature; ValueError unless it is a fixed-shape uint8 image."""
+    _, tfds = _tf_and_tfds()
+    features = builder.info.features
+    image = features["image"] if "image" in features else None
+    if not isinstance(image, tfds.features.Image):
+        raise ValueError(f"TFDS data set {name!r} has no 'image' feature (its features: "
+                         f"{', '.join(features)}); only image data sets can be loaded.")
+    if image.np_dtype != np.uint8 or None in image.shape:
+        raise ValueError(f"TFDS data set {name!r}: its 'image' feature is {image.np_dtype} of "
+                         f"shape {image.shape}, but a fixed-shape uint8 image is needed.")
+    return image
+
+
+def _not_found(name: str, builder) -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"TFDS data set {name!r} (version {builder.version}) is not in data_dir "
+        f"{builder.data_dir_root} (looked for {builder.data_dir}), and download=False, so "
+        "nothing was fetched. To provide it, either run once with download=True "
+        "(--config.data.download=True) on a machine with internet access, or point data_dir "
+        f"(or $TFDS_DATA_DIR) at a TFDS data directory that holds {name}/{builder.version}/ "
+        f"(prepared elsewhere, e.g. with `tfds build {name}`, and copied)."
+    )
+
+
+def _as_dataset(name: str, builder, **kwargs):
+    """builder.as_dataset(**kwargs), raising DatasetNotFoundError when the data is missing."""
+    try:
+        return builder.as_dataset(**kwargs)
+    except AssertionError:
+        # TFDS reports missing data with an AssertionError; any other one passes through.
+        if builder.data_path.exists():
+            raise
+        raise _not_found(name, builder) from None
+
+
+def _read_split(name: str, builder, split: str) -> _Split:
+    """A whole TFDS split as ([N, H, W, C] uint8 images, [N] int32 labels or None)."""
+    tf, tfds = _tf_and_tfds()
+    features = builder.info.features
+    if "label" in features and isinstance(features["label"], tfds.features.ClassLabel):
+        select = lambda example: (example["image"], example["label"])  # noqa: E731
+    else:
+        select = lambda example: (example["image"],)  # noqa: E731
+    ds = _as_dataset(name, builder, split=split)
+    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).batch(10_000)
+    chunks = list(ds.with_options(_deterministic(tf)).as_numpy_iterator())
+    if not chunks:
+        raise ValueError(f"TFDS data set {name!r}: split {split!r} is empty")
+    images = np.concatenate([chunk[0] for chunk in chunks])
+    if len(chunks[0]) == 1:
+        return images, None
+    return images, np.concatenate([chunk[1] for chunk in chunks]).astype(np.int32)

@@ -1,0 +1,786 @@
+"""Flax linen encoders and decoders for variational autoencoders.
+
+Modules here are deterministic maps with explicit parameters: no randomness (the
+reparameterisation lives in `vae_jax.distributions`) and no losses (`vae_jax.losses`).
+
+- Encoders map a batch `x` [B, ...] to the Gaussian posterior parameters
+  `(mean_bz, logvar_bz)`, each [B, Z].
+- Decoders map `z_bz` [B, Z] to unconstrained outputs [B, *output_shape] with no final
+  activation: logits or likelihood parameters, interpreted by the likelihood in the loss. A
+  likelihood with P parameters per pixel asks for `output_shape=(H, W, C * P)`.
+- A decoder takes the same architecture keyword arguments as its encoder (`hidden`,
+  `features`, `kernel_size`, `strides`, ...) and mirrors them, so one config section can
+  build both halves.
+
+All module attributes are hashable (sequences are stored as tuples), so a module instance can be
+a static argument of `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.linen.dtypes import promote_dtype
+from flax.linen.linear import canonicalize_padding
+from jax import lax
+
+Array = jax.Array
+Initializer = jax.nn.initializers.Initializer
+
+# ----------------------------------------------------------------------------------------------
+# Activations and initialisers
+# ----------------------------------------------------------------------------------------------
+
+_LEAKY_RELU_SLOPE = 0.01
+
+
+def _identity(x: Array) -> Array:
+    return x
+
+
+def _gelu_exact(x: Array) -> Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _leaky_relu(x: Array) -> Array:
+    return jax.nn.leaky_relu(x, negative_slope=_LEAKY_RELU_SLOPE)
+
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "leaky_relu": _leaky_relu,
+    "elu": jax.nn.elu,
+    "gelu": _gelu_exact,
+    "silu": jax.nn.silu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "selu": jax.nn.selu,
+    "linear": _identity,
+}
+
+# Gains g such that Var[w] = g^2 / fan_in keeps activations at unit scale through the layer
+# (PyTorch `torch.nn.init.calculate_gain` convention where it defines one).
+_GAINS: dict[str, float] = {
+    "relu": math.sqrt(2.0),
+    "leaky_relu": math.sqrt(2.0 / (1.0 + _LEAKY_RELU_SLOPE**2)),
+    # PyTorch defines no gain for elu/gelu/silu. They equal ReLU for large positive inputs and
+    # are near zero for large negative ones, so they take the ReLU gain.
+    "elu": math.sqrt(2.0),
+    "gelu": math.sqrt(2.0),
+    "silu": math.sqrt(2.0),
+    "tanh": 5.0 / 3.0,
+    "sigmoid": 1.0,
+    "selu": 3.0 / 4.0,
+    "linear": 1.0,
+}
+
+_KERNEL_INITS = (
+    "lecun_normal",
+    "kaiming_normal",
+    "he_normal",
+    "kaiming_uniform",
+    "he_uniform",
+    "glorot_normal",
+    "xavier_normal",
+    "glorot_uniform",
+    "xavier_uniform",
+)
+
+
+def get_activation(name: str) -> Callable[[Array], Array]:
+    """Returns the elementwise activation called `name`.
+
+    Valid names: relu, leaky_relu (negative slope 0.01), elu, gelu (exact erf form, as PyTorch's
+    default), silu, tanh, sigmoid, selu, linear (identity).
+
+    Raises:
+      ValueError: if `name` is unknown; the message lists the valid names.
+    """
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid names: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+def activation_gain(activation: str) -> float:
+    """The initialisation gain g for `activation` (see `get_kernel_init`)."""
+    if activation not in _GAINS:
+        raise ValueError(f"unknown activation {activation!r}; valid names: {sorted(_GAINS)}")
+    return _GAINS[activation]
+
+
+def get_kernel_init(name: str, activation: str = "relu") -> Initializer:
+    """Returns the kernel initialiser called `name`, scaled for `activation` where that applies.
+
+    With fan_in = (receptive field size) * (input features) and
+    fan_avg = (fan_in + fan_out) / 2, as computed by `jax.nn.initializers.variance_scaling`:
+
+    - "lecun_normal": Flax's default, `jax.nn.initializers.lecun_normal()`, a truncated normal
+      with std 1 / sqrt(fan_in) (LeCun et al., 1998). Ignores `activation`.
+    - "kaiming_normal" / "he_normal": N(0, g^2 / fan_in), i.e. std g / sqrt(fan_in)
+      (He et al., 2015, eq. 10; PyTorch `kaiming_normal_`, untruncated).
+    - "kaiming_uniform" / "he_uniform": U(-b, b) with b = g * sqrt(3 / fan_in), so the variance
+      is again g^2 / fan_in (PyTorch `kaiming_uniform_`); b = sqrt(6 / fan_in) for relu.
+    - "glorot_normal" / "xavier_normal": `jax.nn.initializers.glorot_normal()`, truncated normal
+      with std 1 / sqrt(fan_avg) (Glorot & Bengio, 2010). Ignores `activation`.
+    - "glorot_uniform" / "xavier_uniform": U(-b, b), b = sqrt(3 / fan_avg). Ignores `activation`.
+
+    The gain g follows PyTorch's `calculate_gain`: relu sqrt(2), leaky_relu
+    sqrt(2 / (1 + 0.01^2)), tanh 5/3, selu 3/4, sigmoid and linear 1. PyTorch defines none for
+    elu, gelu and silu; this module uses the ReLU gain sqrt(2) for them.
+
+    The Kaiming variants are `jax.nn.initializers.variance_scaling(scale=g**2, mode="fan_in",
+    distribution="normal" | "uniform")`.
+
+    Raises:
+      ValueError: if `name` or `activation` is unknown; the message lists the valid names.
+    """
+    if name not in _KERNEL_INITS:
+        raise ValueError(f"unknown kernel_init {name!r}; valid names: {sorted(_KERNEL_INITS)}")
+    gain = activation_gain(activation)
+    if name == "lecun_normal":
+        return jax.nn.initializers.lecun_normal()
+    if name in ("kaiming_normal", "he_normal"):
+        return jax.nn.initializers.variance_scaling(gain**2, "fan_in", "normal")
+    if name in ("kaiming_uniform", "he_uniform"):
+        return jax.nn.initializers.variance_scaling(gain**2, "fan_in", "uniform")
+    if name in ("glorot_normal", "xavier_normal"):
+        return jax.nn.initializers.glorot_normal()
+    return jax.nn.initializers.glorot_uniform()
+
+
+# ----------------------------------------------------------------------------------------------
+# Transposed convolution via the sub-pixel (phase) decomposition
+# ----------------------------------------------------------------------------------------------
+
+
+def _conv_transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
+    """Padding (low, high) of the dilated input that `lax.conv_transpose` uses for 'SAME'/'VALID'.
+
+    Same rule as `jax._src.lax.convolution._conv_transpose_padding`, restated here because that
+    function is private; the tests check the results agree with `flax.linen.ConvTranspose`.
+    """
+    if padding == "SAME":
+        pad_len = k + s - 2
+        pad_lo = k - 1 if s > k - 1 else -(-pad_len // 2)
+    elif padding == "VALID":
+        pad_len = k + s - 2 + max(k - s, 0)
+        pad_lo = k - 1
+    else:
+        raise ValueError(f"padding must be 'SAME', 'VALID' or (low, high) pairs, got {padding!r}")
+    return pad_lo, pad_len - pad_lo
+
+
+class _AxisPlan(NamedTuple):
+    """Sub-pixel decomposition of one spatial axis (see `ConvTranspose` for the derivation).
+
+    Phase r of the output (positions o = s * q + r) is a stride-1 correlation of the input with
+    taps `first_tap[r] + s * m` for m < `n_taps[r]`, shifted by `offset[r]` input pixels.
+    Every phase is computed for `phase_len` positions; the interleaved result is cropped to
+    `out_len`.
+    """
+
+    stride: int
+    in_len: int
+    first_tap: tuple[int, ...]
+    n_taps: tuple[int, ...]
+    offset: tuple[int, ...]
+    phase_len: int
+    out_len: int
+
+    def conv_padding(self, window_lo: int, window: int) -> tuple[int, int]:
+        """Padding (low, high) of a stride-1 conv whose window covers offsets window_lo + [0, window)."""
+        return -window_lo, self.phase_len - self.in_len + window_lo + window - 1
+
+
+def _axis_plan(n: int, k: int, s: int, pad_lo: int, pad_hi: int) -> _AxisPlan:
+    """Plans one spatial axis: input length n, kernel k, stride s, dilated-input padding."""
+    out_len = (n - 1) * s + 1 + pad_lo + pad_hi - k + 1
+    if out_len < 1:
+        raise ValueError(f"transposed convolution of length {n} with kernel {k} is empty")
+    # The first tap t that meets an input pixel for outputs o = r (mod s): o + t - pad_lo = 0 (mod s).
+    first_tap = tuple((pad_lo - r) % s for r in range(s))
+    return _AxisPlan(
+        stride=s,
+        in_len=n,
+        first_tap=first_tap,
+        n_taps=tuple(len(range(t0, k, s)) for t0 in first_tap),
+        offset=tuple((r + t0 - pad_lo) // s for r, t0 in enumerate(first_tap)),  # exact division
+        phase_len=-(-out_len // s),
+        out_len=out_len,
+    )
+
+
+def _channels_last_dimension_numbers(nd: int) -> lax.ConvDimensionNumbers:
+    """[B, *spatial, C] inputs and outputs, [*spatial, C_in, C_out] kernels."""
+    spatial = tuple(range(1, nd + 1))
+    return lax.ConvDimensionNumbers(
+        lhs_spec=(0, nd + 1) + spatial,
+        rhs_spec=(nd + 1, nd) + tuple(range(nd)),
+        out_spec=(0, nd + 1) + spatial,
+    )
+
+
+def _phases_fused(x: Array, kernel: Array, plans: Sequence[_AxisPlan], precision: Any) -> Array:
+    """All phases from one stride-1 conv: [B, *phase_len, prod(strides), C_out].
+
+    Each phase's sub-kernel is placed in a common window spanning every phase's offsets, with
+    zero taps where a phase has none, and the phases are stacked on the output channels.
+    """
+    nd = len(plans)
+    c_in, c_out = kernel.shape[nd], kernel.shape[nd + 1]
+    # Index k on each axis reads an appended zero tap.
+    window_kernel = jnp.pad(kernel, [(0, 1)] * nd + [(0, 0), (0, 0)])
+    paddings = []
+    for axis, plan in enumerate(plans):
+        k = kernel.shape[axis]
+        used = [r for r in range(plan.stride) if plan.n_taps[r] > 0]
+        window_lo = min(plan.offset[r] for r in used)
+        window = max(plan.offset[r] + plan.n_taps[r] for r in used) - window_lo
+        taps = np.full((window, plan.stride), k, dtype=np.int32)  # [window position, phase]
+        for r in used:
+            start = plan.offset[r] - window_lo
+            taps[start : start + plan.n_taps[r], r] = range(plan.first_tap[r], k, plan.stride)
+        window_kernel = jnp.take(window_kernel, taps, axis=2 * axis)
+        paddings.append(plan.conv_padding(window_lo, window))
+    # Axes are now (window_1, s_1, ..., window_n, s_n, C_in, C_out).
+    order = [2 * i for i in range(nd)] + [2 * nd] + [2 * i + 1 for i in range(nd)] + [2 * nd + 1]
+    window_kernel = jnp.transpose(window_kernel, order)
+    n_phases = math.prod(plan.stride for plan in plans)
+    window_kernel = window_kernel.reshape(window_kernel.shape[:nd] + (c_in, n_phases * c_out))
+    y = lax.conv_general_dilated(
+        x,
+        window_kernel,
+        window_strides=(1,) * nd,
+        padding=paddings,
+        dimension_numbers=_channels_last_dimension_numbers(nd),
+        precision=precision,
+    )
+    return y.reshape(y.shape[:-1] + (n_phases, c_out))
+
+
+def _phases_separate(x: Array, kernel: Array, plans: Sequence[_AxisPlan], precision: Any) -> Array:
+    """One stride-1 conv per phase with its exact sub-kernel: [B, *phase_len, prod(strides), C_out]."""
+    nd = len(plans)
+    phase_shape = (x.shape[0],) + tuple(plan.phase_len for plan in plans) + (kernel.shape[-1],)
+    phases = []
+    for phase in itertools.product(*(range(plan.stride) for plan in plans)):
+        if any(plan.n_taps[r] == 0 for plan, r in zip(plans, phase)):
+            # No tap reaches these outputs (kernel smaller than stride): only the bias remains.
+            phases.append(jnp.zeros(phase_shape, jnp.result_type(x, kernel)))
+            continue
+        sub_kernel = kernel[
+            tuple(slice(plan.first_tap[r], None, plan.stride) for plan, r in zip(plans, phase))
+        ]
+        paddings = [
+            plan.conv_padding(plan.offset[r], plan.n_taps[r]) for plan, r in zip(plans, phase)
+        ]
+        phases.append(
+            lax.conv_general_dilated(
+                x,
+                sub_kernel,
+                window_strides=(1,) * nd,
+                padding=paddings,
+                dimension_numbers=_channels_last_dimension_numbers(nd),
+                precision=precision,
+            )
+        )
+    return jnp.stack(phases, axis=-2)
+
+
+# Below this many output channels of the fused convolution (phases * C_out) the fused form is
+# faster on CPU; above it the separate convolutions win by skipping the zero taps. Measured with
+# benchmarks/conv_transpose.py-style timings of value_and_grad on 2 CPU cores.
+_FUSE_MAX_CHANNELS = 16
+
+
+def sub_pixel_conv_transpose(
+    x: Array,
+    kernel: Array,
+    strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    precision: Any = None,
+    fused: bool | None = None,
+) -> Array:
+    """`lax.conv_transpose(x, kernel, strides, padding)` computed with stride-1 convolutions.
+
+    Args:
+      x: input [B, *spatial, C_in], channels last.
+      kernel: [*kernel_size, C_in, C_out], the layout of `lax.conv_transpose` with
+        `transpose_kernel=False` (no spatial flip).
+      strides: one upsampling factor per spatial axis.
+      padding: 'SAME', 'VALID', or one (low, high) pair per spatial axis, with the meaning
+        `lax.conv_transpose` gives them.
+      precision: passed to `lax.conv_general_dilated`.
+      fused: True computes all prod(strides) phases with one convolution over a common window
+        (zero taps included); False with one convolution per phase on its exact sub-kernel.
+        None picks fused when prod(strides) * C_out <= 16, where it measured faster on CPU.
+
+    Returns:
+      [B, *out_spatial, C_out], equal to `lax.conv_transpose` up to float rounding. See
+      `ConvTranspose` for the decomposition.
+    """
+    nd = kernel.ndim - 2
+    kernel_size = kernel.shape[:nd]
+    if isinstance(padding, str):
+        pads = [_conv_transpose_padding(k, s, padding) for k, s in zip(kernel_size, strides)]
+    else:
+        pads = [tuple(p) for p in padding]
+    plans = [
+        _axis_plan(n, k, s, lo, hi)
+        for n, k, s, (lo, hi) in zip(x.shape[1:-1], kernel_size, strides, pads)
+    ]
+    c_out = kernel.shape[-1]
+    if fused is None:
+        fused = math.prod(strides) * c_out <= _FUSE_MAX_CHANNELS
+    compute_phases = _phases_fused if fused else _phases_separate
+    y = compute_phases(x, kernel, plans, precision)  # [B, *phase_len, prod(strides), C_out]
+
+    # Depth-to-space: output position s * q + r of each axis is phase r at position q.
+    batch, phase_lens = y.shape[0], y.shape[1 : nd + 1]
+    y = y.reshape((batch,) + phase_lens + tuple(strides) + (c_out,))
+    interleaved = [0] + [a for i in range(nd) for a in (1 + i, 1 + nd + i)] + [2 * nd + 1]
+    y = jnp.transpose(y, interleaved)
+    y = y.reshape((batch,) + tuple(q * s for q, s in zip(phase_lens, strides)) + (c_out,))
+    return y[(slice(None),) + tuple(slice(0, plan.out_len) for plan in plans)]
+
+
+class ConvTranspose(nn.Module):
+    """Drop-in replacement for `flax.linen.ConvTranspose` that is fast to differentiate on CPU.
+
+    Computes the same function as `nn.ConvTranspose(transpose_kernel=False)` with the same
+    parameters (`kernel` [*kernel_size, C_in, features], `bias` [features]), so parameter trees
+    are interchangeable. `nn.ConvTranspose` lowers to a convolution with input (lhs) dilation,
+    whose gradient XLA computes on a slow path on CPU (jax-ml/jax#31662, openxla/xla#34273).
+    Here the same map is one ordinary stride-1 convolution followed by a depth-to-space
+    rearrangement, the sub-pixel convolution of Shi et al. (2016), "Real-Time Single Image and
+    Video Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network", whose
+    gradients are stride-1 convolutions too.
+
+    Decomposition, per spatial axis, for input length N, kernel w of size k, stride s and
+    padding (p_lo, p_hi) of the s-dilated input (what 'SAME'/'VALID' resolve to in
+    `lax.conv_transpose`). The output is
+
+        y[o] = sum_{t, i : s * i = o + t - p_lo} x[i] w[t],
+        len(y) = (N - 1) * s + 1 + p_lo + p_hi - k + 1.
+
+    Write o = s * q + r with phase r in [0, s). Only taps t = t0_r + s * m, with
+    t0_r = (p_lo - r) mod s, meet an input pixel, so every phase is a stride-1 correlation with
+    the sub-kernel w_r[m] = w[t0_r + s * m] (m = 0 .. ceil((k - t0_r) / s) - 1) at offset
+    d_r = (r + t0_r - p_lo) / s:
+
+        y[s * q + r] = sum_m x[q + d_r + m] w_r[m].
+
+    The s sub-kernels are placed in one window spanning all offsets (zeros where a phase has no
+    tap) and stacked along the output-channel axis, so a single stride-1 convolution yields every
+    phase: [B, ceil(len(y) / s), s * features] per axis. Depth-to-space interleaves the phases
+    into [B, s * ceil(len(y) / s), features], and the surplus (present only for 'VALID' or explicit
+    padding) is cropped from the end. For kernel 3, stride 2, 'SAME' the window is 2x2 and the
+    convolution produces 4 * features channels.
+
+    Attributes:
+      features: output channels.
+      kernel_size: int (same for every spatial axis) or one int per spatial axis.
+      strides: int or one int per spatial axis (upsampling factors); None means 1.
+      padding: 'SAME', 'VALID', an int, or per-axis ints or (low, high) pairs, with the meaning of
+        `flax.linen.ConvTranspose`. 'CIRCULAR' is not supported.
+      use_bias: add a learned bias [features].
+      dtype: computation dtype (None: inferred from inputs and parameters).
+      param_dtype: parameter dtype.
+      precision: precision of the convolution, see `jax.lax.Precision`.
+      kernel_init: initialiser of the kernel [*kernel_size, C_in, features].
+      bias_init: initialiser of the bias.
+    """
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] | None = None
+    padding: str | int | Sequence[int | tuple[int, int]] = "SAME"
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    def __post_init__(self):
+        _as_tuple(self, "kernel_size")
+        if self.strides is not None:
+            _as_tuple(self, "strides")
+        if not isinstance(self.padding, (int, str)):
+            padding = tuple(p if isinstance(p, int) else tuple(p) for p in self.padding)
+            object.__setattr__(self, "padding", padding)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        """Applies the transposed convolution.
+
+        Args:
+          inputs: [*batch, *spatial, C_in]; any number of leading batch axes (including none).
+
+        Returns:
+          [*batch, *out_spatial, features]; out_spatial = strides * spatial for 'SAME'.
+        """
+        if isinstance(self.kernel_size, int):
+            kernel_size = (self.kernel_size,)
+        else:
+            kernel_size = tuple(self.kernel_size)
+        nd = len(kernel_size)
+        if self.strides is None:
+            strides = (1,) * nd
+        elif isinstance(self.strides, int):
+            strides = (self.strides,) * nd
+        else:
+            strides = tuple(self.strides)
+        padding = canonicalize_padding(self.padding, nd)
+        if padding == "CIRCULAR":
+            raise ValueError("ConvTranspose does not support 'CIRCULAR' padding")
+
+        batch_shape = inputs.shape[: inputs.ndim - nd - 1]
+        x = inputs.reshape((-1,) + inputs.shape[len(batch_shape) :])
+
+        kernel = self.param(
+            "kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = sub_pixel_conv_transpose(x, kernel, strides, padding, precision=self.precision)
+        if bias is not None:
+            y = y + bias
+        return y.reshape(batch_shape + y.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Shapes of the convolutional encoder
+# ----------------------------------------------------------------------------------------------
+
+
+def _per_layer(value: int | Sequence[int], n_layers: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n_layers
+    value = tuple(value)
+    if len(value) != n_layers:
+        raise ValueError(f"{name} needs one entry per layer ({n_layers}), got {value}")
+    return value
+
+
+def _conv_spatial_sizes(
+    input_hw: Sequence[int],
+    n_layers: int,
+    kernel_size: int,
+    strides: int | Sequence[int],
+    padding: str,
+) -> list[tuple[int, int]]:
+    """Spatial sizes (h, w) before the first and after every strided conv layer."""
+    sizes = [tuple(input_hw)]
+    for s in _per_layer(strides, n_layers, "strides"):
+        if padding == "SAME":
+            sizes.append(tuple(-(-n // s) for n in sizes[-1]))
+        elif padding == "VALID":
+            if min(sizes[-1]) < kernel_size:
+                raise ValueError(f"feature map {sizes[-1]} is smaller than kernel {kernel_size}")
+            sizes.append(tuple((n - kernel_size) // s + 1 for n in sizes[-1]))
+        else:
+            raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    return sizes
+
+
+def conv_feature_shape(
+    input_shape: Sequence[int],
+    features: Sequence[int],
+    kernel_size: int,
+    strides: int | Sequence[int],
+    padding: str = "SAME",
+) -> tuple[int, int, int]:
+    """Shape (h, w, c) of the last feature map of `ConvEncoder`, from its configuration alone.
+
+    Each layer maps a spatial size n to ceil(n / s) for 'SAME' and floor((n - k) / s) + 1 for
+    'VALID' (k the kernel size, s the layer's stride); c = features[-1].
+
+    Args:
+      input_shape: (H, W, C) of one input image.
+      features: output channels of each conv layer.
+      kernel_size: square kernel size of every layer.
+      strides: int for every layer, or one int per layer.
+      padding: 'SAME' or 'VALID'.
+    """
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (H, W, C), got {tuple(input_shape)}")
+    if not features:
+        raise ValueError("features must name at least one conv layer")
+    h, w = _conv_spatial_sizes(input_shape[:2], len(features), kernel_size, strides, padding)[-1]
+    return (h, w, features[-1])
+
+
+def _mirror_crop_start(n_in: int, kernel_size: int, stride: int) -> int:
+    """Rows to drop at the start when a 'SAME' transposed conv undoes a 'SAME' conv of size n_in.
+
+    The encoder conv maps n_in to n_out = ceil(n_in / s), padding its input by
+    lo = floor(max((n_out - 1) * s + k - n_in, 0) / 2) at the start. The transposed conv
+    returns s * n_out >= n_in rows, and input pixel i spreads over rows s * i + p_lo - (k - 1)
+    .. s * i + p_lo, with p_lo its 'SAME' padding. Dropping c = p_lo + lo - (k - 1) rows at
+    the start places that window where the encoder's window for output i lay, which makes the
+    cropped layer, with a spatially flipped kernel, exactly the adjoint (transpose) of the
+    encoder layer. c is 0 for even sizes with stride 2; e.g. c = 1 for 7 -> 4, kernel 3.
+    """
+    n_out = -(-n_in // stride)
+    enc_pad_lo = max((n_out - 1) * stride + kernel_size - n_in, 0) // 2
+    dec_pad_lo, _ = _conv_transpose_padding(kernel_size, stride, "SAME")
+    crop = dec_pad_lo + enc_pad_lo - (kernel_size - 1)
+    assert 0 <= crop <= stride * n_out - n_in, (n_in, kernel_size, stride, crop)
+    return crop
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+
+def _as_tuple(module: nn.Module, *fields: str) -> None:
+    """Stores list-valued attributes as tuples so the module stays hashable."""
+    for field in fields:
+        value = getattr(module, field)
+        if not isinstance(value, (int, str)):
+            object.__setattr__(module, field, tuple(value))
+
+
+class MLPEncoder(nn.Module):
+    """Fully connected Gaussian encoder: x [B, ...] -> (mean_bz, logvar_bz), each [B, Z].
+
+    All non-batch axes are flattened, then `hidden` dense layers with `activation`, then two
+    linear dense heads. Hidden kernels use `get_kernel_init(kernel_init, activation)`; the heads
+    use the gain of "linear", since no nonlinearity follows them.
+
+    Attributes:
+      latent_dim: Z.
+      hidden: widths of the hidden layers, input side first.
+      activation: name for `get_activation`.
+      kernel_init: name for `get_kernel_init`.
+    """
+
+    latent_dim: int
+    hidden: Sequence[int] = (512, 512)
+    activation: str = "relu"
+    kernel_init: str = "lecun_normal"
+
+    def __post_init__(self):
+        _as_tuple(self, "hidden")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array) -> tuple[Array, Array]:
+        act = get_activation(self.activation)
+        h_bf = x.reshape((x.shape[0], -1))
+        for i, width in enumerate(self.hidden):
+            h_bf = nn.Dense(
+                width, kernel_init=get_kernel_init(self.kernel_init, self.activation), name=f"hidden_{i}"
+            )(h_bf)
+            h_bf = act(h_bf)
+        head_init = get_kernel_init(self.kernel_init, "linear")
+        mean_bz = nn.Dense(self.latent_dim, kernel_init=head_init, name="mean")(h_bf)
+        logvar_bz = nn.Dense(self.latent_dim, kernel_init=head_init, name="logvar")(h_bf)
+        return mean_bz, logvar_bz
+
+
+class MLPDecoder(nn.Module):
+    """Fully connected decoder: z_bz [B, Z] -> [B, *output_shape], no final activation.
+
+    `hidden` is the encoder's list and is applied in reverse, so the same config builds a
+    mirrored pair. Hidden kernels use `get_kernel_init(kernel_init, activation)`; the output
+    layer uses the "linear" gain.
+
+    Attributes:
+      output_shape: shape of one output, e.g. (H, W, C * P) for P likelihood parameters.
+      hidden: hidden widths of the mirrored encoder, input side first.
+      activation: name for `get_activation`.
+      kernel_init: name for `get_kernel_init`.
+    """
+
+    output_shape: Sequence[int]
+    hidden: Sequence[int] = (512, 512)
+    activation: str = "relu"
+    kernel_init: str = "lecun_normal"
+
+    def __post_init__(self):
+        _as_tuple(self, "output_shape", "hidden")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, z_bz: Array) -> Array:
+        act = get_activation(self.activation)
+        h_bf = z_bz
+        for i, width in enumerate(reversed(self.hidden)):
+            h_bf = nn.Dense(
+                width, kernel_init=get_kernel_init(self.kernel_init, self.activation), name=f"hidden_{i}"
+            )(h_bf)
+            h_bf = act(h_bf)
+        out_bf = nn.Dense(
+            math.prod(self.output_shape),
+            kernel_init=get_kernel_init(self.kernel_init, "linear"),
+            name="output",
+        )(h_bf)
+        return out_bf.reshape((z_bz.shape[0],) + tuple(self.output_shape))
+
+
+class ConvEncoder(nn.Module):
+    """Convolutional Gaussian encoder: x_bhwc [B, H, W, C] -> (mean_bz, logvar_bz), each [B, Z].
+
+    Layer i is a 'SAME' convolution with `features[i]` channels and stride `strides[i]`
+    (downsampling by striding, no pooling) followed by `activation`; then flatten, the optional
+    dense `hidden` layers, and two linear dense heads. The last feature map has shape
+    `self.feature_shape((H, W, C))`.
+
+    Attributes:
+      latent_dim: Z.
+      features: channels of each conv layer.
+      kernel_size: square kernel size of every conv layer.
+      strides: int for every layer, or one int per layer.
+      activation: name for `get_activation`.
+      kernel_init: name for `get_kernel_init` (heads use the "linear" gain).
+      hidden: widths of dense layers between the flattened feature map and the heads.
+    """
+
+    latent_dim: int
+    features: Sequence[int] = (32, 64)
+    kernel_size: int = 3
+    strides: int | Sequence[int] = 2
+    activation: str = "relu"
+    kernel_init: str = "lecun_normal"
+    hidden: Sequence[int] = ()
+
+    def __post_init__(self):
+        _as_tuple(self, "features", "strides", "hidden")
+        super().__post_init__()
+
+    def feature_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int]:
+        """(h, w, c) of the last conv feature map for one input of shape (H, W, C)."""
+        return conv_feature_shape(input_shape, self.features, self.kernel_size, self.strides)
+
+    @nn.compact
+    def __call__(self, x_bhwc: Array) -> tuple[Array, Array]:
+        act = get_activation(self.activation)
+        init = get_kernel_init(self.kernel_init, self.activation)
+        strides = _per_layer(self.strides, len(self.features), "strides")
+        h_bhwc = x_bhwc
+        for i, (channels, stride) in enumerate(zip(self.features, strides)):
+            h_bhwc = nn.Conv(
+                channels,
+                kernel_size=(self.kernel_size, self.kernel_size),
+                strides=(stride, stride),
+                padding="SAME",
+                kernel_init=init,
+                name=f"conv_{i}",
+            )(h_bhwc)
+            h_bhwc = act(h_bhwc)
+        h_bf = h_bhwc.reshape((h_bhwc.shape[0], -1))
+        for i, width in enumerate(self.hidden):
+            h_bf = act(nn.Dense(width, kernel_init=init, name=f"hidden_{i}")(h_bf))
+        head_init = get_kernel_init(self.kernel_init, "linear")
+        mean_bz = nn.Dense(self.latent_dim, kernel_init=head_init, name="mean")(h_bf)
+        logvar_bz = nn.Dense(self.latent_dim, kernel_init=head_init, name="logvar")(h_bf)
+        return mean_bz, logvar_bz
+
+
+class ConvDecoder(nn.Module):
+    """Convolutional decoder mirroring `ConvEncoder`: z_bz [B, Z] -> [B, *output_shape].
+
+    Takes the encoder's configuration and runs it backwards: dense layers `reversed(hidden)`,
+    a dense projection to the encoder's last feature map `conv_feature_shape(...)` (reshaped to
+    [B, h, w, features[-1]]), then one `ConvTranspose` per encoder conv layer in reverse order,
+    each 'SAME' with that layer's stride and producing the channels of that layer's input
+    (`features[i - 1]`, and `output_shape[-1]` for the first layer). When the encoder rounded an
+    odd size up (7 -> 4), the transposed conv returns the even size (8), and
+    `_mirror_crop_start` rows are dropped at the start and the rest at the end, which makes each
+    decoder layer the geometric transpose of its encoder layer. Every layer but the last is
+    followed by `activation`; the output has none (logits or likelihood parameters).
+
+    Attributes:
+      output_shape: (H, W, C_out) with C_out = C * P for P likelihood parameters per pixel.
+      features: the ENCODER's conv channels, input side first; mirrored here.
+      kernel_size: square kernel size of every transposed conv.
+      strides: the encoder's strides (int or one per layer).
+      activation: name for `get_activation`.
+      kernel_init: name for `get_kernel_init` (output layer uses the "linear" gain).
+      hidden: the encoder's dense hidden widths; applied in reverse.
+    """
+
+    output_shape: Sequence[int]
+    features: Sequence[int] = (32, 64)
+    kernel_size: int = 3
+    strides: int | Sequence[int] = 2
+    activation: str = "relu"
+    kernel_init: str = "lecun_normal"
+    hidden: Sequence[int] = ()
+
+    def __post_init__(self):
+        _as_tuple(self, "output_shape", "features", "strides", "hidden")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, z_bz: Array) -> Array:
+        if len(self.output_shape) != 3:
+            raise ValueError(f"output_shape must be (H, W, C), got {self.output_shape}")
+        act = get_activation(self.activation)
+        init = get_kernel_init(self.kernel_init, self.activation)
+        n_layers = len(self.features)
+        strides = _per_layer(self.strides, n_layers, "strides")
+        sizes = _conv_spatial_sizes(self.output_shape[:2], n_layers, self.kernel_size, strides, "SAME")
+        h, w = sizes[-1]
+
+        h_bf = z_bz
+        for i, width in enumerate(reversed(self.hidden)):
+            h_bf = act(nn.Dense(width, kernel_init=init, name=f"hidden_{i}")(h_bf))
+        h_bf = act(nn.Dense(h * w * self.features[-1], kernel_init=init, name="project")(h_bf))
+        h_bhwc = h_bf.reshape((z_bz.shape[0], h, w, self.features[-1]))
+
+        out_channels = (self.output_shape[-1],) + tuple(self.features[:-1])
+        for j, layer in enumerate(reversed(range(n_layers))):
+            is_last = layer == 0
+            h_bhwc = ConvTranspose(
+                out_channels[layer],
+                kernel_size=(self.kernel_size, self.kernel_size),
+                strides=(strides[layer], strides[layer]),
+                padding="SAME",
+                kernel_init=get_kernel_init(self.kernel_init, "linear") if is_last else init,
+                name=f"deconv_{j}",
+            )(h_bhwc)
+            target_h, target_w = sizes[layer]
+            top = _mirror_crop_start(target_h, self.kernel_size, strides[layer])
+            left = _mirror_crop_start(target_w, self.kernel_size, strides[layer])
+            h_bhwc = h_bhwc[:, top : top + target_h, left : left + target_w, :]
+            if not is_last:
+                h_bhwc = act(h_bhwc)
+        return h_bhwc
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------
+
+ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "conv": ConvEncoder}
+DECODERS: dict[str, type[nn.Module]] = {"mlp": MLPDecoder, "conv": ConvDecoder}
+
+
+def make_encoder(name: str, **kwargs: Any) -> nn.Module:
+    """Builds the encoder registered as `name` in `ENCODERS` with keyword arguments `kwargs`."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; valid names: {sorted(ENCODERS)}")
+    return ENCODERS[name](**kwargs)
+
+
+def make_decoder(name: str, **kwargs: Any) -> nn.Module:
+    """Builds the decoder registered as `name` in `DECODERS` with keyword arguments `kwargs`."""
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; valid names: {sorted(DECODERS)}")
+    return DECODERS[name](**kwargs)
