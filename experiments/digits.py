@@ -7,11 +7,13 @@ dynamically binarised at every step, with a Bernoulli likelihood.
 Command:
     python -m vae_jax.main --config experiments/digits.py --workdir runs/digits
 
-Hardware and time: 2-core CPU, about a minute (including compilation).
+Hardware and time: 2-core CPU, 20,000 steps of batch 64 in 15-45 s after start-up (about
+70,000 examples/s on an idle machine; 18,000 with other jobs competing for the cores).
 
-Expected numbers (measured on that machine, seed 0, 3,000 steps): see the README table
-"Quickstart"; the validation ELBO (`val_elbo_nats` in eval_metrics.jsonl) climbs from about
--44 nats at initialisation to about -17 nats per image.
+Expected numbers (measured on that machine, seed 0): the validation ELBO
+(`val_elbo_nats` in eval_metrics.jsonl) is -22.9 nats per image at step 5,000 and -22.5 at step
+20,000 (reconstruction 16.9 nats, KL 5.6 nats). The reconstructions are recognisable digits and
+the prior samples mostly look like digits.
 """
 
 from vae_jax.config_defaults import default_config
@@ -25,9 +27,9 @@ def get_config():
     config.hidden = (256, 256)
     config.batch_size = 64
     config.eval_batch_size = 256
-    config.num_steps = 3000
+    config.num_steps = 20000
     config.steps_per_dispatch = 50
-    config.log_every = 100
-    config.eval_every = 1000
-    config.checkpoint_every = 1000
+    config.log_every = 500
+    config.eval_every = 5000
+    config.checkpoint_every = 5000
     return config

@@ -3,11 +3,15 @@
 References are independent of the code under test: sklearn's own copy of digits, the published
 MNIST split sizes and label counts, plain numpy padding, and Monte Carlo estimates with stated
 tolerances. TFDS data sets that are not available offline are loaded through
-`tfds.testing.mock_data`, the documented TFDS way; real MNIST comes from the shared data_dir
-(the `mnist_data_dir` fixture skips when it is absent).
+`tfds.testing.mock_data`, the documented TFDS way (with split sizes and slicing made real by
+`mock_sliced_tfds` where a test needs them); real MNIST comes from the shared data_dir (the
+`mnist_data_dir` fixture skips when it is absent), and streamed MNIST is checked against
+`tfds.load`.
 """
 
 import collections
+import contextlib
+import pathlib
 import subprocess
 import sys
 import time
@@ -100,8 +104,28 @@ def test_bad_binarization_name():
 
 def test_digits_does_not_import_tensorflow():
     code = ("import sys; from vae_jax import input_pipeline as ip; ip.load_dataset('digits'); "
+            "ip.dataset_nbytes('digits', split='train'); "
             "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_digits_nbytes_is_the_size_of_the_loaded_arrays():
+    data = input_pipeline.load_dataset("digits")
+    assert input_pipeline.dataset_nbytes("digits") == sum(
+        x.nbytes for x in (data.train, data.validation, data.test))
+    # "train" is everything but the fixed test split, validation hold-out included.
+    assert input_pipeline.dataset_nbytes("digits", split="train") == (data.train.nbytes
+                                                                      + data.validation.nbytes)
+    assert input_pipeline.dataset_nbytes("digits", split="test") == data.test.nbytes
+    with pytest.raises(ValueError, match="digits has splits"):
+        input_pipeline.dataset_nbytes("digits", split="validation")
+
+
+def test_digits_is_always_in_memory():
+    data = input_pipeline.load_dataset("digits", validation_size=150)
+    assert data.num_train == len(data.train) == 1350 and data.train_split is None
+    with pytest.raises(ValueError, match="always in memory"):
+        input_pipeline.load_dataset("digits", train_in_memory=False)
 
 
 def test_image_dataset_checks_its_arrays():
@@ -111,6 +135,14 @@ def test_image_dataset_checks_its_arrays():
     with pytest.raises(ValueError, match="labels"):
         input_pipeline.ImageDataset("x", images, images, images, 17,
                                     train_labels=np.zeros(3, np.int32))
+    assert input_pipeline.ImageDataset("x", images, images, images, 17).num_train == 4
+    with pytest.raises(ValueError, match="num_train"):  # in memory: must be len(train)
+        input_pipeline.ImageDataset("x", images, images, images, 17, num_train=9)
+    with pytest.raises(ValueError, match="num_train"):  # streamed: needs train_split
+        input_pipeline.ImageDataset("x", images[:0], images, images, 17, num_train=9)
+    streamed = input_pipeline.ImageDataset("x", images[:0], images, images, 17,
+                                           train_split="train[:9]", num_train=9)
+    assert streamed.image_shape == (8, 8, 1)
 
 
 # ----------------------------------------------------------------------------- binarisation
@@ -231,6 +263,14 @@ def test_missing_data_fails_fast_naming_the_directory(tmp_path):
         input_pipeline.dataset_nbytes("mnist", data_dir=tmp_path)
     with pytest.raises(input_pipeline.DatasetNotFoundError, match=str(tmp_path)):
         input_pipeline.stream_batches("mnist", split="train", batch_size=8, data_dir=tmp_path)
+    with pytest.raises(input_pipeline.DatasetNotFoundError, match=str(tmp_path)):
+        input_pipeline.load_dataset("mnist", data_dir=tmp_path, train_in_memory=False)
+
+
+def test_static_binarization_cannot_be_streamed(tmp_path):
+    with pytest.raises(ValueError, match="static.*in memory"):
+        input_pipeline.load_dataset("mnist", data_dir=tmp_path, binarization="static",
+                                    train_in_memory=False)
 
 
 def test_tfds_data_dir_environment_variable_is_honoured(tmp_path, monkeypatch):
@@ -252,6 +292,8 @@ def test_mocked_8bit_data_sets(tfds, tmp_path, name, image_shape):
     assert data.test.shape == (12, *image_shape) and data.image_shape == image_shape
     assert data.train.dtype == np.uint8 and data.num_levels == 256
     assert data.test_labels.dtype == np.int32 and set(data.test_labels) <= set(range(10))
+    # A permuted hold-out: no TFDS split string names the 10 training examples.
+    assert data.num_train == 10 and data.train_split is None
 
 
 def test_mocked_binarized_mnist_uses_its_official_splits(tfds, tmp_path):
@@ -263,6 +305,7 @@ def test_mocked_binarized_mnist_uses_its_official_splits(tfds, tmp_path):
         assert images.shape == (12, 28, 28, 1) and images.dtype == np.uint8
         assert set(np.unique(images)) <= {0, 1}
     assert data.num_levels == 2 and data.train_labels is None
+    assert data.train_split == "train" and data.num_train == 12
 
 
 def test_mocked_data_with_too_many_levels_is_refused(tfds, tmp_path):
@@ -276,6 +319,106 @@ def test_mocked_static_binarization(tfds, tmp_path):
         data = input_pipeline.load_dataset("fashion_mnist", data_dir=tmp_path,
                                            binarization="static", validation_size=2)
     assert data.num_levels == 2 and set(np.unique(data.train)) == {0, 1}
+
+
+# ---------------------------------------------------- streamed training set, mocked TFDS
+
+MOCK_SPLIT_SIZES = {"train": 16, "test": 4}
+
+
+@contextlib.contextmanager
+def mock_sliced_tfds(tfds, data_dir, name="fashion_mnist"):
+    """`tfds.testing.mock_data` for `name`, but with split sizes and TFDS slicing honoured.
+
+    The default mock yields the same examples for every split and slice, which cannot show a
+    leak. Here the metadata written to data_dir gives the splits `MOCK_SPLIT_SIZES` examples,
+    slices are resolved by TFDS's own `ReadInstruction`, and example i of a split has pixel
+    (0, 0) = i and pixel (0, 1) = 1 + the split's position in MOCK_SPLIT_SIZES (see
+    `mock_ids`). Yields a list to which every read appends the (split, i) it produced.
+    """
+    import tensorflow as tf
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0)
+        for split, n in MOCK_SPLIT_SIZES.items()]))
+    pathlib.Path(builder.data_dir).mkdir(parents=True)
+    builder.info.write_to_directory(builder.data_dir)
+    reads = []
+
+    def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
+        ids = [(instruction.splitname, i)
+               for instruction in tfds.core.ReadInstruction.from_spec(split).to_absolute(
+                   self.info.splits)
+               for i in range(self.info.splits[instruction.splitname].num_examples)[
+                   instruction.from_:instruction.to]]
+        reads.extend(ids)
+        images = np.zeros((len(ids), *self.info.features["image"].shape), np.uint8)
+        for row, (split_name, i) in enumerate(ids):
+            images[row, 0, :2, 0] = i, 1 + list(MOCK_SPLIT_SIZES).index(split_name)
+        labels = np.array([i % 10 for _, i in ids], np.int64)
+        return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir,
+                                as_dataset_fn=as_dataset):
+        yield reads
+
+
+def mock_ids(images):
+    """The (split, i) of each image written by `mock_sliced_tfds`."""
+    names = list(MOCK_SPLIT_SIZES)
+    return [(names[code - 1], int(i)) for i, code in images[:, 0, :2, 0]]
+
+
+def test_mocked_streamed_train_is_named_not_read(tfds, tmp_path):
+    with mock_sliced_tfds(tfds, tmp_path) as reads:
+        data = input_pipeline.load_dataset("fashion_mnist", data_dir=tmp_path,
+                                           validation_size=4, train_in_memory=False)
+    chex.assert_shape(data.train, (0, 28, 28, 1))
+    assert data.train.dtype == np.uint8 and data.image_shape == (28, 28, 1)
+    assert data.num_train == 12 and data.train_split == "train[:12]"
+    # Validation is the contiguous tail of the train split; nothing before it was read.
+    assert mock_ids(data.validation) == [("train", i) for i in range(12, 16)]
+    assert mock_ids(data.test) == [("test", i) for i in range(4)]
+    assert sorted(set(reads)) == [("test", i) for i in range(4)] + [("train", i) for i in
+                                                                    range(12, 16)]
+    np.testing.assert_array_equal(data.validation_labels, [2, 3, 4, 5])  # i % 10
+    assert data.train_labels.shape == (0,) and data.num_levels == 256
+
+
+@pytest.mark.parametrize("size, num_train", [(0.25, 12), (0, 16)])
+def test_mocked_streamed_validation_size_count_or_fraction(tfds, tmp_path, size, num_train):
+    with mock_sliced_tfds(tfds, tmp_path):
+        data = input_pipeline.load_dataset("fashion_mnist", data_dir=tmp_path,
+                                           validation_size=size, train_in_memory=False)
+        assert input_pipeline.dataset_nbytes("fashion_mnist", split="train",
+                                             data_dir=tmp_path) == 16 * 28 * 28
+    assert data.num_train == num_train and data.train_split == f"train[:{num_train}]"
+    chex.assert_shape(data.validation, (16 - num_train, 28, 28, 1))
+    assert data.validation_labels.shape == (16 - num_train,)
+
+
+def test_mocked_stream_excludes_validation_and_shards_by_process(tfds, tmp_path):
+    with mock_sliced_tfds(tfds, tmp_path):
+        data = input_pipeline.load_dataset("fashion_mnist", data_dir=tmp_path,
+                                           validation_size=4, train_in_memory=False)
+
+        def stream(process_index, **kwargs):
+            return input_pipeline.stream_batches(
+                "fashion_mnist", split=data.train_split, batch_size=3, data_dir=tmp_path,
+                process_index=process_index, process_count=2, **kwargs)
+
+        in_order = [list(stream(p, shuffle_buffer=0, repeat=False)) for p in (0, 1)]
+        shuffled = stream(1, seed=3)
+        shuffled_batches = [next(shuffled) for _ in range(8)]  # four epochs of process 1
+        resumed = next(stream(1, seed=3, skip_batches=5))
+    # Each process: a contiguous half of train[:12], in two whole batches.
+    assert [[mock_ids(batch) for batch in batches] for batches in in_order] == [
+        [[("train", i) for i in range(j, j + 3)] for j in range(start, start + 6, 3)]
+        for start in (0, 6)]
+    for batch in shuffled_batches:
+        assert {i for _, i in mock_ids(batch)} <= set(range(6, 12))
+    np.testing.assert_array_equal(resumed, shuffled_batches[5])
 
 
 # ------------------------------------------------------------------------------- real MNIST
@@ -308,6 +451,51 @@ def test_real_mnist_splits_and_published_figures(mnist):
 def test_real_mnist_nbytes_from_metadata(mnist_data_dir, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", mnist_data_dir)
     assert input_pipeline.dataset_nbytes("mnist") == 70_000 * 28 * 28
+    assert input_pipeline.dataset_nbytes("mnist", split="train") == 60_000 * 28 * 28
+
+
+@pytest.fixture(scope="module")
+def mnist_streamed(mnist_data_dir):
+    """Real MNIST for streaming: the last 5,000 of the official train split held out."""
+    return input_pipeline.load_dataset("mnist", data_dir=mnist_data_dir, validation_size=5000,
+                                       train_in_memory=False)
+
+
+def test_real_mnist_streamed_holds_out_the_tail_of_train(mnist_streamed, mnist, mnist_data_dir,
+                                                         tfds):
+    data = mnist_streamed
+    chex.assert_shape(data.train, (0, 28, 28, 1))
+    assert data.num_train == 55_000 and data.train_split == "train[:55000]"
+    chex.assert_shape(data.validation, (5000, 28, 28, 1))
+    # Independent path: TFDS's own loader and slicing.
+    tail = tfds.as_numpy(tfds.load("mnist", split="train[55000:]", data_dir=mnist_data_dir,
+                                   batch_size=-1))
+    np.testing.assert_array_equal(data.validation, tail["image"])
+    np.testing.assert_array_equal(data.validation_labels, tail["label"])
+    np.testing.assert_array_equal(data.test, mnist.test)
+    assert data.validation.dtype == np.uint8 and data.num_levels == 256
+
+
+def test_real_mnist_stream_never_yields_a_validation_image(mnist_streamed, mnist,
+                                                           mnist_data_dir):
+    data = mnist_streamed
+    validation = set(row_keys(data.validation))
+
+    def one_epoch(process_index):
+        # 55,000 / 2 processes / 500 = 55 batches: one shuffled epoch of this process's half.
+        it = input_pipeline.stream_batches(
+            "mnist", split=data.train_split, batch_size=500, data_dir=mnist_data_dir, seed=1,
+            process_index=process_index, process_count=2)
+        keys = [key for _ in range(55) for key in row_keys(next(it))]
+        assert len(set(keys)) == len(keys) == 27_500  # each example once in an epoch
+        return set(keys)
+
+    first, second = one_epoch(0), one_epoch(1)
+    assert not first & second
+    assert not (first | second) & validation
+    # Together with validation, the stream covers the 60,000 official train images.
+    official_train = set(row_keys(mnist.train)) | set(row_keys(mnist.validation))
+    assert first | second | validation == official_train
 
 
 def test_stream_batches_gives_each_process_its_own_block(mnist, mnist_data_dir):

@@ -240,7 +240,7 @@ def test_free_bits_is_sum_over_dims_of_max_lambda_and_batch_mean_kl():
     params, x, key = make_params("bernoulli"), make_data("bernoulli", 2), jax.random.key(4)
     ref = ref_forward(params, x, key, "bernoulli", 1)
     kl_per_dim = ref["kl_bz"].mean(axis=0)
-    free_bits = float(np.median(kl_per_dim))  # some dims below lambda, some above
+    free_bits = float(np.sort(kl_per_dim)[:2].mean())  # dims on both sides, none at a tie
     assert np.any(kl_per_dim < free_bits) and np.any(kl_per_dim > free_bits)
     beta = 0.7
     loss, metrics = run_elbo(params, x, key, "bernoulli", beta=beta, free_bits=free_bits)
@@ -319,14 +319,14 @@ def test_iwae_with_one_sample_equals_the_elbo_in_expectation():
     x = jnp.asarray(np.repeat(make_data("bernoulli", batch=4, seed=9), copies, axis=0))
     key = jax.random.key(10)
     iwae_rb = np.stack([jit_iwae_per_example(params, x, jax.random.fold_in(key, r), 1)
-                        for r in range(16)])
+                        for r in range(48)])
     elbo_rb = np.stack([jit_elbo_per_example(params, x, jax.random.fold_in(key, 100 + r))
-                        for r in range(4)])
+                        for r in range(8)])
     iwae_nb = iwae_rb.reshape(-1, 4, copies).transpose(0, 2, 1).reshape(-1, 4).astype(np.float64)
     elbo_nb = elbo_rb.reshape(-1, 4, copies).transpose(0, 2, 1).reshape(-1, 4).astype(np.float64)
     stderr_b = np.sqrt(iwae_nb.var(0) / len(iwae_nb) + elbo_nb.var(0) / len(elbo_nb))
     np.testing.assert_array_less(np.abs(iwae_nb.mean(0) - elbo_nb.mean(0)), 4 * stderr_b)
-    # The tolerance is tight compared with the IWAE gain at K = 5 (the other test's effect).
+    # The tolerance is small next to the ~8 nats that K = 5 gains over K = 1 on this model.
     assert np.all(4 * stderr_b < 1.0), stderr_b
 
 
@@ -400,12 +400,15 @@ def test_noise_depends_only_on_the_example_id():
     # Other ids give other noise, so the check above has power.
     shifted = run(params, x, key, jnp.asarray(ids + 1))[1]["per_example"]
     assert np.all(np.abs(shifted["recon"] - per_example["recon"]) > 1e-3)
-    # An example alone in its batch gets the same noise as in the full batch.
-    alone = run_elbo(params, x[2:3], key, "gaussian_learned", example_ids=jnp.asarray(ids[2:3]))
-    np.testing.assert_allclose(alone[1]["per_example"]["recon"], per_example["recon"][2:3],
-                               rtol=1e-6)
+    # Examples taken out of the batch get the same noise as in the full batch.
+    pair = np.array([4, 2])
+    _, alone = run_elbo(params, x[pair], key, "gaussian_learned", example_ids=jnp.asarray(ids[pair]))
+    np.testing.assert_allclose(alone["per_example"]["recon"], per_example["recon"][pair],
+                               rtol=1e-6, atol=1e-6)
     # Default ids are the batch positions.
-    chex.assert_trees_all_close(run(params, x, key), run(params, x, key, jnp.arange(5)))
+    chex.assert_trees_all_close(run_elbo(params, x[:2], key, "gaussian_learned"),
+                                run_elbo(params, x[:2], key, "gaussian_learned",
+                                         example_ids=jnp.arange(2)))
 
 
 def test_shard_map_with_free_bits_matches_single_device_on_the_global_batch():
@@ -420,38 +423,39 @@ def test_shard_map_with_free_bits_matches_single_device_on_the_global_batch():
     beta = 0.8
     ref = ref_forward(params, x, key, "bernoulli", 2)
     kl_per_dim = ref["kl_bz"].mean(0)
-    free_bits = float(np.median(kl_per_dim))
+    free_bits = float(np.sort(kl_per_dim)[:2].mean())  # dims on both sides, none at a tie
     expected_loss = ref["recon_b"].mean() + beta * np.maximum(free_bits, kl_per_dim).sum()
 
-    def per_device(params, x, ids, key, axis_name):
-        loss, metrics = losses.elbo(params, x, key, encoder=ENCODER, decoder=DECODERS[1],
-                                    beta=beta, free_bits=free_bits, num_samples=2,
-                                    example_ids=ids, axis_name=axis_name)
-        return (jax.lax.pmean(loss, "batch"), loss[None], metrics["recon_nats"][None],
-                metrics["per_example"], metrics["kl_per_dim_nats"][None])
+    loss_fn = functools.partial(losses.elbo, encoder=ENCODER, decoder=DECODERS[1], beta=beta,
+                                free_bits=free_bits, num_samples=2)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def run(axis_name):
-        spec = PartitionSpec("batch")
-        fn = jax.shard_map(functools.partial(per_device, axis_name=axis_name), mesh=mesh,
-                           in_specs=(PartitionSpec(), spec, spec, PartitionSpec()),
-                           out_specs=(PartitionSpec(), spec, spec, spec, spec), check_vma=False)
-        return jax.jit(fn)(params, jnp.asarray(x), jnp.asarray(ids), key)
+    def per_device(params, x, ids, key):
+        (loss, metrics), grads = grad_fn(params, x, key, example_ids=ids, axis_name="batch")
+        return (jax.lax.pmean(loss, "batch"), jax.lax.pmean(grads, "batch"), loss[None],
+                metrics["recon_nats"][None], metrics["per_example"],
+                metrics["kl_per_dim_nats"][None])
 
-    mean_loss, loss_d, recon_d, per_example, kl_per_dim_d = run("batch")
-    single_loss, single = run_elbo(params, x, key, "bernoulli", beta=beta, free_bits=free_bits,
-                                   num_samples=2)  # eager: the single-device call as users make it
+    spec = PartitionSpec("batch")
+    sharded = jax.jit(jax.shard_map(
+        per_device, mesh=mesh, in_specs=(PartitionSpec(), spec, spec, PartitionSpec()),
+        out_specs=(PartitionSpec(), PartitionSpec(), spec, spec, spec, spec), check_vma=False))
+    mean_loss, mean_grads, loss_d, recon_d, per_example, kl_per_dim_d = sharded(
+        params, jnp.asarray(x), jnp.asarray(ids), key)
+    (single_loss, single), single_grads = jax.jit(grad_fn)(params, jnp.asarray(x), key)
     assert_close(single_loss, expected_loss)
     assert_close(mean_loss, expected_loss)
     assert_close(per_example["recon"], ref["recon_b"])
     chex.assert_trees_all_close(per_example, single["per_example"], rtol=1e-5, atol=1e-5)
+    # Averaging per-device gradients gives the single-device gradient, free bits included.
+    chex.assert_trees_all_close(mean_grads, single_grads, rtol=1e-5, atol=1e-5)
     # Every device sees the global per-dimension KL, so its free-bits term is the global one.
     for d in range(num_devices):
         assert_close(kl_per_dim_d[d], kl_per_dim)
         assert_close(loss_d[d] - recon_d[d], beta * np.maximum(free_bits, kl_per_dim).sum())
-
-    # Without axis_name the free bits act on each device's own 2 examples: a different loss.
-    unsynced_loss = run(None)[0]
-    assert float(unsynced_loss) > expected_loss + 1e-3
+    # Each device's own 2 examples give other per-dimension KLs, so the checks above have power.
+    local_kl_per_dim_dz = ref["kl_bz"].reshape(num_devices, 2, Z).mean(1)
+    assert np.abs(local_kl_per_dim_dz - kl_per_dim).max() > 1e-2
 
 
 # ------------------------------------------------------------------------------------------

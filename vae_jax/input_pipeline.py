@@ -8,9 +8,19 @@ Data flow::
       -> (training loop)          device_put as uint8; on device x = levels * dataset.scale
       -> dynamic_binarize         on device, every step, when binarization="dynamic"
 
-    stream_batches(name, split)   for data sets over the memory budget (see dataset_nbytes):
+    For TFDS data sets over the memory budget (compare dataset_nbytes(name, split="train")
+    with it before loading anything):
+
+    load_dataset(name, train_in_memory=False)
+                                  validation and test in memory as above; train left empty,
+                                  named instead by ImageDataset.train_split ("train[:55000]")
+      -> stream_batches(name, split=dataset.train_split)
                                   tf.data reads this process's sub-split, shuffles, batches
                                   and yields [B_local, H, W, C] uint8 numpy batches.
+
+The validation hold-out differs between the two: in memory it is a permutation of the TFDS
+train split drawn from `seed`; when streaming it is the contiguous tail of that split
+(`train[55000:]`), the only kind of hold-out a TFDS split string can exclude from the stream.
 
 Pixels stay integer levels 0..num_levels-1 on the host and on the device (a quarter of the
 bytes of float32); `ImageDataset.scale = 1 / (num_levels - 1)` maps them to [0, 1].
@@ -47,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+DIGITS_NUM_IMAGES = 1797
 DIGITS_TEST_SIZE = 297
 DIGITS_TEST_SEED = 0
 BINARIZATIONS = ("none", "static", "dynamic")
@@ -79,16 +90,23 @@ class DatasetNotFoundError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
-    """An image data set held in host memory as integer levels.
+    """An image data set held in host memory as integer levels (train possibly streamed).
 
     Attributes:
         name: the name given to `load_dataset`.
-        train: [N_train, H, W, C] uint8, levels in 0..num_levels-1.
+        train: [N_train, H, W, C] uint8, levels in 0..num_levels-1; [0, H, W, C] when the
+            training examples are streamed (`load_dataset(..., train_in_memory=False)`).
         validation: [N_val, H, W, C] uint8, disjoint from train (N_val may be 0).
         test: [N_test, H, W, C] uint8.
         num_levels: pixel levels: 256 for 8-bit data, 17 for digits, 2 for binary data.
         train_labels, validation_labels, test_labels: [N] int32 class labels, or None for
             data sets without labels (binarized_mnist).
+        train_split: the TFDS split string that names exactly the training examples, e.g.
+            "train[:55000]": what `stream_batches(name, split=...)` reads when train is
+            streamed. None when no split string names them (digits, or an in-memory
+            validation hold-out, which is a permutation).
+        num_train: how many training examples there are; N_train when train is in memory.
+            None in the constructor means len(train).
     """
 
     name: str
@@ -99,8 +117,17 @@ class ImageDataset:
     train_labels: np.ndarray | None = None
     validation_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
+    train_split: str | None = None
+    num_train: int | None = None
 
     def __post_init__(self):
+        if self.num_train is None:
+            object.__setattr__(self, "num_train", len(self.train))
+        streamed = len(self.train) == 0 and self.train_split is not None
+        if self.num_train < 0 or not (self.num_train == len(self.train) or streamed):
+            raise ValueError(f"num_train={self.num_train} with {len(self.train)} training "
+                             "images in memory: they must agree unless train is empty and "
+                             "train_split names the streamed examples")
         for split in ("train", "validation", "test"):
             images, labels = getattr(self, split), getattr(self, f"{split}_labels")
             if images.dtype != np.uint8 or images.shape[1:] != self.train.shape[1:]:
@@ -132,8 +159,13 @@ def load_dataset(
     validation_size: int | float = 0.1,
     binarization: str = "none",
     seed: int = 0,
+    train_in_memory: bool = True,
 ) -> ImageDataset:
     """Loads every split of an image data set into host memory as uint8 levels.
+
+    With train_in_memory=False (for training sets over the memory budget), the training
+    images are not read: `train` is [0, H, W, C] and `train_split` / `num_train` say which
+    examples `stream_batches` should stream.
 
     Args:
         name: "digits", "mnist", "fashion_mnist", "binarized_mnist", "cifar10", or the name of
@@ -143,9 +175,14 @@ def load_dataset(
         download: let TFDS download and prepare missing data (needs internet). When False,
             missing data raises `DatasetNotFoundError` without touching the network.
         validation_size: how much of the official train split to hold out for validation: an
-            int count or a float fraction in [0, 1). The held-out examples are chosen by a
-            permutation drawn from `seed`; both parts keep the original order. Ignored when
-            the data set has an official validation split (binarized_mnist): that is used.
+            int count or a float fraction in [0, 1) (round(fraction * N) examples). In memory,
+            the held-out examples are chosen by a permutation drawn from `seed`, and both
+            parts keep the original order. With train_in_memory=False they are instead the
+            last ones of the TFDS train split, `train[N - N_val:]`, so that the stream,
+            `train[:N - N_val]`, excludes them (so the two modes validate on different
+            examples).
+            Ignored when the data set has an official validation split (binarized_mnist):
+            that is used.
         binarization: "none" keeps the levels. "static" replaces every pixel once, on the
             host, by a Bernoulli draw with probability level * scale (the stochastic
             binarisation of Salakhutdinov & Murray (2008), with which Larochelle & Murray made
@@ -154,17 +191,30 @@ def load_dataset(
             the levels (the training step calls `dynamic_binarize` on device); it is only
             validated here.
         seed: seeds the validation hold-out and the static binarisation.
+        train_in_memory: False: leave the training images on disk (see above); their pixel
+            levels are then not checked here. Not for "digits", which is always in memory,
+            nor with binarization="static", which the stream does not apply.
 
     Returns:
         An `ImageDataset` of [N, H, W, C] uint8 arrays.
 
     Raises:
-        ValueError: an unknown name, a TFDS data set without a usable "image" feature, or a
-            bad validation_size or binarization.
+        ValueError: an unknown name, a TFDS data set without a usable "image" feature, a
+            bad validation_size or binarization, or train_in_memory=False for "digits" or
+            with binarization="static".
         DatasetNotFoundError: the data is not in the data directory and download=False.
     """
     if binarization not in BINARIZATIONS:
         raise ValueError(f"binarization must be one of {BINARIZATIONS}, got {binarization!r}")
+    if not train_in_memory:
+        if name == "digits":
+            raise ValueError("'digits' is small and always in memory: train_in_memory=False "
+                             "is only for TFDS data sets")
+        if binarization == "static":
+            raise ValueError("binarization='static' needs the training set in memory (the "
+                             "stream does not binarise); use 'dynamic' when streaming")
+        return _load_streamed(name, data_dir=data_dir, download=download,
+                              validation_size=validation_size)
     if name == "digits":
         splits = _load_digits()
         num_levels = BUILTIN_DATASETS["digits"].num_levels
@@ -177,10 +227,7 @@ def load_dataset(
                           or "validation" in builder.info.splits)
         split_names = ("train", "test") + (("validation",) if has_validation else ())
         splits = {split: _read_split(name, builder, split) for split in split_names}
-        for split, (images, _) in splits.items():
-            if images.max() >= num_levels:
-                raise ValueError(f"{name} {split}: pixel level {images.max()} is not below "
-                                 f"num_levels={num_levels}")
+        _check_levels(name, splits, num_levels)
 
     if binarization == "static":
         # Before the hold-out, and one generator per split: an example's binary image does not
@@ -192,10 +239,14 @@ def load_dataset(
         num_levels = 2
 
     train_images, train_labels = splits["train"]
+    # A TFDS split string names the training examples only when none were held out of them.
+    train_split = None if name == "digits" else "train"
     if "validation" not in splits:
         train_idx, val_idx = _holdout(len(train_images), validation_size, seed=seed)
         splits["validation"] = _take(splits["train"], val_idx)
         train_images, train_labels = _take(splits["train"], train_idx)
+        if len(val_idx):
+            train_split = None
     return ImageDataset(
         name=name,
         train=train_images,
@@ -205,28 +256,48 @@ def load_dataset(
         train_labels=train_labels,
         validation_labels=splits["validation"][1],
         test_labels=splits["test"][1],
+        train_split=train_split,
     )
 
 
 def dataset_nbytes(
-    name: str, *, data_dir: str | os.PathLike | None = None, download: bool = False
+    name: str,
+    *,
+    split: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
 ) -> int:
-    """Bytes of host memory the images of `load_dataset(name)` take: sum of N * H * W * C.
+    """Bytes of host memory the images of a data set take as uint8: N * H * W * C.
 
-    Read from the TFDS metadata (no example is decoded), so a training loop can choose between
-    `load_dataset` and `stream_batches` against a memory budget. Labels are not counted.
+    Read from metadata (no example is decoded; for digits, nothing is imported), so a training
+    loop can choose between in-memory training and `stream_batches` against a memory budget
+    before loading anything. Labels are not counted.
+
+    Args:
+        name: as in `load_dataset`.
+        split: None: every split (for digits: all 1,797 images). Otherwise a TFDS split
+            string, e.g. "train": the official train split, validation hold-out included
+            (for digits: "train", its 1,500 non-test images, or "test").
+        data_dir, download: as in `load_dataset`.
 
     Raises:
         DatasetNotFoundError: the data is not prepared and download=False (TFDS only knows
             the split sizes of a prepared data set).
     """
     if name == "digits":
-        return 1797 * 8 * 8 * 1
+        counts = {None: DIGITS_NUM_IMAGES, "train": DIGITS_NUM_IMAGES - DIGITS_TEST_SIZE,
+                  "test": DIGITS_TEST_SIZE}
+        if split not in counts:
+            raise ValueError(f"digits has splits 'train' and 'test', got {split!r}")
+        return counts[split] * 8 * 8 * 1
     builder = _tfds_builder(name, data_dir=data_dir, download=download)
     height, width, channels = _image_feature(name, builder).shape
     if not builder.is_prepared():
         raise _not_found(name, builder)
-    num_examples = sum(split.num_examples for split in builder.info.splits.values())
+    if split is None:
+        num_examples = builder.info.splits.total_num_examples
+    else:
+        num_examples = builder.info.splits[split].num_examples
     return num_examples * height * width * channels
 
 
@@ -254,8 +325,9 @@ def stream_batches(
 
     Args:
         name: a TFDS image data set name (not "digits", which is always held in memory).
-        split: a TFDS split string, e.g. "train", "test", "train[:90%]" (TFDS slicing is how
-            a validation part is held out when streaming: contiguous, not permuted).
+        split: a TFDS split string, e.g. "train", "test", "train[:55000]"; pass the
+            `train_split` of `load_dataset(name, train_in_memory=False)`, which excludes
+            that data set's validation examples ("train" would include them).
         batch_size: examples per batch on this process.
         data_dir, download: as in `load_dataset`.
         seed: seeds the file and example shuffles.
@@ -298,8 +370,8 @@ def dynamic_binarize(key: jax.Array, x: jax.Array) -> jax.Array:
     """A fresh binarisation of x: each pixel an independent draw b ~ Bernoulli(x).
 
     Dynamic binarisation (Salakhutdinov & Murray, 2008): redrawn every step, so E[b] = x and
-    the model sees a new binary image of each example every time. Pure; works under jit and vmap (give
-    each example its own key: `jax.vmap(dynamic_binarize)(keys_b, x_bhwc)`).
+    the model sees a new binary image of each example every time. Pure; works under jit and
+    vmap (give each example its own key: `jax.vmap(dynamic_binarize)(keys_b, x_bhwc)`).
 
     Args:
         key: a JAX PRNG key.
@@ -376,6 +448,51 @@ def _load_digits() -> dict[str, _Split]:
     return {"train": _take(full, train_idx), "test": _take(full, test_idx)}
 
 
+def _load_streamed(
+    name: str, *, data_dir: str | os.PathLike | None, download: bool,
+    validation_size: int | float,
+) -> ImageDataset:
+    """load_dataset(..., train_in_memory=False): validation and test read, train named only."""
+    builder = _tfds_builder(name, data_dir=data_dir, download=download)
+    image_shape = _image_feature(name, builder).shape
+    if not builder.is_prepared():  # The split sizes below come from a prepared data set.
+        raise _not_found(name, builder)
+    num_levels = BUILTIN_DATASETS[name].num_levels if name in BUILTIN_DATASETS else 256
+    num_official_train = builder.info.splits["train"].num_examples
+    splits = {"test": _read_split(name, builder, "test")}
+    if "validation" in builder.info.splits:
+        train_split, num_train = "train", num_official_train
+        splits["validation"] = _read_split(name, builder, "validation")
+    else:
+        num_train = num_official_train - _holdout_count(num_official_train, validation_size)
+        train_split = f"train[:{num_train}]"
+        if num_train < num_official_train:
+            splits["validation"] = _read_split(name, builder, f"train[{num_train}:]")
+        else:
+            labels = np.zeros(0, np.int32) if _has_labels(builder) else None
+            splits["validation"] = np.zeros((0, *image_shape), np.uint8), labels
+    _check_levels(name, splits, num_levels)
+    return ImageDataset(
+        name=name,
+        train=np.zeros((0, *image_shape), np.uint8),
+        validation=splits["validation"][0],
+        test=splits["test"][0],
+        num_levels=num_levels,
+        train_labels=None if splits["test"][1] is None else np.zeros(0, np.int32),
+        validation_labels=splits["validation"][1],
+        test_labels=splits["test"][1],
+        train_split=train_split,
+        num_train=num_train,
+    )
+
+
+def _check_levels(name: str, splits: dict[str, _Split], num_levels: int) -> None:
+    for split, (images, _) in splits.items():
+        if images.size and images.max() >= num_levels:
+            raise ValueError(f"{name} {split}: pixel level {images.max()} is not below "
+                             f"num_levels={num_levels}")
+
+
 def _take(split: _Split, idx: np.ndarray) -> _Split:
     images, labels = split
     return images[idx], None if labels is None else labels[idx]
@@ -383,6 +500,13 @@ def _take(split: _Split, idx: np.ndarray) -> _Split:
 
 def _holdout(n: int, size: int | float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (kept, held-out) indices into range(n); the held-out ones drawn with seed."""
+    count = _holdout_count(n, size)
+    permutation = np.random.default_rng(seed).permutation(n)
+    return np.sort(permutation[count:]), np.sort(permutation[:count])
+
+
+def _holdout_count(n: int, size: int | float) -> int:
+    """How many of n examples validation_size=size holds out; ValueError when out of range."""
     if isinstance(size, bool) or not isinstance(size, numbers.Real):
         raise ValueError(f"validation_size must be an int count or a float fraction, got "
                          f"{size!r}")
@@ -394,8 +518,7 @@ def _holdout(n: int, size: int | float, *, seed: int) -> tuple[np.ndarray, np.nd
         if not 0.0 <= size < 1.0:
             raise ValueError(f"validation_size={size} as a fraction must be in [0, 1)")
         count = round(size * n)
-    permutation = np.random.default_rng(seed).permutation(n)
-    return np.sort(permutation[count:]), np.sort(permutation[:count])
+    return count
 
 
 def _bernoulli_levels(images: np.ndarray, *, num_levels: int, seed: Any) -> np.ndarray:
@@ -481,11 +604,16 @@ def _as_dataset(name: str, builder, **kwargs):
         raise _not_found(name, builder) from None
 
 
+def _has_labels(builder) -> bool:
+    _, tfds = _tf_and_tfds()
+    features = builder.info.features
+    return "label" in features and isinstance(features["label"], tfds.features.ClassLabel)
+
+
 def _read_split(name: str, builder, split: str) -> _Split:
     """A whole TFDS split as ([N, H, W, C] uint8 images, [N] int32 labels or None)."""
-    tf, tfds = _tf_and_tfds()
-    features = builder.info.features
-    if "label" in features and isinstance(features["label"], tfds.features.ClassLabel):
+    tf, _ = _tf_and_tfds()
+    if _has_labels(builder):
         select = lambda example: (example["image"], example["label"])  # noqa: E731
     else:
         select = lambda example: (example["image"],)  # noqa: E731

@@ -31,6 +31,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax and TFDS log every step of every checkpoint at INFO; keep the console readable.
+        logging.set_verbosity(logging.WARNING)
     from vae_jax import parallel, train
 
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

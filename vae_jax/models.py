@@ -217,13 +217,28 @@ def _axis_plan(n: int, k: int, s: int, pad_lo: int, pad_hi: int) -> _AxisPlan:
     )
 
 
-def _channels_last_dimension_numbers(nd: int) -> lax.ConvDimensionNumbers:
-    """[B, *spatial, C] inputs and outputs, [*spatial, C_in, C_out] kernels."""
+def _conv_stride1(x: Array, kernel: Array, paddings: Sequence[tuple[int, int]], precision: Any) -> Array:
+    """Stride-1 channels-last convolution; negative padding crops the input first.
+
+    XLA:CPU returns wrong f32 results for convolutions with negative low padding
+    (openxla/xla#48713), so cropping is done by `lax.pad` and the convolution only pads.
+    """
+    nd = kernel.ndim - 2
+    crops = [(min(lo, 0), min(hi, 0), 0) for lo, hi in paddings]
+    if any(crop != (0, 0, 0) for crop in crops):
+        x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + crops + [(0, 0, 0)])
     spatial = tuple(range(1, nd + 1))
-    return lax.ConvDimensionNumbers(
-        lhs_spec=(0, nd + 1) + spatial,
-        rhs_spec=(nd + 1, nd) + tuple(range(nd)),
-        out_spec=(0, nd + 1) + spatial,
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(1,) * nd,
+        padding=[(max(lo, 0), max(hi, 0)) for lo, hi in paddings],
+        dimension_numbers=lax.ConvDimensionNumbers(
+            lhs_spec=(0, nd + 1) + spatial,
+            rhs_spec=(nd + 1, nd) + tuple(range(nd)),
+            out_spec=(0, nd + 1) + spatial,
+        ),
+        precision=precision,
     )
 
 
@@ -254,14 +269,7 @@ def _phases_fused(x: Array, kernel: Array, plans: Sequence[_AxisPlan], precision
     window_kernel = jnp.transpose(window_kernel, order)
     n_phases = math.prod(plan.stride for plan in plans)
     window_kernel = window_kernel.reshape(window_kernel.shape[:nd] + (c_in, n_phases * c_out))
-    y = lax.conv_general_dilated(
-        x,
-        window_kernel,
-        window_strides=(1,) * nd,
-        padding=paddings,
-        dimension_numbers=_channels_last_dimension_numbers(nd),
-        precision=precision,
-    )
+    y = _conv_stride1(x, window_kernel, paddings, precision)
     return y.reshape(y.shape[:-1] + (n_phases, c_out))
 
 
@@ -281,16 +289,7 @@ def _phases_separate(x: Array, kernel: Array, plans: Sequence[_AxisPlan], precis
         paddings = [
             plan.conv_padding(plan.offset[r], plan.n_taps[r]) for plan, r in zip(plans, phase)
         ]
-        phases.append(
-            lax.conv_general_dilated(
-                x,
-                sub_kernel,
-                window_strides=(1,) * nd,
-                padding=paddings,
-                dimension_numbers=_channels_last_dimension_numbers(nd),
-                precision=precision,
-            )
-        )
+        phases.append(_conv_stride1(x, sub_kernel, paddings, precision))
     return jnp.stack(phases, axis=-2)
 
 

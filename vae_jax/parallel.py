@@ -68,8 +68,20 @@ def check_batch_divisible(global_batch: int, num_devices: int, what: str = "batc
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a pytree (the same value on every process) on every device of the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, REPLICATED))
+    """Places a pytree (the same value on every process) on every device of the mesh.
+
+    Values go through host memory, which is what lets every process contribute its copy to a
+    mesh that spans processes (a single-device jax.Array cannot be moved to such a mesh).
+    """
+    sharding = NamedSharding(mesh, REPLICATED)
+
+    def put(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = put(jax.random.key_data(x))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree.map(put, tree)
 
 
 def shard_rows(local_rows: np.ndarray, mesh: Mesh) -> jax.Array:
