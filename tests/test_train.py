@@ -259,21 +259,37 @@ def test_run_stops_after_too_many_non_finite_updates(tmp_path):
 # ---------------------------------------------------------------------------- bad input
 
 
+# A failed start leaves no workdir behind, so the corrected command is not refused as a
+# "different config".
+
+
 def test_unknown_dataset_name(tmp_path):
     with pytest.raises(ValueError, match="no_such_dataset"):
         train.train_and_evaluate(tiny_digits(**{"data.name": "no_such_dataset"}), tmp_path / "w",
                                  quiet=True)
+    assert not (tmp_path / "w").exists()
 
 
-def test_unknown_model_name(tmp_path):
+def test_unknown_model_and_likelihood_names(tmp_path):
     with pytest.raises(ValueError, match=r"unknown encoder 'transformer'.*\['conv', 'mlp'\]"):
         train.train_and_evaluate(tiny_digits(encoder="transformer"), tmp_path / "w", quiet=True)
+    with pytest.raises(ValueError, match=r"unknown likelihood 'poisson'.*'bernoulli'"):
+        train.train_and_evaluate(tiny_digits(likelihood="poisson"), tmp_path / "w", quiet=True)
+    assert not (tmp_path / "w").exists()
 
 
 def test_missing_data_dir(tmp_path):
     config = tiny_digits(**{"data.name": "mnist", "data.data_dir": str(tmp_path / "nowhere")})
     with pytest.raises(input_pipeline.DatasetNotFoundError, match="nowhere"):
         train.train_and_evaluate(config, tmp_path / "w", quiet=True)
+    assert not (tmp_path / "w").exists()
+
+
+def test_pixels_outside_the_likelihood_support(tmp_path):
+    # Dynamic binarisation makes {0, 1} data, which only Bernoulli-type likelihoods model.
+    with pytest.raises(ValueError, match="dynamic binarisation"):
+        train.train_and_evaluate(tiny_digits(likelihood="gaussian"), tmp_path / "w", quiet=True)
+    assert not (tmp_path / "w").exists()
 
 
 def test_batch_not_divisible_by_devices(tmp_path):

@@ -128,8 +128,14 @@ def make_kl_schedule(config: ml_collections.ConfigDict) -> Callable:
     return losses.make_kl_schedule(name)  # raises, listing the valid names
 
 
-def make_loss_fn(config: ml_collections.ConfigDict, encoder, decoder, num_levels: int) -> Callable:
-    """The objective with its static configuration bound: (params, x, key, *, beta, ...)."""
+def make_loss_fn(
+    config: ml_collections.ConfigDict, encoder, decoder, num_levels: int, *, objective=None
+) -> Callable:
+    """The objective with its static configuration bound: (params, x, key, *, beta, ...).
+
+    `objective` overrides `config.objective`; evaluation always asks for "elbo".
+    """
+    objective = objective or config.objective
     common = dict(
         encoder=encoder,
         decoder=decoder,
@@ -137,21 +143,20 @@ def make_loss_fn(config: ml_collections.ConfigDict, encoder, decoder, num_levels
         gaussian_logvar=config.gaussian_logvar,
         num_bins=num_levels,
     )
-    if config.objective == "elbo":
+    if objective == "elbo":
         return functools.partial(
             losses.elbo, free_bits=config.free_bits, num_samples=config.num_samples, **common
         )
-    if config.objective == "iwae":
+    if objective == "iwae":
 
         def iwae_loss(params, x, key, *, beta, example_ids=None, axis_name=None):
             del beta, axis_name  # the IWAE bound has no separate KL weight
-            loss, metrics = losses.iwae_bound(
+            return losses.iwae_bound(
                 params, x, key, num_samples=config.num_samples, example_ids=example_ids, **common
             )
-            return loss, dict(metrics, recon_nats=jnp.nan, kl_nats=jnp.nan, elbo_nats=-loss)
 
         return iwae_loss
-    raise ValueError(f"unknown objective {config.objective!r}; valid: ['elbo', 'iwae']")
+    raise ValueError(f"unknown objective {objective!r}; valid: ['elbo', 'iwae']")
 
 
 def init_state(init_key, encoder, decoder, image_shape, optimizer, *, ema: bool) -> TrainState:
@@ -267,11 +272,7 @@ def eval_step(params, batch, mask, key, *, loss_fn, scale, binarize, axis_name=N
     x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids)
     _, metrics = loss_fn(params, x, latent_key, beta=1.0, example_ids=example_ids, axis_name=None)
     per = metrics["per_example"]
-    sums = {
-        name: jnp.sum(jnp.where(mask > 0, per[name], 0.0))
-        for name in ("elbo", "recon", "kl")
-        if name in per
-    }
+    sums = {name: jnp.sum(jnp.where(mask > 0, per[name], 0.0)) for name in ("elbo", "recon", "kl")}
     sums["count"] = jnp.sum(mask)
     if axis_name is not None:
         sums = jax.lax.psum(sums, axis_name)
@@ -456,7 +457,6 @@ def train_and_evaluate(
     validate_config(config, num_devices)
     workdir = pathlib.Path(workdir)
     is_chief = jax.process_index() == 0
-    workdir_lib.prepare_workdir(workdir, config, allow_config_change=allow_config_change)
 
     data = input_pipeline.load_dataset(
         config.data.name,
@@ -484,10 +484,14 @@ def train_and_evaluate(
     optimizer = make_optimizer(config)
     lr_schedule = make_lr_schedule(config)
     loss_fn = make_loss_fn(config, encoder, decoder, data.num_levels)
+    beta_schedule = make_kl_schedule(config)
     binarize = config.data.binarization == "dynamic"
 
     state = init_state(init_key, encoder, decoder, data.image_shape, optimizer,
                        ema=config.ema_decay > 0)
+    # Only now, with the data found and the model built, does the run touch the workdir: a
+    # typo in the config leaves no config.json behind to block the corrected command.
+    workdir_lib.prepare_workdir(workdir, config, allow_config_change=allow_config_change)
     state = parallel.replicate(state, mesh)
     checkpoints = workdir_lib.Checkpoints(
         workdir / "checkpoints", keep=config.keep_checkpoints, process_is_chief=is_chief
@@ -499,7 +503,7 @@ def train_and_evaluate(
         train_step,
         loss_fn=loss_fn,
         optimizer=optimizer,
-        beta_schedule=make_kl_schedule(config),
+        beta_schedule=beta_schedule,
         lr_schedule=lr_schedule,
         scale=data.scale,
         binarize=binarize,
@@ -507,7 +511,9 @@ def train_and_evaluate(
         axis_name=parallel.AXIS,
     )
     eval_fn = functools.partial(
-        eval_step, loss_fn=loss_fn, scale=data.scale, binarize=binarize, axis_name=parallel.AXIS
+        eval_step,
+        loss_fn=make_loss_fn(config, encoder, decoder, data.num_levels, objective="elbo"),
+        scale=data.scale, binarize=binarize, axis_name=parallel.AXIS
     )
     eval_program = make_eval_program(eval_fn, mesh, batch_size=config.eval_batch_size)
     val_rows = _device_rows(data.validation, mesh)

@@ -112,6 +112,7 @@ class Checkpoints:
         try:
             restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as err:  # orbax raises many types; all mean the same to the user
+            self.close()
             raise CheckpointRestoreError(
                 f"could not restore the checkpoint at {self.directory / str(step)} "
                 f"({type(err).__name__}: {str(err)[:500]}). It was left in place; move it away "
