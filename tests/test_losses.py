@@ -38,7 +38,9 @@ class LinearEncoder(nn.Module):
     @nn.compact
     def __call__(self, x):
         h = x.reshape((x.shape[0], -1))
-        return nn.Dense(self.latent_dim, name="mean")(h), nn.Dense(self.latent_dim, name="logvar")(h)
+        mean_bz = nn.Dense(self.latent_dim, name="mean")(h)
+        logvar_bz = nn.Dense(self.latent_dim, name="logvar")(h)
+        return mean_bz, logvar_bz
 
 
 class LinearDecoder(nn.Module):
@@ -168,8 +170,8 @@ def ref_forward(params, x, key, likelihood, num_samples, example_ids=None, gauss
 
 def run_elbo(params, x, key, likelihood, **kwargs):
     """Eager `elbo` (eager calls also check the data's support)."""
-    return losses.elbo(params, jnp.asarray(x), key, encoder=ENCODER, decoder=decoder_for(likelihood),
-                       likelihood=likelihood, **kwargs)
+    return losses.elbo(params, jnp.asarray(x), key, encoder=ENCODER,
+                       decoder=decoder_for(likelihood), likelihood=likelihood, **kwargs)
 
 
 @functools.partial(jax.jit, static_argnames=("likelihood", "num_samples", "free_bits"))
@@ -204,7 +206,8 @@ def test_elbo_matches_float64_reference(likelihood, fractional, kwargs, num_samp
     x = make_data(likelihood, batch=2, fractional=fractional)
     key = jax.random.key(42)
     beta = 0.3
-    loss, metrics = run_elbo(params, x, key, likelihood, beta=beta, num_samples=num_samples, **kwargs)
+    loss, metrics = run_elbo(params, x, key, likelihood, beta=beta, num_samples=num_samples,
+                             **kwargs)
     ref = ref_forward(params, x, key, likelihood, num_samples, **kwargs)
 
     # The hand computation is meaningful: finite, and the K samples really differ.
@@ -290,12 +293,14 @@ def poor_encoder_params():
 
 @functools.partial(jax.jit, static_argnums=3)
 def jit_iwae_per_example(params, x, key, num_samples):
-    return losses.iwae_bound(params, x, key, encoder=ENCODER, decoder=DECODERS[1],
-                             likelihood="bernoulli", num_samples=num_samples)[1]["per_example"]["iwae"]
+    _, metrics = losses.iwae_bound(params, x, key, encoder=ENCODER, decoder=DECODERS[1],
+                                   likelihood="bernoulli", num_samples=num_samples)
+    return metrics["per_example"]["iwae"]
 
 
 def jit_elbo_per_example(params, x, key):
-    return jit_elbo(params, x, key, likelihood="bernoulli", num_samples=16)[1]["per_example"]["elbo"]
+    _, metrics = jit_elbo(params, x, key, likelihood="bernoulli", num_samples=16)
+    return metrics["per_example"]["elbo"]
 
 
 def test_iwae_is_above_the_elbo_and_grows_with_k():
@@ -335,7 +340,8 @@ def test_iwae_with_one_sample_equals_the_elbo_in_expectation():
 
 
 def test_jit_and_eager_agree():
-    params, x, key = make_params("bernoulli"), jnp.asarray(make_data("bernoulli", 2)), jax.random.key(12)
+    params, key = make_params("bernoulli"), jax.random.key(12)
+    x = jnp.asarray(make_data("bernoulli", 2))
     fn = functools.partial(losses.elbo, encoder=ENCODER, decoder=DECODERS[1],
                            likelihood="bernoulli", num_samples=3, free_bits=0.1)
     chex.assert_trees_all_close(jax.jit(fn)(params, x, key, beta=0.5), fn(params, x, key, beta=0.5),
@@ -357,6 +363,9 @@ def test_jitted_loss_traces_once_across_calls():
         beta = optax.linear_schedule(0.0, 1.0, 10)(step)  # a traced beta does not retrace
         loss, _ = loss_fn(params, x, jax.random.key(step), beta=beta)
         assert np.isfinite(loss)
+    # The counter is live: a new batch shape is a second trace, and it is caught.
+    with pytest.raises(AssertionError, match="traced > 1"):
+        loss_fn(params, jnp.asarray(make_data("bernoulli", batch=3)), jax.random.key(0), beta=1.0)
 
 
 def test_value_and_grad_matches_the_closed_form_gradient():
@@ -402,7 +411,8 @@ def test_noise_depends_only_on_the_example_id():
     assert np.all(np.abs(shifted["recon"] - per_example["recon"]) > 1e-3)
     # Examples taken out of the batch get the same noise as in the full batch.
     pair = np.array([4, 2])
-    _, alone = run_elbo(params, x[pair], key, "gaussian_learned", example_ids=jnp.asarray(ids[pair]))
+    _, alone = run_elbo(params, x[pair], key, "gaussian_learned",
+                        example_ids=jnp.asarray(ids[pair]))
     np.testing.assert_allclose(alone["per_example"]["recon"], per_example["recon"][pair],
                                rtol=1e-6, atol=1e-6)
     # Default ids are the batch positions.
@@ -448,6 +458,7 @@ def test_shard_map_with_free_bits_matches_single_device_on_the_global_batch():
     assert_close(per_example["recon"], ref["recon_b"])
     chex.assert_trees_all_close(per_example, single["per_example"], rtol=1e-5, atol=1e-5)
     # Averaging per-device gradients gives the single-device gradient, free bits included.
+    # (With check_vma=False each device's gradient is its own; the pmean above averages them.)
     chex.assert_trees_all_close(mean_grads, single_grads, rtol=1e-5, atol=1e-5)
     # Every device sees the global per-dimension KL, so its free-bits term is the global one.
     for d in range(num_devices):
@@ -482,7 +493,7 @@ def test_linear_warmup():
 
 
 def fu_et_al_beta(t, total_steps, num_cycles, ratio):
-    """Fu et al. 2019, eq. 5, with 1-based iteration t: f(tau), tau = mod(t-1, ceil(T/M)) / (T/M)."""
+    """Fu et al. 2019, eq. 5, 1-based iteration t: f(tau), tau = mod(t-1, ceil(T/M)) / (T/M)."""
     period = total_steps / num_cycles
     tau = ((t - 1) % math.ceil(period)) / period
     return tau / ratio if tau <= ratio else 1.0

@@ -61,7 +61,7 @@ def check_data_support(x, likelihood: str, *, num_bins: int = 256) -> None:
         raise ValueError(f"data for the {likelihood!r} likelihood contain non-finite values")
     if likelihood == "gaussian" or likelihood == "gaussian_learned":
         return
-    lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
     if lo < 0.0 or hi > 1.0:
         raise ValueError(
             f"the {likelihood!r} likelihood needs data in [0, 1]; got values in [{lo:.4g}, {hi:.4g}]"
