@@ -151,6 +151,22 @@ def test_end_to_end_real_mnist(tmp_path, mnist_data_dir):
     assert -543 < result.validation["val_elbo_nats"] < 0
 
 
+@pytest.mark.slow
+def test_streaming_path_on_real_mnist(tmp_path, mnist_data_dir):
+    # A memory budget below MNIST's 47 MB sends the training set through tf.data.
+    config = load_config(
+        "mnist_mlp", num_steps=20, steps_per_dispatch=10, log_every=10, eval_every=20,
+        checkpoint_every=20, hidden=(64,), num_image_examples=8,
+        **{"data.data_dir": mnist_data_dir, "data.max_device_bytes": 10**6},
+    )
+    result = train.train_and_evaluate(config, tmp_path / "stream", quiet=True,
+                                      devices=jax.devices()[:2])
+    metrics = read_jsonl(tmp_path / "stream" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [10, 20]
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert -543 < result.validation["val_elbo_nats"] < 0
+
+
 def test_one_device_and_eight_devices_follow_the_same_trajectory(tmp_path):
     assert len(jax.devices()) == 8
     results = {}

@@ -458,6 +458,12 @@ def train_and_evaluate(
     workdir = pathlib.Path(workdir)
     is_chief = jax.process_index() == 0
 
+    train_bytes = input_pipeline.dataset_nbytes(
+        config.data.name, split="train", data_dir=config.data.data_dir,
+        download=config.data.download,
+    )
+    # Training sets over the budget stay on disk and are streamed with tf.data.
+    streaming = train_bytes > config.data.max_device_bytes
     data = input_pipeline.load_dataset(
         config.data.name,
         data_dir=config.data.data_dir,
@@ -465,8 +471,9 @@ def train_and_evaluate(
         validation_size=_validation_size(config.data.validation_size),
         binarization=config.data.binarization,
         seed=config.data.seed,
+        train_in_memory=not streaming,
     )
-    num_train = len(data.train)
+    num_train = data.num_train
     steps_per_epoch = num_train // config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(
@@ -518,12 +525,11 @@ def train_and_evaluate(
     eval_program = make_eval_program(eval_fn, mesh, batch_size=config.eval_batch_size)
     val_rows = _device_rows(data.validation, mesh)
 
-    streaming = data.train.nbytes > config.data.max_device_bytes
     if streaming:
         stream_program = make_stream_step(step_fn, mesh)
         batches = input_pipeline.stream_batches(
             config.data.name,
-            split="train",
+            split=data.train_split,
             batch_size=config.batch_size // jax.process_count(),
             data_dir=config.data.data_dir,
             download=config.data.download,
