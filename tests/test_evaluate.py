@@ -103,24 +103,31 @@ def test_large_k_converges_to_exact_log_likelihood(ppca):
     params, x, exact_b = ppca
     got_b = _estimator(5000, 500)(params, x, jax.random.key(0))
     assert got_b.shape == (_BATCH,)
-    # Observed error at K = 5000 is ~1e-3 nats; the Monte Carlo std is below 1e-2.
-    np.testing.assert_allclose(np.asarray(got_b, np.float64), exact_b, atol=0.02)
+    # The Monte Carlo std of one estimate at K = 5000 is ~0.0125 nats (0.028 measured at
+    # K = 1000, over sqrt(5)); 0.06 nats is ~5 std per example. Observed max error: 0.015.
+    err_b = np.asarray(got_b, np.float64) - exact_b
+    np.testing.assert_allclose(err_b, 0.0, atol=0.06)
+    assert abs(err_b.mean()) < 0.03
 
 
 def test_small_k_is_biased_low_and_its_spread_shrinks_with_k(ppca):
     _, _, exact_b = ppca
     repeats = 32
     gap_1 = _repeated(ppca, 1, 1, repeats) - exact_b  # [R, B]
+    gap_2 = _repeated(ppca, 2, 2, repeats) - exact_b
     gap_10 = _repeated(ppca, 10, 10, repeats) - exact_b
     gap_1000 = _repeated(ppca, 1000, 500, repeats) - exact_b
-    # Jensen: E[L_K] <= log p(x); at K = 1 the gap is KL(q || p(z|x)) > 0, many stderrs wide.
-    for gap in (gap_1, gap_10):
-        stderr = gap.std(ddof=1) / math.sqrt(gap.size)
-        assert gap.mean() < -3.0 * stderr, (gap.mean(), stderr)
-    assert gap_1.mean() < gap_10.mean() < gap_1000.mean()
-    # The spread over repeated estimates shrinks with K (asymptotically like 1 / sqrt(K)).
+    stderr = lambda gap: gap.std(ddof=1) / math.sqrt(gap.size)  # noqa: E731
+    # Jensen: E[L_K] <= log p(x). Observed mean gaps: -1.25 (K=1) and -0.50 (K=2) nats, each
+    # more than 6 stderrs below 0; at K=1000 the gap is within noise of 0.
+    for gap in (gap_1, gap_2):
+        assert gap.mean() < -4.0 * stderr(gap), (gap.mean(), stderr(gap))
+    assert gap_1.mean() < gap_2.mean() < gap_10.mean()
+    assert abs(gap_1000.mean()) < 4.0 * stderr(gap_1000) + 1e-3
+    # The spread over repeated estimates shrinks with K (asymptotically like 1 / sqrt(K));
+    # observed 2.56, 0.28, 0.028 nats at K = 1, 10, 1000.
     spread = [g.std(axis=0, ddof=1).mean() for g in (gap_1, gap_10, gap_1000)]
-    assert spread[1] < spread[0] / 2 and spread[2] < spread[1] / 5, spread
+    assert spread[1] < spread[0] / 3 and spread[2] < spread[1] / 5, spread
 
 
 def test_estimate_does_not_depend_on_chunk_size(ppca):

@@ -102,7 +102,8 @@ def importance_sampled_log_likelihood(
     def chunk_log_sum(log_sum_b, chunk_index):
         sample_indices = chunk_index * chunk_size + jnp.arange(chunk_size)
         z_cbz = mean_bz + std_bz * draw_cbz(keys_b, sample_indices)
-        out = decoder.apply(params["decoder"], z_cbz.reshape((chunk_size * batch,) + z_cbz.shape[2:]))
+        z_flat = z_cbz.reshape((chunk_size * batch,) + z_cbz.shape[2:])
+        out = decoder.apply(params["decoder"], z_flat)
         ll_cb = losses.log_likelihood(
             likelihood, out, x_cb, gaussian_logvar=gaussian_logvar, num_bins=num_bins
         ).reshape(chunk_size, batch)
