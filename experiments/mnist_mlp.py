@@ -10,7 +10,11 @@ Command (data in a pre-populated TFDS directory; drop data_dir and add
     python -m vae_jax.main --config experiments/mnist_mlp.py --workdir runs/mnist_mlp \
         --config.data.data_dir=../shared/data/tfds --config.latent_dim=32
 
-Hardware and time: see "Expected numbers" in the README (2-core CPU figures measured there).
+Hardware and time: 2-core CPU, no GPU: 50 epochs (21,450 steps) took 5.5 minutes with other
+jobs competing for the cores.
+
+Expected numbers (seed 0, 50 epochs): validation ELBO -96.7 nats (reconstruction 70.5, KL 26.1);
+training ELBO -94.5. The validation ELBO passes -100 nats within the first 10,000 steps.
 """
 
 from vae_jax.config_defaults import default_config

@@ -98,6 +98,10 @@ def check_workdir(workdir, num_steps, image_hw):
         assert all(np.isfinite(m[key]) for m in metrics), key
     evals = read_jsonl(workdir / "eval_metrics.jsonl")
     assert evals[-1]["step"] == num_steps and evals[-1]["val_elbo_nats"] < 0
+    kl_per_dim = evals[-1]["val_kl_per_dim_nats"]
+    assert len(kl_per_dim) == config["latent_dim"]
+    assert sum(kl_per_dim) == pytest.approx(evals[-1]["val_kl_nats"], rel=1e-4)
+    assert 0 <= evals[-1]["val_active_units"] <= config["latent_dim"]
     pngs = sorted((workdir / "images").glob("*.png"))
     assert {p.name.split("_")[0] for p in pngs} == {"reconstructions", "samples"}
     for png in pngs:
@@ -231,6 +235,21 @@ def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
     a, b = final_params(tmp_path / "reference"), final_params(workdir)
     for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_validation_summary_counts_active_units():
+    # Posterior means over 1,000 examples: dims 0-1 vary (variance 1 and 0.02), dim 2 varies
+    # below the 0.01 threshold (variance 0.005), dim 3 is constant: 2 active units.
+    rng = np.random.default_rng(0)
+    means = rng.standard_normal((1000, 4)) * np.sqrt([1.0, 0.02, 0.005, 0.0]) + 0.3
+    kl = rng.uniform(0, 2, size=(1000, 4))
+    totals = {"elbo": -50.0 * 1000, "recon": 40.0 * 1000, "kl": kl.sum(),
+              "kl_per_dim": kl.sum(0), "mean": means.sum(0), "mean_sq": (means**2).sum(0),
+              "count": 1000.0}
+    summary = train.validation_summary(totals)
+    assert summary["val_active_units"] == 2
+    np.testing.assert_allclose(summary["val_kl_per_dim_nats"], kl.mean(0), rtol=1e-12)
+    assert summary["val_elbo_nats"] == -50.0 and summary["val_recon_nats"] == 40.0
 
 
 def test_non_finite_gradients_are_skipped_and_counted():

@@ -1,22 +1,34 @@
-"""Evaluation: importance-sampled log-likelihood (NLL) of a trained VAE, and its summary.
+"""Evaluation of a trained VAE: importance-sampled NLL, IWAE bounds, latent diagnostics, pictures.
 
-`importance_sampled_log_likelihood` is a pure function (the caller jits it after binding the
-modules and likelihood with `functools.partial`); `make_nll_program` wraps it in the
-data-parallel `jax.shard_map` pattern of `vae_jax.parallel`. Units are nats per example,
-summed over data dimensions, as everywhere in vae_jax.
+    python -m vae_jax.evaluate --workdir runs/x [--num_importance_samples 5000]
+        [--chunk_size 500] [--split test|validation] [--max_examples N] [--batch_size B]
+
+writes `runs/x/eval.json` and `runs/x/plots/*.png` from the run's latest checkpoint.
+
+Pure functions (the caller jits them after binding static arguments with `functools.partial`):
+`importance_sampled_log_likelihood`, `latent_diagnostics`, and the latent paths of the pictures
+(`traversal_latents`, `interpolation_latents`, `manifold_latents`). `make_nll_program` and
+`make_encode_program` wrap the per-example passes in the data-parallel `jax.shard_map` pattern
+of `vae_jax.parallel`; `evaluate_workdir` is the command as a function. Units are nats per
+example, summed over data dimensions, as everywhere in vae_jax.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
+import pathlib
 from typing import Callable
 
+import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from vae_jax import distributions, losses, parallel
+from vae_jax import distributions, input_pipeline, losses, parallel, plots, train
+from vae_jax import workdir as workdir_lib
 
 
 def _check_chunking(num_samples: int, chunk_size: int) -> int:
@@ -190,3 +202,443 @@ def make_nll_program(
         out_specs=parallel.SHARDED,
     )
     return jax.jit(mapped)
+
+
+# --------------------------------------------------------------------------- latent diagnostics
+
+
+def latent_diagnostics(mean_bz, logvar_bz, key, *, active_threshold: float = 0.01,
+                       chunk_size: int = 64) -> dict:
+    """Posterior-collapse diagnostics of a set of N encoded examples.
+
+        kl_per_dim_z           = mean_n KL(N(mean_nz, exp(logvar_nz)) || N(0, 1))          [Z]
+        mean_variance_per_dim  = Var_n(mean_nz)  (ddof = 0): Var_x E_q[z_z | x]             [Z]
+        active_units           = #{z : mean_variance_per_dim_z > active_threshold}
+                                 (Burda et al. 2016, Sec. 5.2; threshold 0.01)
+        mutual_information_nats: I_q(x; z) under the encoder and the empirical data, as
+                                 Hoffman & Johnson (2016) define it and He et al. (2019,
+                                 "Lagging inference networks", `calc_mi`) estimate it:
+
+            I = E_x E_q(z|x)[log q(z|x)] - E_q(z)[log q(z)]
+              ~= mean_n [-Z/2 log(2 pi) - 1/2 sum_z (1 + logvar_nz)]        (exact -entropy)
+                 - mean_n log q(z_n),   z_n ~ q(z | x_n)  (one draw per example),
+            log q(z) ~= logsumexp_m log q(z | x_m) - log N    (the aggregate posterior as the
+                                                               mixture of all N posteriors).
+
+    The MI estimator is consistent as N grows but biased for finite N: the mixture includes
+    z_n's own component, so log q(z_n) >= log q(z_n | x_n) - log N and the estimate cannot
+    exceed about log N nats; it under-reports MI once the true value nears log N (the
+    estimate saturates), and for small N with well-separated posteriors it reads ~log N. With
+    identical posteriors it is 0 up to Monte Carlo noise of order sqrt(Z / (2 N)) (from the
+    sampled log q(z_n | x_n) against the exact entropy). It is not a bound.
+
+    Args:
+      mean_bz, logvar_bz: [N, Z] posterior parameters of N examples (N >= 1).
+      key: PRNG key for the one z per example of the MI estimate.
+      active_threshold: variance above which a latent dimension counts as active.
+      chunk_size: z rows per step of the [N, N] mixture evaluation, which is never held in
+        memory at once ([chunk_size, N, Z] is).
+
+    Returns:
+      dict: `kl_per_dim` [Z], `mean_variance_per_dim` [Z], `active_units` int32 [],
+      `mutual_information_nats` [].
+    """
+    chex.assert_equal_shape([mean_bz, logvar_bz])
+    chex.assert_rank(mean_bz, 2)
+    n, z_dim = mean_bz.shape
+    kl_bz = distributions.kl_standard_normal(mean_bz[..., None], logvar_bz[..., None])
+    mean_variance_z = jnp.var(mean_bz, axis=0)
+    neg_entropy = jnp.mean(-0.5 * z_dim * math.log(2 * math.pi) - 0.5 * jnp.sum(1.0 + logvar_bz, -1))
+    z_bz = distributions.reparameterize(key, mean_bz, logvar_bz)
+
+    def log_aggregate(z_z):
+        return jax.nn.logsumexp(distributions.gaussian_log_density(z_z, mean_bz, logvar_bz))
+
+    log_qz_b = jax.lax.map(log_aggregate, z_bz, batch_size=min(chunk_size, n)) - math.log(n)
+    return {
+        "kl_per_dim": jnp.mean(kl_bz, axis=0),
+        "mean_variance_per_dim": mean_variance_z,
+        "active_units": jnp.sum(mean_variance_z > active_threshold).astype(jnp.int32),
+        "mutual_information_nats": neg_entropy - jnp.mean(log_qz_b),
+    }
+
+
+# --------------------------------------------------------------------------- latent paths
+
+
+def traversal_latents(mean_z, dims, values):
+    """[len(dims), S, Z]: row r moves latent `dims[r]` of `mean_z` by each of `values` [S]."""
+    dims = jnp.asarray(dims)
+    values = jnp.asarray(values, mean_z.dtype)
+    one_hot_rz = jax.nn.one_hot(dims, mean_z.shape[-1], dtype=mean_z.dtype)
+    return mean_z + values[None, :, None] * one_hot_rz[:, None, :]
+
+
+def interpolation_latents(z_a, z_b, num_steps: int):
+    """[S, Z]: z_a + t (z_b - z_a) for S values of t evenly spaced over [0, 1]."""
+    t_s = jnp.linspace(0.0, 1.0, num_steps, dtype=z_a.dtype)[:, None]
+    return z_a + t_s * (z_b - z_a)
+
+
+def manifold_latents(num_per_side: int, *, low: float = 0.05, high: float = 0.95):
+    """[G, G, 2] latents of a 2-D prior grid at normal quantiles (Kingma & Welling 2014, fig. 4).
+
+    Row i holds z_1 = Phi^-1(q_i) with q decreasing down the rows (so "up" is positive, as on
+    a plot); column j holds z_0 = Phi^-1(q_j) increasing to the right; q evenly spaced in
+    [low, high].
+    """
+    q_g = jnp.linspace(low, high, num_per_side)
+    z_g = jax.scipy.stats.norm.ppf(q_g)
+    z0_gg, z1_gg = jnp.meshgrid(z_g, z_g[::-1])
+    return jnp.stack([z0_gg, z1_gg], axis=-1)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+EVAL_JSON = "eval.json"
+IWAE_KS = (1, 5, 50)
+PLOTS_DIR = "plots"
+
+
+def _load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: --workdir must be the directory of a training run "
+            "(python -m vae_jax.main --workdir ...), which holds config.json and checkpoints/."
+        )
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def _load_split(config, split: str):
+    """(levels [N, H, W, C] uint8, labels [N] or None, dataset): the split training saw.
+
+    The data arguments are the training loop's, including its choice of the streamed path
+    (whose validation hold-out differs from the in-memory one).
+    """
+    data_cfg = config.data
+    size = data_cfg.validation_size
+    validation_size = int(size) if size >= 1 else float(size)
+    streaming = data_cfg.name != "digits" and input_pipeline.dataset_nbytes(
+        data_cfg.name, split="train", data_dir=data_cfg.data_dir, download=data_cfg.download,
+    ) > data_cfg.max_device_bytes
+    data = input_pipeline.load_dataset(
+        data_cfg.name, data_dir=data_cfg.data_dir, download=data_cfg.download,
+        validation_size=validation_size, binarization=data_cfg.binarization,
+        seed=data_cfg.seed, train_in_memory=not streaming,
+    )
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation'; got {split!r}")
+    return getattr(data, split), getattr(data, f"{split}_labels"), data
+
+
+def binarize_once(levels_nhwc: np.ndarray, scale: float, seed: int) -> np.ndarray:
+    """float32 {0, 1}: each pixel drawn once from Bernoulli(level * scale) by a seeded numpy
+    generator, so an evaluation of dynamically binarised data is repeatable and every example
+    keeps its image whatever --max_examples is."""
+    rng = np.random.default_rng(seed)
+    probability = levels_nhwc.astype(np.float32) * np.float32(scale)
+    return (rng.random(levels_nhwc.shape, dtype=np.float32) < probability).astype(np.float32)
+
+
+def _restore_params(config, workdir: pathlib.Path, encoder, decoder, image_shape):
+    """(params, step): the latest checkpoint's EMA params when kept, else its params."""
+    directory = workdir / "checkpoints"
+    missing = FileNotFoundError(
+        f"no checkpoint in {directory}: train first (python -m vae_jax.main --workdir {workdir})"
+    )
+    if not directory.is_dir():
+        raise missing
+    checkpoints = workdir_lib.Checkpoints(directory, keep=config.keep_checkpoints)
+    try:
+        if checkpoints.manager.latest_step() is None:
+            raise missing
+        # Only the structure is needed: shapes from eval_shape, placed on one device.
+        abstract = jax.eval_shape(functools.partial(
+            train.init_state, encoder=encoder, decoder=decoder, image_shape=image_shape,
+            optimizer=train.make_optimizer(config), ema=config.ema_decay > 0,
+        ), jax.random.key(0))
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
+        state = checkpoints.restore_latest(abstract)
+    finally:
+        checkpoints.close()
+    return train.eval_params(state), int(jax.device_get(state.step))
+
+
+def make_encode_program(mesh, *, encoder, decoder, likelihood: str, gaussian_logvar: float = 0.0,
+                        num_bins: int = 256) -> Callable:
+    """A jitted data-parallel encoding and ELBO pass over a 1-D "batch" mesh.
+
+    `program(params, x, key, example_ids)` returns per-example {"mean": [B, Z], "logvar":
+    [B, Z], "elbo": [B], "recon": [B], "kl": [B]} (`losses.elbo` with beta = 1, one z draw,
+    the closed-form KL), split along "batch" like x and example_ids.
+    """
+    elbo_fn = functools.partial(losses.elbo, encoder=encoder, decoder=decoder,
+                                likelihood=likelihood, gaussian_logvar=gaussian_logvar,
+                                num_bins=num_bins)
+
+    def per_device(params, x, key, example_ids):
+        mean_bz, logvar_bz = encoder.apply(params["encoder"], x)
+        _, metrics = elbo_fn(params, x, key, example_ids=example_ids)
+        per_example = metrics["per_example"]
+        return {"mean": mean_bz, "logvar": logvar_bz, "elbo": per_example["elbo"],
+                "recon": per_example["recon"], "kl": per_example["kl"]}
+
+    mapped = parallel.data_parallel(
+        per_device, mesh,
+        in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED, parallel.SHARDED),
+        out_specs=parallel.SHARDED,
+    )
+    return jax.jit(mapped)
+
+
+def _run_batched(program, params, x_nhwc, key, mesh, batch_size: int):
+    """Runs a per-example program over all rows in global batches; the last one is padded with
+    zero rows (valid data for every likelihood) whose outputs are dropped."""
+    n = len(x_nhwc)
+    outputs = []
+    for start in range(0, n, batch_size):
+        x_batch = x_nhwc[start : start + batch_size]
+        valid = len(x_batch)
+        if valid < batch_size:
+            padding = np.zeros((batch_size - valid,) + x_batch.shape[1:], x_batch.dtype)
+            x_batch = np.concatenate([x_batch, padding])
+        example_ids = np.arange(start, start + batch_size, dtype=np.int32)
+        out = program(params, parallel.shard_rows(x_batch, mesh), key,
+                      parallel.shard_rows(example_ids, mesh))
+        outputs.append(jax.tree.map(lambda a, v=valid: np.asarray(a)[:v], out))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def _finite(value) -> bool:
+    return all(math.isfinite(v) for v in np.asarray(value, np.float64).reshape(-1))
+
+
+def evaluate_workdir(
+    workdir,
+    *,
+    num_importance_samples: int = 5000,
+    chunk_size: int = 500,
+    split: str = "test",
+    max_examples: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    binarization_seed: int = 0,
+    iwae_ks=IWAE_KS,
+    devices=None,
+    write_plots: bool = True,
+) -> dict:
+    """Evaluates the latest checkpoint of a training run and writes `workdir/eval.json`.
+
+    Reads `workdir/config.json`, loads `split` with the training run's data arguments,
+    restores the latest checkpoint (EMA parameters when the run kept them), and computes on
+    every device of `devices` (default: all):
+
+      nll_nats (+ stderr, bits_per_dim)  -log p(x) by importance sampling with K =
+                                         `num_importance_samples` (`make_nll_program`)
+      iwae_bounds {"1", "5", "50"}       L_k = mean IWAE-k bound (Burda et al. 2016); the k
+                                         draws of every example are the first k of one
+                                         stream of draws (common random numbers), so L_1 <=
+                                         L_5 <= L_50 holds in expectation and is seldom
+                                         reversed by noise
+      elbo_nats, recon_nats, kl_nats     the ELBO with the closed-form KL and one z draw
+      latent diagnostics                 `latent_diagnostics` over the whole split
+
+    Dynamically binarised data are binarised once from `binarization_seed` (recorded). The
+    NLL, IWAE and ELBO noise come from `seed`. Pictures go to `workdir/plots/` (see
+    `save_plots`). Single-process only.
+
+    Returns:
+      the dict written to eval.json (every number finite).
+    """
+    workdir = pathlib.Path(workdir)
+    config = _load_config(workdir)
+    _check_chunking(num_importance_samples, chunk_size)
+    if jax.process_count() > 1:
+        raise NotImplementedError("the evaluation command runs in a single process")
+    levels, labels, data = _load_split(config, split)
+    binarize = config.data.binarization == "dynamic"
+    if binarize:
+        x_nhwc = binarize_once(levels, data.scale, binarization_seed)
+    else:
+        x_nhwc = levels.astype(np.float32) * np.float32(data.scale)
+    if max_examples is not None:
+        x_nhwc = x_nhwc[:max_examples]
+        labels = None if labels is None else labels[:max_examples]
+    if len(x_nhwc) < 2:
+        raise ValueError(f"the {split} split has {len(x_nhwc)} examples (after max_examples="
+                         f"{max_examples}); the evaluation needs at least 2")
+    losses.check_data_support(x_nhwc, config.likelihood, num_bins=data.num_levels)
+
+    encoder, decoder = train.make_models(config, data.image_shape)
+    params, step = _restore_params(config, workdir, encoder, decoder, data.image_shape)
+
+    mesh = parallel.make_mesh(devices)
+    num_devices = mesh.devices.size
+    if batch_size is None:
+        batch_size = -(-config.eval_batch_size // num_devices) * num_devices
+    parallel.check_batch_divisible(batch_size, num_devices)
+    nll_key, iwae_key, elbo_key, diag_key, plot_key = jax.random.split(jax.random.key(seed), 5)
+    replicated_params = parallel.replicate(params, mesh)
+    likelihood_args = dict(encoder=encoder, decoder=decoder, likelihood=config.likelihood,
+                           gaussian_logvar=config.gaussian_logvar, num_bins=data.num_levels)
+
+    def nll_program(k, chunk):
+        return make_nll_program(mesh, num_samples=k, chunk_size=chunk, **likelihood_args)
+
+    def run(program, key):
+        return _run_batched(program, replicated_params, x_nhwc, parallel.replicate(key, mesh),
+                            mesh, batch_size)
+
+    log_px_n = run(nll_program(num_importance_samples, chunk_size), nll_key)
+    iwae = {str(k): float(np.mean(run(nll_program(k, k), iwae_key), dtype=np.float64))
+            for k in iwae_ks}
+    per_example = run(make_encode_program(mesh, **likelihood_args), elbo_key)
+    diagnostics = jax.device_get(jax.jit(latent_diagnostics)(
+        jnp.asarray(per_example["mean"]), jnp.asarray(per_example["logvar"]), diag_key))
+
+    summary = nll_summary(log_px_n, num_dims=math.prod(data.image_shape))
+    result = {
+        **summary,
+        "elbo_nats": float(np.mean(per_example["elbo"], dtype=np.float64)),
+        "elbo_stderr_nats": float(np.std(per_example["elbo"], ddof=1, dtype=np.float64)
+                                  / math.sqrt(len(x_nhwc))),
+        "recon_nats": float(np.mean(per_example["recon"], dtype=np.float64)),
+        "kl_nats": float(np.mean(per_example["kl"], dtype=np.float64)),
+        "iwae_bounds": iwae,
+        "kl_per_dim": [float(v) for v in diagnostics["kl_per_dim"]],
+        "mean_variance_per_dim": [float(v) for v in diagnostics["mean_variance_per_dim"]],
+        "active_units": int(diagnostics["active_units"]),
+        "latent_dim": int(config.latent_dim),
+        "mutual_information_nats": float(diagnostics["mutual_information_nats"]),
+        "num_importance_samples": int(num_importance_samples),
+        "split": split,
+        "checkpoint_step": step,
+        "seed": int(seed),
+        "likelihood": config.likelihood,
+    }
+    if binarize:
+        result["binarization_seed"] = int(binarization_seed)
+    bad = sorted(k for k, v in result.items()
+                 if not isinstance(v, str) and not _finite(list(v.values()) if isinstance(v, dict) else v))
+    if bad:
+        raise FloatingPointError(f"non-finite evaluation results: {bad}")
+    if write_plots:
+        result["plots"] = sorted(str(p.relative_to(workdir)) for p in save_plots(
+            workdir / PLOTS_DIR, params, x_nhwc, plot_key, encoder=encoder, decoder=decoder,
+            likelihood=config.likelihood, kl_per_dim=diagnostics["kl_per_dim"],
+            mean_nz=per_example["mean"], labels=labels, workdir=workdir))
+    workdir_lib.write_json(workdir / EVAL_JSON, result)
+    return result
+
+
+def save_plots(directory, params, x_nhwc, key, *, encoder, decoder, likelihood, kl_per_dim,
+               mean_nz, labels=None, workdir=None, num_examples: int = 16) -> list:
+    """Writes every picture of `vae_jax.plots` for a model and an encoded split; returns paths.
+
+    reconstructions, prior samples, latent traversals (of example 0, dimensions by KL
+    descending, offsets -3..3 around its posterior mean), interpolation (examples 0 -> 1), the
+    latent scatter coloured by label (Z >= 2), the 2-D manifold (Z = 2), and the training
+    curves when `workdir` holds metrics.jsonl.
+    """
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    latent_dim = mean_nz.shape[-1]
+
+    @jax.jit
+    def decode(z_nz):
+        return losses.likelihood_mean(likelihood, decoder.apply(params["decoder"], z_nz))
+
+    def decode_grid(z_rsz):
+        images = np.asarray(decode(z_rsz.reshape(-1, latent_dim)))
+        return images.reshape(z_rsz.shape[:2] + images.shape[1:])
+
+    inputs = x_nhwc[:num_examples]
+    z_inputs = jnp.asarray(mean_nz[:num_examples])
+    order = np.argsort(-np.asarray(kl_per_dim), kind="stable")
+    values = np.linspace(-3.0, 3.0, 11)
+    paths = [
+        plots.reconstructions(directory / "reconstructions.png", inputs,
+                              np.asarray(decode(z_inputs))),
+        plots.prior_samples(directory / "samples.png",
+                            np.asarray(decode(jax.random.normal(key, (64, latent_dim)))), rows=8),
+        plots.latent_traversals(
+            directory / "traversals.png",
+            decode_grid(traversal_latents(z_inputs[0], order, values)),
+            dims=order, kl_per_dim=np.asarray(kl_per_dim)[order]),
+    ]
+    if len(inputs) >= 2:
+        path = interpolation_latents(z_inputs[0], z_inputs[1], 10)
+        paths.append(plots.interpolation(directory / "interpolation.png",
+                                         np.asarray(decode(path)), start=inputs[0], end=inputs[1]))
+    if latent_dim >= 2:
+        dims = tuple(int(d) for d in order[:2])
+        paths.append(plots.latent_scatter(directory / "latent_scatter.png",
+                                          np.asarray(mean_nz)[:, dims], labels=labels, dims=dims))
+    if latent_dim == 2:
+        grid_ggz = manifold_latents(15)
+        paths.append(plots.latent_manifold(directory / "manifold.png", decode_grid(grid_ggz)))
+    if workdir is not None and (pathlib.Path(workdir) / "metrics.jsonl").is_file():
+        workdir = pathlib.Path(workdir)
+        eval_metrics = workdir / "eval_metrics.jsonl"
+        paths.append(plots.training_curves(
+            directory / "training_curves.png", workdir / "metrics.jsonl",
+            eval_metrics if eval_metrics.is_file() else None))
+    return [pathlib.Path(p) for p in paths]
+
+
+def _define_flags():
+    """The command's flags, defined only when it runs (so importing this module never does)."""
+    from absl import flags
+
+    return dict(
+        workdir=flags.DEFINE_string("workdir", None, "A training run's directory."),
+        num_importance_samples=flags.DEFINE_integer(
+            "num_importance_samples", 5000, "K importance samples per example for the NLL."),
+        chunk_size=flags.DEFINE_integer(
+            "chunk_size", 500, "Importance samples per scan step (divides K; bounds memory)."),
+        split=flags.DEFINE_enum("split", "test", ["test", "validation"], "Split to evaluate."),
+        max_examples=flags.DEFINE_integer("max_examples", None, "Evaluate the first N only."),
+        batch_size=flags.DEFINE_integer(
+            "batch_size", None, "Global batch (default: eval_batch_size rounded up to a "
+            "multiple of the device count)."),
+        seed=flags.DEFINE_integer("seed", 0, "Seed of the importance samples and z draws."),
+        binarization_seed=flags.DEFINE_integer(
+            "binarization_seed", 0, "Seed of the one binarisation of dynamically binarised data."),
+        plots=flags.DEFINE_bool("plots", True, "Write pictures into <workdir>/plots/."),
+    )
+
+
+def run() -> None:
+    """Entry point: `python -m vae_jax.evaluate --workdir runs/x [...]`."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from absl import app, flags, logging
+
+    defined = _define_flags()
+    flags.mark_flags_as_required(["workdir"])
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
+        values = {name: flag.value for name, flag in defined.items()}
+        workdir = values.pop("workdir")
+        result = evaluate_workdir(workdir, write_plots=values.pop("plots"), **values)
+        keys = ("nll_nats", "nll_stderr_nats", "bits_per_dim", "elbo_nats", "active_units",
+                "mutual_information_nats")
+        print(f"{result['split']} ({result['num_examples']} examples, step "
+              f"{result['checkpoint_step']}): " + ", ".join(f"{k}={result[k]:.4g}" for k in keys))
+        print("iwae_bounds: " + ", ".join(f"L_{k}={v:.4g}" for k, v in result["iwae_bounds"].items()))
+        print(f"written: {pathlib.Path(workdir) / EVAL_JSON}")
+
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

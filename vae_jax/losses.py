@@ -217,7 +217,8 @@ def elbo(
 
     Returns:
       `(loss, metrics)`; metrics has scalars `loss`, `recon_nats`, `kl_nats`, `elbo_nats`,
-      `kl_per_dim_nats` [Z] (batch mean), and `per_example` = {recon, kl, elbo}, each [B].
+      `kl_per_dim_nats` [Z] (batch mean), and `per_example` = {recon, kl, elbo} each [B],
+      plus `kl_per_dim` and the posterior `mean`, each [B, Z], for latent diagnostics.
     """
     _check_likelihood(likelihood)
     if not isinstance(x, jax.core.Tracer):
@@ -242,7 +243,9 @@ def elbo(
         "kl_nats": jnp.mean(kl_b),
         "elbo_nats": jnp.mean(elbo_b),
         "kl_per_dim_nats": kl_per_dim_z,
-        "per_example": {"recon": recon_b, "kl": kl_b, "elbo": elbo_b},
+        "per_example": {
+            "recon": recon_b, "kl": kl_b, "elbo": elbo_b, "kl_per_dim": kl_bz, "mean": mean_bz
+        },
     }
     return loss, metrics
 

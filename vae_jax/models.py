@@ -218,21 +218,27 @@ def _axis_plan(n: int, k: int, s: int, pad_lo: int, pad_hi: int) -> _AxisPlan:
 
 
 def _conv_stride1(x: Array, kernel: Array, paddings: Sequence[tuple[int, int]], precision: Any) -> Array:
-    """Stride-1 channels-last convolution; negative padding crops the input first.
+    """Stride-1 channels-last convolution with any (also negative) padding.
 
     XLA:CPU returns wrong f32 results for convolutions with negative low padding
-    (openxla/xla#48713), so cropping is done by `lax.pad` and the convolution only pads.
+    (openxla/xla#48713). The convolution's input gradient pads by (window - 1 - padding), so the
+    convolution itself only pads within [0, window - 1] per side; `lax.pad` (whose transpose is
+    a slice) crops or pads the rest.
     """
     nd = kernel.ndim - 2
-    crops = [(min(lo, 0), min(hi, 0), 0) for lo, hi in paddings]
-    if any(crop != (0, 0, 0) for crop in crops):
-        x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + crops + [(0, 0, 0)])
+    conv_pads = [
+        (min(max(lo, 0), k - 1), min(max(hi, 0), k - 1))
+        for (lo, hi), k in zip(paddings, kernel.shape[:nd])
+    ]
+    extra = [(lo - c_lo, hi - c_hi, 0) for (lo, hi), (c_lo, c_hi) in zip(paddings, conv_pads)]
+    if any(e != (0, 0, 0) for e in extra):
+        x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + extra + [(0, 0, 0)])
     spatial = tuple(range(1, nd + 1))
     return lax.conv_general_dilated(
         x,
         kernel,
         window_strides=(1,) * nd,
-        padding=[(max(lo, 0), max(hi, 0)) for lo, hi in paddings],
+        padding=conv_pads,
         dimension_numbers=lax.ConvDimensionNumbers(
             lhs_spec=(0, nd + 1) + spatial,
             rhs_spec=(nd + 1, nd) + tuple(range(nd)),

@@ -262,21 +262,46 @@ def train_step(
 
 
 def eval_step(params, batch, mask, key, *, loss_fn, scale, binarize, axis_name=None):
-    """Sums of the per-example ELBO terms over the valid (mask = 1) examples of a batch.
+    """Sums over the valid (mask = 1) examples of a batch, for the validation pass.
 
-    Returns {"elbo", "recon", "kl", "count"} summed over the global batch (psum), so the
-    caller divides by the count once at the end of the pass.
+    Returns, summed over the global batch (psum): the ELBO terms `elbo`, `recon`, `kl`; per
+    latent dimension `kl_per_dim` [Z], `mean` [Z] and `mean_sq` [Z] of the posterior means (for
+    the active-unit count); and `count`. The caller divides by the count at the end of the pass.
     """
     binarize_key, latent_key = jax.random.split(key)
     example_ids = local_example_ids(batch.shape[0], axis_name)
     x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids)
     _, metrics = loss_fn(params, x, latent_key, beta=1.0, example_ids=example_ids, axis_name=None)
     per = metrics["per_example"]
-    sums = {name: jnp.sum(jnp.where(mask > 0, per[name], 0.0)) for name in ("elbo", "recon", "kl")}
+    per = dict(per, mean_sq=jnp.square(per["mean"]))
+    sums = {
+        name: jnp.einsum("b,b...->...", mask, per[name])
+        for name in ("elbo", "recon", "kl", "kl_per_dim", "mean", "mean_sq")
+    }
     sums["count"] = jnp.sum(mask)
     if axis_name is not None:
         sums = jax.lax.psum(sums, axis_name)
     return sums
+
+
+def validation_summary(totals: dict) -> dict:
+    """Validation metrics from the summed `eval_step` outputs of a whole pass (host numpy).
+
+    Active units (Burda et al. 2015, section 5.2): dimensions whose posterior mean varies over
+    the data, Var_x(E_q[z_i | x]) > 0.01; the others have collapsed onto the prior.
+    """
+    totals = {k: np.asarray(v, np.float64) for k, v in totals.items()}
+    count = float(totals.pop("count"))
+    mean_z = totals["mean"] / count
+    variance_z = totals["mean_sq"] / count - np.square(mean_z)
+    kl_per_dim = totals["kl_per_dim"] / count
+    return {
+        "val_elbo_nats": float(totals["elbo"]) / count,
+        "val_recon_nats": float(totals["recon"]) / count,
+        "val_kl_nats": float(totals["kl"]) / count,
+        "val_active_units": int(np.sum(variance_z > 0.01)),
+        "val_kl_per_dim_nats": [float(v) for v in kl_per_dim],
+    }
 
 
 # --------------------------------------------------------------------------- mapped programs
@@ -562,9 +587,7 @@ def train_and_evaluate(
         for start in range(0, len(data.validation), config.eval_batch_size):
             sums = eval_program(params, val_rows, len(data.validation), start, eval_key)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        totals = jax.device_get(totals)
-        count = float(totals.pop("count"))
-        return {f"val_{name}_nats": float(v) / count for name, v in totals.items()}
+        return validation_summary(jax.device_get(totals))
 
     logger = workdir_lib.MetricsLogger(workdir, enabled=is_chief, quiet=quiet,
                                        total_steps=num_steps, initial_step=start_step)

@@ -186,7 +186,11 @@ class MetricsLogger:
             return
         self._append("eval_metrics.jsonl", {"step": int(step), **metrics})
         for key, value in metrics.items():
-            self.writer.add_scalar(f"validation/{key}", value, step)
+            if isinstance(value, list):  # one curve per latent dimension
+                for i, v in enumerate(value):
+                    self.writer.add_scalar(f"validation/{key}/{i}", v, step)
+            else:
+                self.writer.add_scalar(f"validation/{key}", value, step)
 
     def log_images(self, images: dict, step: int) -> None:
         if not self.enabled:
