@@ -364,7 +364,23 @@ def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
     workdir = tmp_path / "w"
     train.train_and_evaluate(tiny_digits(num_steps=20), workdir, quiet=True,
                              devices=jax.devices()[:1])
+    config_before = (workdir / "config.json").read_text()
     with pytest.raises(workdir_lib.CheckpointRestoreError, match="left in place"):
         train.train_and_evaluate(tiny_digits(num_steps=20, hidden=(32,)), workdir, quiet=True,
                                  devices=jax.devices()[:1], allow_config_change=True)
     assert (workdir / "checkpoints" / "20").is_dir()
+    # The failed run did not record its config: the original command still resumes.
+    assert (workdir / "config.json").read_text() == config_before
+    assert not list(workdir.glob("config.previous-*"))
+
+
+def test_allowed_config_change_keeps_the_old_config(tmp_path):
+    workdir = tmp_path / "w"
+    train.train_and_evaluate(tiny_digits(num_steps=20), workdir, quiet=True,
+                             devices=jax.devices()[:1])
+    result = train.train_and_evaluate(tiny_digits(num_steps=40), workdir, quiet=True,
+                                      devices=jax.devices()[:1], allow_config_change=True)
+    assert int(result.state.step) == 40  # resumed at 20, trained 20 more
+    (previous,) = workdir.glob("config.previous-*.json")
+    assert json.loads(previous.read_text())["num_steps"] == 20
+    assert json.loads((workdir / "config.json").read_text())["num_steps"] == 40

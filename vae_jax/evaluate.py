@@ -207,59 +207,79 @@ def make_nll_program(
 # --------------------------------------------------------------------------- latent diagnostics
 
 
+def mutual_information(mean_bz, logvar_bz, z_bz, *, chunk_size: int = 64):
+    """I_q(x; z) estimated from N posteriors and one draw z_n ~ q(z | x_n) from each.
+
+    The estimator of He et al. (2019, "Lagging inference networks", `calc_mi`) for the
+    mutual information of Hoffman & Johnson (2016) between the data index and z:
+
+        I = E_x E_q(z|x)[log q(z|x)] - E_q(z)[log q(z)]
+          ~= mean_n [-Z/2 log(2 pi) - 1/2 sum_z (1 + logvar_nz)]      (the exact -entropy)
+             - mean_n log q(z_n),
+        log q(z) ~= logsumexp_m log N(z; mean_m, exp(logvar_m)) - log N
+
+    i.e. the aggregate posterior q(z) is the mixture of the N posteriors (z_n's own included).
+
+    Bias: consistent as N grows, but not a bound and biased for finite N. Since the mixture
+    holds z_n's own component, log q(z_n) >= log q(z_n | x_n) - log N, so the estimate cannot
+    exceed about log N nats: it saturates (under-reports) once the true MI nears log N, and
+    reads ~log N for well-separated posteriors. With identical posteriors it is 0 up to Monte
+    Carlo noise: mean_n 1/2 sum_z (eps_nz^2 - 1), standard deviation sqrt(Z / (2 N)).
+
+    Args:
+      mean_bz, logvar_bz: [N, Z] posterior parameters.
+      z_bz: [N, Z] one draw from each posterior.
+      chunk_size: z rows per step of the [N, N] mixture evaluation; [chunk_size, N, Z] is the
+        largest array held.
+
+    Returns:
+      [] the estimate in nats.
+    """
+    chex.assert_equal_shape([mean_bz, logvar_bz, z_bz])
+    chex.assert_rank(mean_bz, 2)
+    n, z_dim = mean_bz.shape
+    neg_entropy = jnp.mean(
+        -0.5 * z_dim * math.log(2 * math.pi) - 0.5 * jnp.sum(1.0 + logvar_bz, axis=-1))
+
+    def log_mixture(z_z):
+        return jax.nn.logsumexp(distributions.gaussian_log_density(z_z, mean_bz, logvar_bz))
+
+    log_qz_b = jax.lax.map(log_mixture, z_bz, batch_size=min(chunk_size, n)) - math.log(n)
+    return neg_entropy - jnp.mean(log_qz_b)
+
+
 def latent_diagnostics(mean_bz, logvar_bz, key, *, active_threshold: float = 0.01,
                        chunk_size: int = 64) -> dict:
     """Posterior-collapse diagnostics of a set of N encoded examples.
 
-        kl_per_dim_z           = mean_n KL(N(mean_nz, exp(logvar_nz)) || N(0, 1))          [Z]
-        mean_variance_per_dim  = Var_n(mean_nz)  (ddof = 0): Var_x E_q[z_z | x]             [Z]
-        active_units           = #{z : mean_variance_per_dim_z > active_threshold}
-                                 (Burda et al. 2016, Sec. 5.2; threshold 0.01)
-        mutual_information_nats: I_q(x; z) under the encoder and the empirical data, as
-                                 Hoffman & Johnson (2016) define it and He et al. (2019,
-                                 "Lagging inference networks", `calc_mi`) estimate it:
+        kl_per_dim [Z]             mean_n KL(N(mean_nz, exp(logvar_nz)) || N(0, 1)), nats
+        mean_variance_per_dim [Z]  Var_n(mean_nz) (ddof = 0): Var_x E_q[z_i | x]
+        active_units []            #{i : Var_x E_q[z_i | x] > active_threshold} (Burda et al.
+                                   2016, Sec. 5.2, with threshold 0.01)
+        mutual_information_nats [] `mutual_information` with one z_n ~ q(z | x_n) drawn from
+                                   `key` per example (see there for the estimator's bias)
 
-            I = E_x E_q(z|x)[log q(z|x)] - E_q(z)[log q(z)]
-              ~= mean_n [-Z/2 log(2 pi) - 1/2 sum_z (1 + logvar_nz)]        (exact -entropy)
-                 - mean_n log q(z_n),   z_n ~ q(z | x_n)  (one draw per example),
-            log q(z) ~= logsumexp_m log q(z | x_m) - log N    (the aggregate posterior as the
-                                                               mixture of all N posteriors).
-
-    The MI estimator is consistent as N grows but biased for finite N: the mixture includes
-    z_n's own component, so log q(z_n) >= log q(z_n | x_n) - log N and the estimate cannot
-    exceed about log N nats; it under-reports MI once the true value nears log N (the
-    estimate saturates), and for small N with well-separated posteriors it reads ~log N. With
-    identical posteriors it is 0 up to Monte Carlo noise of order sqrt(Z / (2 N)) (from the
-    sampled log q(z_n | x_n) against the exact entropy). It is not a bound.
+    A collapsed dimension (mean_nz = 0, logvar_nz = 0 for every n) has KL 0 and variance 0.
 
     Args:
-      mean_bz, logvar_bz: [N, Z] posterior parameters of N examples (N >= 1).
-      key: PRNG key for the one z per example of the MI estimate.
+      mean_bz, logvar_bz: [N, Z] posterior parameters of N examples.
+      key: PRNG key of the draws for the MI estimate.
       active_threshold: variance above which a latent dimension counts as active.
-      chunk_size: z rows per step of the [N, N] mixture evaluation, which is never held in
-        memory at once ([chunk_size, N, Z] is).
+      chunk_size: passed to `mutual_information`.
 
     Returns:
-      dict: `kl_per_dim` [Z], `mean_variance_per_dim` [Z], `active_units` int32 [],
-      `mutual_information_nats` [].
+      dict of the four entries above (`active_units` int32).
     """
     chex.assert_equal_shape([mean_bz, logvar_bz])
-    chex.assert_rank(mean_bz, 2)
-    n, z_dim = mean_bz.shape
     kl_bz = distributions.kl_standard_normal(mean_bz[..., None], logvar_bz[..., None])
     mean_variance_z = jnp.var(mean_bz, axis=0)
-    neg_entropy = jnp.mean(-0.5 * z_dim * math.log(2 * math.pi) - 0.5 * jnp.sum(1.0 + logvar_bz, -1))
     z_bz = distributions.reparameterize(key, mean_bz, logvar_bz)
-
-    def log_aggregate(z_z):
-        return jax.nn.logsumexp(distributions.gaussian_log_density(z_z, mean_bz, logvar_bz))
-
-    log_qz_b = jax.lax.map(log_aggregate, z_bz, batch_size=min(chunk_size, n)) - math.log(n)
     return {
         "kl_per_dim": jnp.mean(kl_bz, axis=0),
         "mean_variance_per_dim": mean_variance_z,
         "active_units": jnp.sum(mean_variance_z > active_threshold).astype(jnp.int32),
-        "mutual_information_nats": neg_entropy - jnp.mean(log_qz_b),
+        "mutual_information_nats": mutual_information(mean_bz, logvar_bz, z_bz,
+                                                      chunk_size=chunk_size),
     }
 
 
@@ -320,7 +340,7 @@ def _load_split(config, split: str):
     data_cfg = config.data
     size = data_cfg.validation_size
     validation_size = int(size) if size >= 1 else float(size)
-    streaming = data_cfg.name != "digits" and input_pipeline.dataset_nbytes(
+    streaming = input_pipeline.dataset_nbytes(
         data_cfg.name, split="train", data_dir=data_cfg.data_dir, download=data_cfg.download,
     ) > data_cfg.max_device_bytes
     data = input_pipeline.load_dataset(
@@ -328,8 +348,6 @@ def _load_split(config, split: str):
         validation_size=validation_size, binarization=data_cfg.binarization,
         seed=data_cfg.seed, train_in_memory=not streaming,
     )
-    if split not in ("test", "validation"):
-        raise ValueError(f"split must be 'test' or 'validation'; got {split!r}")
     return getattr(data, split), getattr(data, f"{split}_labels"), data
 
 
@@ -342,8 +360,13 @@ def binarize_once(levels_nhwc: np.ndarray, scale: float, seed: int) -> np.ndarra
     return (rng.random(levels_nhwc.shape, dtype=np.float32) < probability).astype(np.float32)
 
 
-def _restore_params(config, workdir: pathlib.Path, encoder, decoder, image_shape):
-    """(params, step): the latest checkpoint's EMA params when kept, else its params."""
+def restore_eval_params(config, workdir, encoder, decoder, image_shape):
+    """(params, step) of the latest checkpoint in `workdir/checkpoints`, on one device: its
+    EMA parameters when the run kept them (config.ema_decay > 0), else its parameters.
+
+    Raises FileNotFoundError when there is no checkpoint (and creates no directory).
+    """
+    workdir = pathlib.Path(workdir)
     directory = workdir / "checkpoints"
     missing = FileNotFoundError(
         f"no checkpoint in {directory}: train first (python -m vae_jax.main --workdir {workdir})"
@@ -395,9 +418,11 @@ def make_encode_program(mesh, *, encoder, decoder, likelihood: str, gaussian_log
     return jax.jit(mapped)
 
 
-def _run_batched(program, params, x_nhwc, key, mesh, batch_size: int):
-    """Runs a per-example program over all rows in global batches; the last one is padded with
-    zero rows (valid data for every likelihood) whose outputs are dropped."""
+def run_in_batches(program, params, x_nhwc, key, mesh, *, batch_size: int):
+    """Runs `program(params, x, key, example_ids)` (per-example outputs, split along "batch")
+    over every row of x_nhwc [N, ...] in global batches of `batch_size`, with example_ids the
+    rows' positions in x_nhwc. The last batch is padded with zero rows (valid data for every
+    likelihood) whose outputs are dropped. Returns the outputs as numpy arrays [N, ...]."""
     n = len(x_nhwc)
     outputs = []
     for start in range(0, n, batch_size):
@@ -454,9 +479,11 @@ def evaluate_workdir(
     Returns:
       the dict written to eval.json (every number finite).
     """
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation'; got {split!r}")
+    _check_chunking(num_importance_samples, chunk_size)
     workdir = pathlib.Path(workdir)
     config = _load_config(workdir)
-    _check_chunking(num_importance_samples, chunk_size)
     if jax.process_count() > 1:
         raise NotImplementedError("the evaluation command runs in a single process")
     levels, labels, data = _load_split(config, split)
@@ -474,7 +501,7 @@ def evaluate_workdir(
     losses.check_data_support(x_nhwc, config.likelihood, num_bins=data.num_levels)
 
     encoder, decoder = train.make_models(config, data.image_shape)
-    params, step = _restore_params(config, workdir, encoder, decoder, data.image_shape)
+    params, step = restore_eval_params(config, workdir, encoder, decoder, data.image_shape)
 
     mesh = parallel.make_mesh(devices)
     num_devices = mesh.devices.size
@@ -490,8 +517,8 @@ def evaluate_workdir(
         return make_nll_program(mesh, num_samples=k, chunk_size=chunk, **likelihood_args)
 
     def run(program, key):
-        return _run_batched(program, replicated_params, x_nhwc, parallel.replicate(key, mesh),
-                            mesh, batch_size)
+        return run_in_batches(program, replicated_params, x_nhwc, parallel.replicate(key, mesh),
+                              mesh, batch_size=batch_size)
 
     log_px_n = run(nll_program(num_importance_samples, chunk_size), nll_key)
     iwae = {str(k): float(np.mean(run(nll_program(k, k), iwae_key), dtype=np.float64))
@@ -522,8 +549,9 @@ def evaluate_workdir(
     }
     if binarize:
         result["binarization_seed"] = int(binarization_seed)
-    bad = sorted(k for k, v in result.items()
-                 if not isinstance(v, str) and not _finite(list(v.values()) if isinstance(v, dict) else v))
+    numbers = {k: v for k, v in result.items() if not isinstance(v, str)}
+    numbers["iwae_bounds"] = list(iwae.values())
+    bad = sorted(k for k, v in numbers.items() if not _finite(v))
     if bad:
         raise FloatingPointError(f"non-finite evaluation results: {bad}")
     if write_plots:
@@ -615,6 +643,7 @@ def _define_flags():
 def run() -> None:
     """Entry point: `python -m vae_jax.evaluate --workdir runs/x [...]`."""
     import os
+    import sys
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from absl import app, flags, logging
@@ -629,7 +658,10 @@ def run() -> None:
             logging.set_verbosity(logging.WARNING)
         values = {name: flag.value for name, flag in defined.items()}
         workdir = values.pop("workdir")
-        result = evaluate_workdir(workdir, write_plots=values.pop("plots"), **values)
+        try:
+            result = evaluate_workdir(workdir, write_plots=values.pop("plots"), **values)
+        except FileNotFoundError as err:  # no run, no checkpoint, or no data: say which
+            sys.exit(f"error: {err}")
         keys = ("nll_nats", "nll_stderr_nats", "bits_per_dim", "elbo_nats", "active_units",
                 "mutual_information_nats")
         print(f"{result['split']} ({result['num_examples']} examples, step "

@@ -521,14 +521,14 @@ def train_and_evaluate(
 
     state = init_state(init_key, encoder, decoder, data.image_shape, optimizer,
                        ema=config.ema_decay > 0)
-    # Only now, with the data found and the model built, does the run touch the workdir: a
-    # typo in the config leaves no config.json behind to block the corrected command.
-    workdir_lib.prepare_workdir(workdir, config, allow_config_change=allow_config_change)
+    # Only now, with the data found, the model built and any checkpoint restored, does the run
+    # write into the workdir: a typo in the config or a checkpoint that does not fit leaves
+    # nothing behind to block the corrected command.
+    workdir_lib.check_workdir_config(workdir, config, allow_config_change=allow_config_change)
     state = parallel.replicate(state, mesh)
-    checkpoints = workdir_lib.Checkpoints(
-        workdir / "checkpoints", keep=config.keep_checkpoints, process_is_chief=is_chief
-    )
+    checkpoints = workdir_lib.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
     state = checkpoints.restore_latest(state)
+    workdir_lib.record_config(workdir, config)
     start_step = int(jax.device_get(state.step))
 
     step_fn = functools.partial(

@@ -57,42 +57,48 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def prepare_workdir(
+def check_workdir_config(
     workdir: pathlib.Path, config: ml_collections.ConfigDict, *, allow_config_change: bool
-) -> None:
-    """Creates the workdir and records the config; refuses a workdir holding another config.
+) -> bool:
+    """Refuses a workdir whose config.json differs from `config`; True if it differs.
 
-    With `allow_config_change`, the old config is kept as `config.previous-<time>.json` and the
-    run resumes from the existing checkpoints under the new config.
+    Reads only: nothing is written, so a refused run leaves the workdir as it was.
     """
-    config_json = json.loads(config.to_json_best_effort(sort_keys=True))
     path = workdir / "config.json"
+    if not path.exists():
+        return False
+    old = _flatten(json.loads(path.read_text()))
+    new = _flatten(json.loads(config.to_json_best_effort(sort_keys=True)))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed and not allow_config_change:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise WorkdirConfigMismatch(
+            f"{workdir} holds a run with a different config ({details}). Nothing was "
+            "changed. Use another --workdir, or pass --allow_config_change to resume this "
+            "run's checkpoints under the new config."
+        )
+    return bool(changed)
+
+
+def record_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Writes config.json (process 0), keeping a differing old one as config.previous-<time>.json."""
+    if jax.process_index() != 0:
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.json"
+    config_json = json.loads(config.to_json_best_effort(sort_keys=True))
     if path.exists():
-        old = _flatten(json.loads(path.read_text()))
-        new = _flatten(config_json)
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-        if changed and not allow_config_change:
-            details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-            raise WorkdirConfigMismatch(
-                f"{workdir} holds a run with a different config ({details}). Nothing was "
-                "changed. Use another --workdir, or pass --allow_config_change to resume this "
-                "run's checkpoints under the new config."
-            )
-        if not changed:
+        if json.loads(path.read_text()) == config_json:
             return
-        if jax.process_index() == 0:
-            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            path.replace(workdir / f"config.previous-{stamp}.json")
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_json(path, config_json)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path.replace(workdir / f"config.previous-{stamp}.json")
+    write_json(path, config_json)
 
 
 class Checkpoints:
     """Orbax checkpoints of the TrainState in `directory`, keeping the last `keep`."""
 
-    def __init__(self, directory: pathlib.Path, *, keep: int, process_is_chief: bool = True):
-        del process_is_chief  # orbax coordinates the processes itself
+    def __init__(self, directory: pathlib.Path, *, keep: int):
         self.directory = pathlib.Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
             self.directory,
