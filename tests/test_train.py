@@ -384,3 +384,14 @@ def test_allowed_config_change_keeps_the_old_config(tmp_path):
     (previous,) = workdir.glob("config.previous-*.json")
     assert json.loads(previous.read_text())["num_steps"] == 20
     assert json.loads((workdir / "config.json").read_text())["num_steps"] == 40
+
+
+def test_console_script_is_installed():
+    script = pathlib.Path(sys.executable).parent / "vae-jax-train"
+    if not script.exists():
+        pytest.skip(f"package not installed into {script.parent} (run pip install -e .)")
+    # Without the required flags, absl prints the usage and exits with status 1.
+    proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Flag --config must have a value other than None" in proc.stderr
+    proc = subprocess.run([str(script), "--helpfull"], capture_output=True, text=True, timeout=120)
+    assert "--workdir" in proc.stdout and "allow_config_change" in proc.stdout
