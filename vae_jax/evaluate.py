@@ -6,11 +6,13 @@
 writes `runs/x/eval.json` and `runs/x/plots/*.png` from the run's latest checkpoint.
 
 Pure functions (the caller jits them after binding static arguments with `functools.partial`):
-`importance_sampled_log_likelihood`, `latent_diagnostics`, and the latent paths of the pictures
-(`traversal_latents`, `interpolation_latents`, `manifold_latents`). `make_nll_program` and
-`make_encode_program` wrap the per-example passes in the data-parallel `jax.shard_map` pattern
-of `vae_jax.parallel`; `evaluate_workdir` is the command as a function. Units are nats per
-example, summed over data dimensions, as everywhere in vae_jax.
+`importance_sampled_log_likelihood`, `per_example_metrics` (posterior, ELBO, IWAE-k bounds),
+`latent_diagnostics` (KL per dimension, active units, mutual information), and the latent
+paths of the pictures (`traversal_latents`, `interpolation_latents`, `manifold_latents`).
+`make_nll_program` and `make_per_example_program` wrap the per-example passes in the
+data-parallel `jax.shard_map` pattern of `vae_jax.parallel`; `evaluate_workdir` is the command
+as a function, `save_plots` its pictures (drawn by `vae_jax.plots`). Units are nats per example,
+summed over data dimensions, as everywhere in vae_jax.
 """
 
 from __future__ import annotations
@@ -204,6 +206,74 @@ def make_nll_program(
     return jax.jit(mapped)
 
 
+# --------------------------------------------------------------------------- per-example metrics
+
+
+IWAE_KS = (1, 5, 50)
+
+
+def per_example_metrics(
+    params: losses.Params,
+    x,
+    key,
+    *,
+    encoder,
+    decoder,
+    likelihood: str,
+    gaussian_logvar: float = 0.0,
+    num_bins: int = 256,
+    iwae_ks=IWAE_KS,
+    example_ids=None,
+) -> dict:
+    """The posterior, the ELBO terms and IWAE-k bounds of every example, in one pass.
+
+        mean, logvar  [B, Z]  q(z | x_b) = N(mean_b, diag exp(logvar_b))
+        elbo, recon, kl [B]   `losses.elbo` (beta = 1, one z draw, the closed-form KL), noise
+                              from `fold_in(key, 0)`
+        iwae [B, len(ks)]     L_k(x_b) = logsumexp_{j<k} log w_bj - log k (Burda et al. 2016,
+                              eq. 8) for every k of `iwae_ks`, from
+                              `importance_sampled_log_likelihood` with K = chunk = k and key
+                              `fold_in(key, 1)`. Draw j of example b depends only on (b, j), so
+                              the k draws of L_k are the first k of L_max(ks)'s: common random
+                              numbers, under which L_1 <= L_5 <= L_50 (true in expectation) is
+                              seldom reversed by noise.
+
+    Args and reduction as in `importance_sampled_log_likelihood`; `example_ids` [B] are the
+    global positions that key every example's noise.
+    """
+    if example_ids is None:
+        example_ids = jnp.arange(x.shape[0])
+    common = dict(encoder=encoder, decoder=decoder, likelihood=likelihood,
+                  gaussian_logvar=gaussian_logvar, num_bins=num_bins, example_ids=example_ids)
+    elbo_key, iwae_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+    mean_bz, logvar_bz = encoder.apply(params["encoder"], x)
+    _, metrics = losses.elbo(params, x, elbo_key, **common)
+    iwae_bk = jnp.stack([
+        importance_sampled_log_likelihood(params, x, iwae_key, num_samples=k, chunk_size=k,
+                                          **common)
+        for k in iwae_ks
+    ], axis=-1)
+    per_example = metrics["per_example"]
+    return {"mean": mean_bz, "logvar": logvar_bz, "elbo": per_example["elbo"],
+            "recon": per_example["recon"], "kl": per_example["kl"], "iwae": iwae_bk}
+
+
+def make_per_example_program(fn: Callable, mesh) -> Callable:
+    """`fn(params, x, key, example_ids)` -> per-example outputs, jitted and data-parallel.
+
+    params and key are replicated; x [B, ...] and example_ids [B] are split along "batch",
+    and so is every output (each [B, ...]). Bind fn's static arguments with
+    `functools.partial` first, e.g. `partial(per_example_metrics, encoder=..., ...)`.
+    """
+    mapped = parallel.data_parallel(
+        lambda params, x, key, example_ids: fn(params, x, key, example_ids=example_ids),
+        mesh,
+        in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED, parallel.SHARDED),
+        out_specs=parallel.SHARDED,
+    )
+    return jax.jit(mapped)
+
+
 # --------------------------------------------------------------------------- latent diagnostics
 
 
@@ -221,10 +291,12 @@ def mutual_information(mean_bz, logvar_bz, z_bz, *, chunk_size: int = 64):
     i.e. the aggregate posterior q(z) is the mixture of the N posteriors (z_n's own included).
 
     Bias: consistent as N grows, but not a bound and biased for finite N. Since the mixture
-    holds z_n's own component, log q(z_n) >= log q(z_n | x_n) - log N, so the estimate cannot
-    exceed about log N nats: it saturates (under-reports) once the true MI nears log N, and
-    reads ~log N for well-separated posteriors. With identical posteriors it is 0 up to Monte
-    Carlo noise: mean_n 1/2 sum_z (eps_nz^2 - 1), standard deviation sqrt(Z / (2 N)).
+    holds z_n's own component, log q(z_n) >= log q(z_n | x_n) - log N, so the expected
+    estimate cannot exceed log N nats: it saturates (under-reports) once the true MI nears
+    log N, and reads log N for well-separated posteriors. Both there and for identical
+    posteriors (where it reads 0) what remains is the Monte Carlo term
+    mean_n 1/2 sum_z (eps_nz^2 - 1) of the one draw per example, of standard deviation
+    sqrt(Z / (2 N)) nats.
 
     Args:
       mean_bz, logvar_bz: [N, Z] posterior parameters.
@@ -317,7 +389,6 @@ def manifold_latents(num_per_side: int, *, low: float = 0.05, high: float = 0.95
 
 
 EVAL_JSON = "eval.json"
-IWAE_KS = (1, 5, 50)
 PLOTS_DIR = "plots"
 
 
@@ -335,14 +406,18 @@ def _load_split(config, split: str):
     """(levels [N, H, W, C] uint8, labels [N] or None, dataset): the split training saw.
 
     The data arguments are the training loop's, including its choice of the streamed path
-    (whose validation hold-out differs from the in-memory one).
+    (whose validation hold-out differs from the in-memory one). The training images are not
+    read when the split does not depend on them (test, without static binarisation).
     """
     data_cfg = config.data
     size = data_cfg.validation_size
     validation_size = int(size) if size >= 1 else float(size)
-    streaming = input_pipeline.dataset_nbytes(
-        data_cfg.name, split="train", data_dir=data_cfg.data_dir, download=data_cfg.download,
-    ) > data_cfg.max_device_bytes
+    if split == "test" and data_cfg.name != "digits" and data_cfg.binarization != "static":
+        streaming = True
+    else:
+        streaming = input_pipeline.dataset_nbytes(
+            data_cfg.name, split="train", data_dir=data_cfg.data_dir, download=data_cfg.download,
+        ) > data_cfg.max_device_bytes
     data = input_pipeline.load_dataset(
         data_cfg.name, data_dir=data_cfg.data_dir, download=data_cfg.download,
         validation_size=validation_size, binarization=data_cfg.binarization,
@@ -391,33 +466,6 @@ def restore_eval_params(config, workdir, encoder, decoder, image_shape):
     return train.eval_params(state), int(jax.device_get(state.step))
 
 
-def make_encode_program(mesh, *, encoder, decoder, likelihood: str, gaussian_logvar: float = 0.0,
-                        num_bins: int = 256) -> Callable:
-    """A jitted data-parallel encoding and ELBO pass over a 1-D "batch" mesh.
-
-    `program(params, x, key, example_ids)` returns per-example {"mean": [B, Z], "logvar":
-    [B, Z], "elbo": [B], "recon": [B], "kl": [B]} (`losses.elbo` with beta = 1, one z draw,
-    the closed-form KL), split along "batch" like x and example_ids.
-    """
-    elbo_fn = functools.partial(losses.elbo, encoder=encoder, decoder=decoder,
-                                likelihood=likelihood, gaussian_logvar=gaussian_logvar,
-                                num_bins=num_bins)
-
-    def per_device(params, x, key, example_ids):
-        mean_bz, logvar_bz = encoder.apply(params["encoder"], x)
-        _, metrics = elbo_fn(params, x, key, example_ids=example_ids)
-        per_example = metrics["per_example"]
-        return {"mean": mean_bz, "logvar": logvar_bz, "elbo": per_example["elbo"],
-                "recon": per_example["recon"], "kl": per_example["kl"]}
-
-    mapped = parallel.data_parallel(
-        per_device, mesh,
-        in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED, parallel.SHARDED),
-        out_specs=parallel.SHARDED,
-    )
-    return jax.jit(mapped)
-
-
 def run_in_batches(program, params, x_nhwc, key, mesh, *, batch_size: int):
     """Runs `program(params, x, key, example_ids)` (per-example outputs, split along "batch")
     over every row of x_nhwc [N, ...] in global batches of `batch_size`, with example_ids the
@@ -439,7 +487,7 @@ def run_in_batches(program, params, x_nhwc, key, mesh, *, batch_size: int):
 
 
 def _finite(value) -> bool:
-    return all(math.isfinite(v) for v in np.asarray(value, np.float64).reshape(-1))
+    return bool(np.all(np.isfinite(np.asarray(value, np.float64))))
 
 
 def evaluate_workdir(
@@ -464,12 +512,9 @@ def evaluate_workdir(
 
       nll_nats (+ stderr, bits_per_dim)  -log p(x) by importance sampling with K =
                                          `num_importance_samples` (`make_nll_program`)
-      iwae_bounds {"1", "5", "50"}       L_k = mean IWAE-k bound (Burda et al. 2016); the k
-                                         draws of every example are the first k of one
-                                         stream of draws (common random numbers), so L_1 <=
-                                         L_5 <= L_50 holds in expectation and is seldom
-                                         reversed by noise
+      iwae_bounds {"1", "5", "50"}       mean IWAE-k bounds L_k with common random numbers
       elbo_nats, recon_nats, kl_nats     the ELBO with the closed-form KL and one z draw
+                                         (both from `per_example_metrics`)
       latent diagnostics                 `latent_diagnostics` over the whole split
 
     Dynamically binarised data are binarised once from `binarization_seed` (recorded). The
@@ -508,22 +553,21 @@ def evaluate_workdir(
     if batch_size is None:
         batch_size = -(-config.eval_batch_size // num_devices) * num_devices
     parallel.check_batch_divisible(batch_size, num_devices)
-    nll_key, iwae_key, elbo_key, diag_key, plot_key = jax.random.split(jax.random.key(seed), 5)
+    nll_key, metrics_key, diag_key, plot_key = jax.random.split(jax.random.key(seed), 4)
     replicated_params = parallel.replicate(params, mesh)
     likelihood_args = dict(encoder=encoder, decoder=decoder, likelihood=config.likelihood,
                            gaussian_logvar=config.gaussian_logvar, num_bins=data.num_levels)
-
-    def nll_program(k, chunk):
-        return make_nll_program(mesh, num_samples=k, chunk_size=chunk, **likelihood_args)
 
     def run(program, key):
         return run_in_batches(program, replicated_params, x_nhwc, parallel.replicate(key, mesh),
                               mesh, batch_size=batch_size)
 
-    log_px_n = run(nll_program(num_importance_samples, chunk_size), nll_key)
-    iwae = {str(k): float(np.mean(run(nll_program(k, k), iwae_key), dtype=np.float64))
-            for k in iwae_ks}
-    per_example = run(make_encode_program(mesh, **likelihood_args), elbo_key)
+    log_px_n = run(make_nll_program(mesh, num_samples=num_importance_samples,
+                                    chunk_size=chunk_size, **likelihood_args), nll_key)
+    per_example = run(make_per_example_program(functools.partial(
+        per_example_metrics, iwae_ks=tuple(iwae_ks), **likelihood_args), mesh), metrics_key)
+    iwae = {str(k): float(np.mean(per_example["iwae"][:, i], dtype=np.float64))
+            for i, k in enumerate(iwae_ks)}
     diagnostics = jax.device_get(jax.jit(latent_diagnostics)(
         jnp.asarray(per_example["mean"]), jnp.asarray(per_example["logvar"]), diag_key))
 
@@ -554,12 +598,13 @@ def evaluate_workdir(
     bad = sorted(k for k, v in numbers.items() if not _finite(v))
     if bad:
         raise FloatingPointError(f"non-finite evaluation results: {bad}")
+    workdir_lib.write_json(workdir / EVAL_JSON, result)  # the numbers survive a plotting error
     if write_plots:
         result["plots"] = sorted(str(p.relative_to(workdir)) for p in save_plots(
             workdir / PLOTS_DIR, params, x_nhwc, plot_key, encoder=encoder, decoder=decoder,
             likelihood=config.likelihood, kl_per_dim=diagnostics["kl_per_dim"],
             mean_nz=per_example["mean"], labels=labels, workdir=workdir))
-    workdir_lib.write_json(workdir / EVAL_JSON, result)
+        workdir_lib.write_json(workdir / EVAL_JSON, result)
     return result
 
 
@@ -666,7 +711,8 @@ def run() -> None:
                 "mutual_information_nats")
         print(f"{result['split']} ({result['num_examples']} examples, step "
               f"{result['checkpoint_step']}): " + ", ".join(f"{k}={result[k]:.4g}" for k in keys))
-        print("iwae_bounds: " + ", ".join(f"L_{k}={v:.4g}" for k, v in result["iwae_bounds"].items()))
+        bounds = result["iwae_bounds"]
+        print("iwae_bounds: " + ", ".join(f"L_{k}={v:.4g}" for k, v in bounds.items()))
         print(f"written: {pathlib.Path(workdir) / EVAL_JSON}")
 
     app.run(main)
