@@ -4,7 +4,8 @@ Purpose: XLA differentiates `flax.linen.ConvTranspose` (a convolution with input
 slow path on CPU (jax-ml/jax#31662, openxla/xla#34273). `vae_jax.models.ConvTranspose`
 computes the same function with one stride-1 convolution and a depth-to-space step. This script
 times `jax.value_and_grad` with respect to the input and the parameters, jitted, for the two
-upsampling layers of the MNIST convolutional decoder.
+upsampling layers of the MNIST convolutional decoder (features (32, 64), kernel 3, stride 2)
+and one wider layer.
 
 Command:
     /work/venv/bin/python benchmarks/conv_transpose.py [--batch 128] [--windows 7]
@@ -28,6 +29,8 @@ LAYERS = (
     # (name, input [H, W, C_in], output channels)
     ("14x14x32 -> 28x28x1", (14, 14, 32), 1),
     ("7x7x64 -> 14x14x32", (7, 7, 64), 32),
+    # Not in the MNIST decoder: the output-resolution layer of a wider decoder (32x32 RGB style).
+    ("14x14x32 -> 28x28x32", (14, 14, 32), 32),
 )
 
 
