@@ -101,20 +101,24 @@ def gather_rows(rows_shard, indices, *, axis_name: str = AXIS):
     same global batch indices [B]. Each device picks the requested rows it holds (zeros for the
     rest), and `psum_scatter` both completes the gather and hands device d rows
     [d * B / D, (d + 1) * B / D). Exactly one device contributes a non-zero row per position,
-    so the sum is exact. Only [B, ...] values cross devices per step, never the dataset.
+    so the sum is exact, in the rows' own dtype (uint8 images cross devices as bytes). Only
+    [B, ...] values cross devices per step, never the dataset. On a single device it is a plain
+    gather.
 
     Args:
       rows_shard: [n_local, ...] this device's rows of the dataset.
       indices: [B] global row indices, identical on every device.
 
     Returns:
-      [B / D, ...] float32 rows for this device.
+      [B / D, ...] rows for this device, in the dtype of `rows_shard`.
     """
+    if jax.lax.axis_size(axis_name) == 1:
+        return rows_shard[indices]
     n_local = rows_shard.shape[0]
     offset = jax.lax.axis_index(axis_name) * n_local
     local_idx = indices - offset
     mine = (local_idx >= 0) & (local_idx < n_local)
-    picked = rows_shard[jax.numpy.clip(local_idx, 0, n_local - 1)].astype(jax.numpy.float32)
+    picked = rows_shard[jax.numpy.clip(local_idx, 0, n_local - 1)]
     mask = mine.reshape(mine.shape + (1,) * (picked.ndim - 1))
-    picked = jax.numpy.where(mask, picked, 0.0)
+    picked = jax.numpy.where(mask, picked, jax.numpy.zeros((), picked.dtype))
     return jax.lax.psum_scatter(picked, axis_name, scatter_dimension=0, tiled=True)
