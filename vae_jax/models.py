@@ -34,6 +34,15 @@ from jax import lax
 Array = jax.Array
 Initializer = jax.nn.initializers.Initializer
 
+
+def _as_tuple(module: nn.Module, *fields: str) -> None:
+    """Stores list-valued attributes as tuples so the module stays hashable."""
+    for field in fields:
+        value = getattr(module, field)
+        if not isinstance(value, (int, str)):
+            object.__setattr__(module, field, tuple(value))
+
+
 # ----------------------------------------------------------------------------------------------
 # Activations and initialisers
 # ----------------------------------------------------------------------------------------------
@@ -195,7 +204,7 @@ class _AxisPlan(NamedTuple):
     out_len: int
 
     def conv_padding(self, window_lo: int, window: int) -> tuple[int, int]:
-        """Padding (low, high) of a stride-1 conv whose window covers offsets window_lo + [0, window)."""
+        """(low, high) padding of a stride-1 conv over input offsets window_lo + [0, window)."""
         return -window_lo, self.phase_len - self.in_len + window_lo + window - 1
 
 
@@ -204,7 +213,7 @@ def _axis_plan(n: int, k: int, s: int, pad_lo: int, pad_hi: int) -> _AxisPlan:
     out_len = (n - 1) * s + 1 + pad_lo + pad_hi - k + 1
     if out_len < 1:
         raise ValueError(f"transposed convolution of length {n} with kernel {k} is empty")
-    # The first tap t that meets an input pixel for outputs o = r (mod s): o + t - pad_lo = 0 (mod s).
+    # First tap t meeting an input pixel for outputs o = r (mod s): o + t - pad_lo = 0 (mod s).
     first_tap = tuple((pad_lo - r) % s for r in range(s))
     return _AxisPlan(
         stride=s,
@@ -217,7 +226,9 @@ def _axis_plan(n: int, k: int, s: int, pad_lo: int, pad_hi: int) -> _AxisPlan:
     )
 
 
-def _conv_stride1(x: Array, kernel: Array, paddings: Sequence[tuple[int, int]], precision: Any) -> Array:
+def _conv_stride1(
+    x: Array, kernel: Array, paddings: Sequence[tuple[int, int]], precision: Any
+) -> Array:
     """Stride-1 channels-last convolution with any (also negative) padding.
 
     XLA:CPU returns wrong f32 results for convolutions with negative low padding
@@ -280,8 +291,7 @@ def _phases_fused(x: Array, kernel: Array, plans: Sequence[_AxisPlan], precision
 
 
 def _phases_separate(x: Array, kernel: Array, plans: Sequence[_AxisPlan], precision: Any) -> Array:
-    """One stride-1 conv per phase with its exact sub-kernel: [B, *phase_len, prod(strides), C_out]."""
-    nd = len(plans)
+    """One stride-1 conv per phase on its own sub-kernel: [B, *phase_len, prod(strides), C_out]."""
     phase_shape = (x.shape[0],) + tuple(plan.phase_len for plan in plans) + (kernel.shape[-1],)
     phases = []
     for phase in itertools.product(*(range(plan.stride) for plan in plans)):
@@ -363,9 +373,9 @@ class ConvTranspose(nn.Module):
     parameters (`kernel` [*kernel_size, C_in, features], `bias` [features]), so parameter trees
     are interchangeable. `nn.ConvTranspose` lowers to a convolution with input (lhs) dilation,
     whose gradient XLA computes on a slow path on CPU (jax-ml/jax#31662, openxla/xla#34273).
-    Here the same map is one ordinary stride-1 convolution followed by a depth-to-space
+    Here the same map is built from ordinary stride-1 convolutions and a depth-to-space
     rearrangement, the sub-pixel convolution of Shi et al. (2016), "Real-Time Single Image and
-    Video Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network", whose
+    Video Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network"; its
     gradients are stride-1 convolutions too.
 
     Decomposition, per spatial axis, for input length N, kernel w of size k, stride s and
@@ -378,21 +388,33 @@ class ConvTranspose(nn.Module):
     Write o = s * q + r with phase r in [0, s). Only taps t = t0_r + s * m, with
     t0_r = (p_lo - r) mod s, meet an input pixel, so every phase is a stride-1 correlation with
     the sub-kernel w_r[m] = w[t0_r + s * m] (m = 0 .. ceil((k - t0_r) / s) - 1) at offset
-    d_r = (r + t0_r - p_lo) / s:
+    d_r = (r + t0_r - p_lo) / s (an integer by the choice of t0_r):
 
         y[s * q + r] = sum_m x[q + d_r + m] w_r[m].
 
-    The s sub-kernels are placed in one window spanning all offsets (zeros where a phase has no
-    tap) and stacked along the output-channel axis, so a single stride-1 convolution yields every
-    phase: [B, ceil(len(y) / s), s * features] per axis. Depth-to-space interleaves the phases
-    into [B, s * ceil(len(y) / s), features], and the surplus (present only for 'VALID' or explicit
-    padding) is cropped from the end. For kernel 3, stride 2, 'SAME' the window is 2x2 and the
-    convolution produces 4 * features channels.
+    In 2-D there are s_h * s_w phases, each with the outer product of the two axes' tap sets.
+    Each phase is computed for ceil(len(y) / s) positions, in one of two forms:
+
+    - fused: the sub-kernels are placed in one window spanning all phases' offsets (zero taps
+      where a phase has none) and stacked on the output channels, so one convolution yields
+      [B, Q_h, Q_w, s_h * s_w * features]. For kernel 3, stride 2, 'SAME' the window is 2x2:
+      16 multiply-adds per input pixel and channel pair instead of 9, but one large convolution.
+    - separate: one convolution per phase on its exact sub-kernel (2x2, 2x1, 1x2 and 1x1 for
+      kernel 3, stride 2), no wasted multiply-adds, s_h * s_w smaller convolutions.
+
+    The fused form is used when s_h * s_w * features <= 16 (few output channels, where one
+    larger convolution is faster on CPU), the separate form otherwise. Depth-to-space then
+    interleaves the phases, output [s * q + r] = phase r at q, and crops the surplus rows
+    (present only for 'VALID' or explicit padding when s does not divide len(y)).
+
+    Explicit paddings beyond kernel - 1, or negative ones, are applied by `lax.pad` rather than
+    by the convolution, because XLA:CPU miscomputes convolutions with negative padding
+    (openxla/xla#48713), which the input gradient of such a convolution would contain.
 
     Attributes:
       features: output channels.
-      kernel_size: int (same for every spatial axis) or one int per spatial axis.
-      strides: int or one int per spatial axis (upsampling factors); None means 1.
+      kernel_size: one int per spatial axis (a bare int means a 1-D kernel, as in Flax).
+      strides: int (every axis) or one int per spatial axis (upsampling factors); None means 1.
       padding: 'SAME', 'VALID', an int, or per-axis ints or (low, high) pairs, with the meaning of
         `flax.linen.ConvTranspose`. 'CIRCULAR' is not supported.
       use_bias: add a learned bias [features].
@@ -552,14 +574,6 @@ def _mirror_crop_start(n_in: int, kernel_size: int, stride: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _as_tuple(module: nn.Module, *fields: str) -> None:
-    """Stores list-valued attributes as tuples so the module stays hashable."""
-    for field in fields:
-        value = getattr(module, field)
-        if not isinstance(value, (int, str)):
-            object.__setattr__(module, field, tuple(value))
-
-
 class MLPEncoder(nn.Module):
     """Fully connected Gaussian encoder: x [B, ...] -> (mean_bz, logvar_bz), each [B, Z].
 
@@ -587,11 +601,9 @@ class MLPEncoder(nn.Module):
     def __call__(self, x: Array) -> tuple[Array, Array]:
         act = get_activation(self.activation)
         h_bf = x.reshape((x.shape[0], -1))
+        init = get_kernel_init(self.kernel_init, self.activation)
         for i, width in enumerate(self.hidden):
-            h_bf = nn.Dense(
-                width, kernel_init=get_kernel_init(self.kernel_init, self.activation), name=f"hidden_{i}"
-            )(h_bf)
-            h_bf = act(h_bf)
+            h_bf = act(nn.Dense(width, kernel_init=init, name=f"hidden_{i}")(h_bf))
         head_init = get_kernel_init(self.kernel_init, "linear")
         mean_bz = nn.Dense(self.latent_dim, kernel_init=head_init, name="mean")(h_bf)
         logvar_bz = nn.Dense(self.latent_dim, kernel_init=head_init, name="logvar")(h_bf)
@@ -625,11 +637,9 @@ class MLPDecoder(nn.Module):
     def __call__(self, z_bz: Array) -> Array:
         act = get_activation(self.activation)
         h_bf = z_bz
+        init = get_kernel_init(self.kernel_init, self.activation)
         for i, width in enumerate(reversed(self.hidden)):
-            h_bf = nn.Dense(
-                width, kernel_init=get_kernel_init(self.kernel_init, self.activation), name=f"hidden_{i}"
-            )(h_bf)
-            h_bf = act(h_bf)
+            h_bf = act(nn.Dense(width, kernel_init=init, name=f"hidden_{i}")(h_bf))
         out_bf = nn.Dense(
             math.prod(self.output_shape),
             kernel_init=get_kernel_init(self.kernel_init, "linear"),
@@ -740,7 +750,9 @@ class ConvDecoder(nn.Module):
         init = get_kernel_init(self.kernel_init, self.activation)
         n_layers = len(self.features)
         strides = _per_layer(self.strides, n_layers, "strides")
-        sizes = _conv_spatial_sizes(self.output_shape[:2], n_layers, self.kernel_size, strides, "SAME")
+        sizes = _conv_spatial_sizes(
+            self.output_shape[:2], n_layers, self.kernel_size, strides, "SAME"
+        )
         h, w = sizes[-1]
 
         h_bf = z_bz
