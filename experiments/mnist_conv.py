@@ -12,7 +12,11 @@ Command:
     python -m vae_jax.main --config experiments/mnist_conv.py --workdir runs/mnist_conv \
         --config.data.data_dir=../shared/data/tfds
 
-Hardware and time: see "Expected numbers" in the README.
+Hardware and time: 2-core CPU, no GPU: 20 epochs (8,580 steps) took 4.4 minutes with other
+jobs competing for the cores (median 5,450 examples/s).
+
+Expected numbers (seed 0, 20 epochs): validation ELBO -100.7 nats (KL 25.4), all 16 latent
+dimensions active; -108.1 after 2,000 steps and -104.2 after 4,000.
 """
 
 from vae_jax.config_defaults import default_config
