@@ -284,11 +284,20 @@ def test_non_finite_gradients_are_skipped_and_counted():
     assert int(state.step) == 3
 
 
-def test_run_stops_after_too_many_non_finite_updates(tmp_path):
-    config = tiny_digits(learning_rate=float("nan"), max_consecutive_skips=3)
+@pytest.mark.parametrize("log_every", [10, 40])
+def test_run_stops_after_too_many_non_finite_updates(tmp_path, log_every):
+    # A NaN learning rate poisons the parameters at the first update; every gradient after it
+    # is NaN. With log_every=40 the first checkpoint (step 20) comes before any log line: the
+    # guard must stop the run there too, before the poisoned parameters are saved.
+    config = tiny_digits(learning_rate=float("nan"), max_consecutive_skips=3, log_every=log_every)
     with pytest.raises(FloatingPointError, match="consecutive updates had non-finite"):
         train.train_and_evaluate(config, tmp_path / "nan", quiet=True, devices=jax.devices()[:1])
-    assert not (tmp_path / "nan" / "checkpoints" / "10").exists()
+    assert not list((tmp_path / "nan" / "checkpoints").glob("[0-9]*"))
+
+
+def test_steps_must_fill_whole_dispatches(tmp_path):
+    with pytest.raises(ValueError, match=r"45 steps are not a multiple of steps_per_dispatch=10"):
+        train.train_and_evaluate(tiny_digits(num_steps=45), tmp_path / "w", quiet=True)
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -505,6 +505,11 @@ def train_and_evaluate(
             f"batch_size={config.batch_size} is larger than the training set ({num_train})"
         )
     num_steps = resolve_num_steps(config, num_train)
+    if not streaming and num_steps % config.steps_per_dispatch:
+        raise ValueError(
+            f"the run's {num_steps} steps are not a multiple of steps_per_dispatch="
+            f"{config.steps_per_dispatch}; change num_steps (or num_epochs) or steps_per_dispatch"
+        )
     losses.check_data_support(
         data.validation[:256].astype(np.float32) * data.scale, config.likelihood,
         num_bins=data.num_levels,
@@ -597,6 +602,14 @@ def train_and_evaluate(
         examples=data.validation[: config.num_image_examples].astype(np.float32) * data.scale,
         enabled=is_chief,
     )
+    def stop_if_diverged(consecutive_skips, step):
+        if consecutive_skips > config.max_consecutive_skips:
+            raise FloatingPointError(
+                f"{int(consecutive_skips)} consecutive updates had non-finite gradients (limit "
+                f"max_consecutive_skips={config.max_consecutive_skips}) at step {step}; "
+                f"stopping. The last good checkpoint is in {workdir / 'checkpoints'}."
+            )
+
     last_metrics, validation = {}, {}
     pending, window_start, window_steps = [], time.perf_counter(), 0
     cached_epoch, perms = None, None
@@ -619,13 +632,7 @@ def train_and_evaluate(
                 host = jax.device_get(pending)
                 elapsed = time.perf_counter() - window_start
                 last_metrics = workdir_lib.summarise(host, step, elapsed, window_steps * config.batch_size)
-                if last_metrics["consecutive_skips"] > config.max_consecutive_skips:
-                    raise FloatingPointError(
-                        f"{int(last_metrics['consecutive_skips'])} consecutive updates had "
-                        f"non-finite gradients (limit max_consecutive_skips="
-                        f"{config.max_consecutive_skips}) at step {step}; stopping. The last "
-                        f"good checkpoint is in {workdir / 'checkpoints'}."
-                    )
+                stop_if_diverged(last_metrics["consecutive_skips"], step)
                 logger.log(last_metrics, step)
                 pending, window_start, window_steps = [], time.perf_counter(), 0
             if step % config.eval_every == 0 or step >= num_steps:
@@ -634,6 +641,8 @@ def train_and_evaluate(
                 pictures.write(eval_params(state), step, jax.random.fold_in(eval_key, step))
                 logger.log_images(pictures.last_images, step)
             if step % config.checkpoint_every == 0 or step >= num_steps:
+                # Never checkpoint parameters that the skip guard gave up on.
+                stop_if_diverged(int(jax.device_get(metrics["consecutive_skips"])[-1]), step)
                 checkpoints.save(step, state)
     finally:
         checkpoints.close()
