@@ -15,7 +15,16 @@ Commands:
 `runs/mnist_conv_beta/plots/traversals.png` then shows one row per latent dimension, sorted by
 KL, each decoded from -3 to +3 around an encoded test digit.
 
-Hardware and time, expected numbers: see the README ("Experiments"), measured on a 2-core CPU.
+Hardware and time: 2-core CPU shared with other jobs: 10 epochs (4,290 steps) in 2.3 minutes;
+the evaluation above in 1.7 minutes.
+
+Expected numbers (seed 0): validation ELBO -123.4 nats with KL 9.2 nats spread over all 10
+dimensions (0.5-1.3 nats each; 10 active units). On the first 1,000 test digits, K = 500:
+NLL 108.2 +- 1.0 nats, IWAE bounds L_1 -122.0, L_5 -113.6, L_50 -109.6; mutual information
+6.3 nats. The beta = 4 penalty costs about 20 nats of ELBO against `mnist_conv.py` (-100.7), and
+its large IWAE gap (L_50 - L_1 = 12 nats) says the posterior is far from the true one. The
+traversals change one visible factor per row: e.g. thin upright stroke to a wide loop,
+slant, and the opening of the loop.
 """
 
 from vae_jax.config_defaults import default_config
