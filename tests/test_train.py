@@ -18,7 +18,7 @@ import optax
 import pytest
 from PIL import Image
 
-from vae_jax import input_pipeline, train
+from vae_jax import input_pipeline, losses, train
 from vae_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -86,30 +86,35 @@ SMALL_FLAGS = ("--config.num_steps=40", "--config.steps_per_dispatch=10",
                "--config.checkpoint_every=20", "--config.hidden=(64,)")
 
 
-def check_workdir(workdir, num_steps, image_hw):
+ELBO_KEYS = ("loss", "recon_nats", "kl_nats", "elbo_nats")
+
+
+def check_workdir(workdir, num_steps, image_hw, latent_dim=None, objective_keys=ELBO_KEYS):
     """Every output file of a finished run: parses, opens, restores."""
     workdir = pathlib.Path(workdir)
     config = json.loads((workdir / "config.json").read_text())
+    latent_dim = latent_dim or config["latent_dim"]
     assert config["num_steps"] == num_steps
     metrics = read_jsonl(workdir / "metrics.jsonl")
     assert metrics[-1]["step"] == num_steps
-    for key in ("step", "loss", "recon_nats", "kl_nats", "elbo_nats", "beta", "learning_rate",
-                "grad_norm", "skipped_updates", "examples_per_sec"):
+    for key in ("step", *objective_keys, "beta", "learning_rate", "grad_norm", "skipped_updates",
+                "examples_per_sec"):
         assert all(np.isfinite(m[key]) for m in metrics), key
     evals = read_jsonl(workdir / "eval_metrics.jsonl")
     assert evals[-1]["step"] == num_steps and evals[-1]["val_elbo_nats"] < 0
     kl_per_dim = evals[-1]["val_kl_per_dim_nats"]
-    assert len(kl_per_dim) == config["latent_dim"]
+    assert len(kl_per_dim) == latent_dim
     assert sum(kl_per_dim) == pytest.approx(evals[-1]["val_kl_nats"], rel=1e-4)
-    assert 0 <= evals[-1]["val_active_units"] <= config["latent_dim"]
+    assert 0 <= evals[-1]["val_active_units"] <= latent_dim
     pngs = sorted((workdir / "images").glob("*.png"))
+    assert len(pngs) == 2 * len(evals)
     assert {p.name.split("_")[0] for p in pngs} == {"reconstructions", "samples"}
     for png in pngs:
         with Image.open(png) as image:
             image.verify()
     tags = read_tensorboard_tags(workdir / "tensorboard")
-    assert {"train/loss", "train/kl_nats", "validation/val_elbo_nats", "reconstructions",
-            "samples"} <= tags
+    assert {"validation/val_elbo_nats", "reconstructions", "samples"} <= tags
+    assert {f"train/{key}" for key in objective_keys} <= tags
     assert (workdir / "checkpoints" / str(num_steps)).is_dir()
     final = json.loads((workdir / "final_metrics.json").read_text())
     assert final["step"] == num_steps
@@ -404,3 +409,141 @@ def test_console_script_is_installed():
     assert proc.returncode == 1 and "Flag --config must have a value other than None" in proc.stderr
     proc = subprocess.run([str(script), "--helpfull"], capture_output=True, text=True, timeout=120)
     assert "--workdir" in proc.stdout and "allow_config_change" in proc.stdout
+
+
+# ---------------------------------------------------------------------------- two stochastic layers
+
+
+def tiny_two_layer_digits(**overrides):
+    """The quickstart config with the two-stochastic-layer model ("mlp2"), tiny widths."""
+    defaults = dict(encoder="mlp2", decoder="mlp2", latent_dims=(6, 3),
+                    hierarchical_hidden=((32,), (16,)), num_steps=20, eval_every=10,
+                    checkpoint_every=20)
+    defaults.update(overrides)
+    return tiny_digits(**defaults)
+
+
+@pytest.mark.parametrize("objective, num_samples", [("elbo", 1), ("iwae", 3)])
+def test_two_layer_model_end_to_end_on_digits(tmp_path, objective, num_samples):
+    config = tiny_two_layer_digits(objective=objective, num_samples=num_samples)
+    result = train.train_and_evaluate(config, tmp_path / "w", quiet=True,
+                                      devices=jax.devices()[:2])
+    # The validation pass reports both layers, [z1, z2].
+    keys = ELBO_KEYS if objective == "elbo" else ("loss", "iwae_nats")
+    check_workdir(tmp_path / "w", 20, (8, 8), latent_dim=6 + 3, objective_keys=keys)
+    assert -64 * np.log(2) * 2 < result.validation["val_elbo_nats"] < 0
+    params = params_of(result)
+    assert set(params["encoder"]["params"]) == {"layer_1", "layer_2"}
+    assert set(params["decoder"]["params"]) == {"layer_1", "layer_2"}
+
+
+def test_two_layer_loss_fn_wraps_the_hierarchical_losses():
+    config = tiny_two_layer_digits()
+    encoder, decoder = train.make_models(config, (8, 8, 1))
+    state = train.init_state(jax.random.key(0), encoder, decoder, (8, 8, 1), optax.adam(1e-3),
+                             ema=False)
+    x = (np.random.default_rng(0).random((4, 8, 8, 1)) < 0.5).astype(np.float32)
+    key = jax.random.key(1)
+    elbo_fn = train.make_loss_fn(config, encoder, decoder, 17)
+    loss, metrics = elbo_fn(state.params, x, key, beta=0.5, example_ids=jnp.arange(4),
+                            axis_name="batch")
+    expected, _ = losses.hierarchical_elbo(state.params, x, key, encoder=encoder,
+                                           decoder=decoder, beta=0.5)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    chex.assert_shape(metrics["per_example"]["kl_per_dim"], (4, 9))
+    config.objective, config.num_samples = "iwae", 5
+    iwae_fn = train.make_loss_fn(config, encoder, decoder, 17)
+    loss, _ = iwae_fn(state.params, x, key, beta=0.5, axis_name="batch")
+    expected, _ = losses.hierarchical_iwae_bound(state.params, x, key, encoder=encoder,
+                                                 decoder=decoder, num_samples=5)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_prior_samples_of_the_two_layer_model_are_ancestral():
+    """z1 = mean(z2) + exp(logvar(z2) / 2) eps with z2 ~ N(0, I): the per-dimension sample
+    moments over many draws match those of p(z1 | z2) averaged over p(z2) (float64 numpy:
+    law of total mean and variance)."""
+    encoder, decoder = train.make_models(tiny_two_layer_digits(), (8, 8, 1))
+    params = train.init_state(jax.random.key(0), encoder, decoder, (8, 8, 1), optax.adam(1e-3),
+                              ema=False).params["decoder"]
+    sample = train.make_prior_sampler(encoder, decoder)
+    n = 20000
+    z1_nz = np.asarray(jax.jit(sample, static_argnums=2)(params, jax.random.key(2), n),
+                       np.float64)
+    chex.assert_shape(z1_nz, (n, 6))
+    z2_nz = np.random.default_rng(0).standard_normal((n, 3)).astype(np.float32)
+    mean_nz, logvar_nz = (np.asarray(a, np.float64) for a in decoder.apply(
+        params, jnp.asarray(z2_nz), method="prior_z1"))
+    expected_mean = mean_nz.mean(0)
+    expected_var = np.exp(logvar_nz).mean(0) + mean_nz.var(0)
+    np.testing.assert_array_less(np.abs(z1_nz.mean(0) - expected_mean),
+                                 5 * np.sqrt(expected_var / n))
+    np.testing.assert_allclose(z1_nz.var(0), expected_var, rtol=0.05)
+    # The standard-normal prior of one Gaussian layer is unchanged.
+    one_layer = train.make_models(tiny_digits(latent_dim=5), (8, 8, 1))
+    z_nz = train.make_prior_sampler(*one_layer)(None, jax.random.key(3), 4)
+    np.testing.assert_array_equal(z_nz, jax.random.normal(jax.random.key(3), (4, 5)))
+
+
+def test_two_layer_config_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"encoder='mlp2' and decoder='mlp'.*together"):
+        train.train_and_evaluate(tiny_digits(encoder="mlp2"), tmp_path / "w", quiet=True)
+    with pytest.raises(ValueError, match=r"encoder='mlp' and decoder='mlp2'.*together"):
+        train.make_models(tiny_digits(decoder="mlp2"), (8, 8, 1))
+    with pytest.raises(ValueError, match=r"free_bits=0.5.*set free_bits=0"):
+        train.train_and_evaluate(tiny_two_layer_digits(free_bits=0.5), tmp_path / "w",
+                                 quiet=True)
+    with pytest.raises(ValueError, match="two stochastic layers"):
+        train.make_models(tiny_two_layer_digits(latent_dims=(6, 3, 2)), (8, 8, 1))
+    assert not (tmp_path / "w").exists()
+
+
+def test_burda_learning_rate_schedule():
+    """Burda et al. 2015, section 5: 3^i epochs at 1e-3 * 10^(-i/7), i = 0 .. 7."""
+    config = tiny_digits(lr_schedule="burda", learning_rate=1e-3)
+    steps_per_epoch = 7
+    schedule = train.make_lr_schedule(config, steps_per_epoch=steps_per_epoch)
+    epoch_starts = np.cumsum([0] + [3**i for i in range(8)])  # 0, 1, 4, 13, ..., 3280
+    assert epoch_starts[-1] == 3280
+    for i in range(8):
+        for epoch in (epoch_starts[i], epoch_starts[i + 1] - 1):
+            for step in (epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1):
+                assert float(schedule(step)) == pytest.approx(1e-3 * 10 ** (-i / 7), rel=1e-5)
+    assert float(schedule(10**7)) == pytest.approx(1e-4, rel=1e-5)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        train.make_lr_schedule(config)
+
+
+def test_adam_hyperparameters_come_from_the_config():
+    config = tiny_digits(adam_b1=0.5, adam_b2=0.9, adam_eps=1e-4, learning_rate=0.1)
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.asarray([1.0, -2.0, 1e-5])}
+    expected = optax.adam(0.1, b1=0.5, b2=0.9, eps=1e-4)
+    got_opt = train.make_optimizer(config)
+    got, _ = got_opt.update(grads, got_opt.init(params), params)
+    want, _ = expected.update(grads, expected.init(params), params)
+    np.testing.assert_allclose(got["w"], want["w"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, variants", [
+    ("mnist_vae_burda", ("1layer", "2layer")),
+    ("mnist_iwae_burda", ("1layer_k5", "1layer_k50", "2layer_k5", "2layer_k50")),
+])
+def test_burda_experiment_configs(name, variants):
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for variant in variants:
+        config = module.get_config(variant)
+        train.validate_config(config, num_devices=1)
+        assert config.batch_size == 20 and config.lr_schedule == "burda"
+        assert config.num_epochs == 3280 and config.adam_eps == 1e-4
+        assert train.is_hierarchical(config) == variant.startswith("2layer")
+        encoder, _ = train.make_models(config, (28, 28, 1))
+        assert (config.objective == "iwae") == ("_k" in variant)
+        if "_k" in variant:
+            assert config.num_samples == int(variant.split("_k")[1])
+        if not train.is_hierarchical(config):
+            assert (encoder.latent_dim, encoder.hidden) == (50, (200, 200))
+    with pytest.raises(ValueError, match="unknown variant"):
+        module.get_config("3layer")

@@ -22,8 +22,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.max_device_bytes = 2**30  # larger training sets are streamed with tf.data
 
     # Model (`vae_jax.models`): modules by name.
-    config.encoder = "mlp"  # "mlp" or "conv"
-    config.decoder = "mlp"
+    config.encoder = "mlp"  # "mlp", "conv", or "mlp2" (two stochastic layers)
+    config.decoder = "mlp"  # the same name as the encoder for "mlp2"
     config.latent_dim = 16
     config.hidden = (512, 512)  # MLP hidden layers
     config.features = (32, 64)  # conv encoder channels (the decoder mirrors them)
@@ -32,6 +32,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.conv_hidden = ()  # dense layers between the conv stack and the latent heads
     config.activation = "relu"
     config.kernel_init = "kaiming_normal"  # or "lecun_normal", "kaiming_uniform", ...
+    # "mlp2": the two-stochastic-layer VAE of Burda et al. 2015 (`models.HierarchicalEncoder`,
+    # `models.HierarchicalDecoder`), x -> z1 -> z2. It reads these two fields instead of
+    # latent_dim and hidden; pictures and plots show z1 (prior samples are drawn ancestrally).
+    config.latent_dims = (100, 50)  # (Z1, Z2)
+    config.hierarchical_hidden = ((200, 200), (100, 100))  # hidden of q(z1|x), of q(z2|z1)
 
     # Objective (`vae_jax.losses`).
     config.likelihood = "bernoulli"
@@ -44,13 +49,17 @@ def default_config() -> ml_collections.ConfigDict:
     config.kl_cycle_steps = 0
     config.kl_cycle_ratio = 0.5
     config.kl_num_cycles = 0  # 0: cycle for the whole run
-    config.free_bits = 0.0  # nats per latent dimension; 0 disables
+    config.free_bits = 0.0  # nats per latent dimension; 0 disables (not for "mlp2")
 
     # Optimisation.
     config.optimizer = "adam"  # "adam" or "adamw"
     config.learning_rate = 1e-3
-    config.lr_schedule = "constant"  # "constant", "cosine", "warmup_cosine"
+    config.lr_schedule = "constant"  # "constant", "cosine", "warmup_cosine", "burda"
+    # ("burda": 3^i epochs at learning_rate * 10^(-i/7) for i = 0 .. 7, Burda et al. 2015)
     config.lr_warmup_steps = 0
+    config.adam_b1 = 0.9
+    config.adam_b2 = 0.999
+    config.adam_eps = 1e-8  # Burda et al. 2015 use 1e-4
     config.weight_decay = 0.0  # with "adamw"
     config.grad_clip_norm = 0.0  # 0 disables
     config.max_consecutive_skips = 10  # non-finite updates in a row before the run stops

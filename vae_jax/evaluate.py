@@ -13,6 +13,10 @@ paths of the pictures (`traversal_latents`, `interpolation_latents`, `manifold_l
 data-parallel `jax.shard_map` pattern of `vae_jax.parallel`; `evaluate_workdir` is the command
 as a function, `save_plots` its pictures (drawn by `vae_jax.plots`). Units are nats per example,
 summed over data dimensions, as everywhere in vae_jax.
+
+The two-stochastic-layer model (config encoder = decoder = "mlp2") has its own NLL estimator,
+`hierarchical_importance_sampled_log_likelihood`; `log_likelihood_estimator` picks the one that
+fits the model, so the programs and the command work for both kinds.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax import distributions, input_pipeline, losses, parallel, plots, train
+from vae_jax import (config_defaults, distributions, input_pipeline, losses, models, parallel,
+                     plots, train)
 from vae_jax import workdir as workdir_lib
 
 
@@ -131,6 +136,62 @@ def importance_sampled_log_likelihood(
     return log_sum_b - math.log(num_samples)
 
 
+def hierarchical_importance_sampled_log_likelihood(
+    params: losses.Params,
+    x,
+    key,
+    *,
+    encoder,
+    decoder,
+    likelihood: str,
+    num_samples: int = 5000,
+    chunk_size: int = 500,
+    gaussian_logvar: float = 0.0,
+    num_bins: int = 256,
+    example_ids=None,
+):
+    """`importance_sampled_log_likelihood` for the two-stochastic-layer model.
+
+        (z1_bk, z2_bk) ~ q(z1 | x_b) q(z2 | z1_bk),   k = 0 .. K-1
+        log w_bk = log p(x_b | z1_bk) + log p(z1_bk | z2_bk) + log N(z2_bk; 0, I)
+                   - log q(z1_bk | x_b) - log q(z2_bk | z1_bk)
+        log p(x_b) ~= logsumexp_k(log w_bk) - log K       (Burda et al. 2016, eq. 8; K = 5000)
+
+    A `lax.scan` over the K / chunk_size chunks calls `losses.hierarchical_log_weights` with
+    `num_samples=chunk_size, first_sample=c * chunk_size` and carries a running logsumexp
+    (`logaddexp`). Draw k of example b depends only on (example_ids[b], k) (see
+    `hierarchical_log_weights`), so the estimate does not depend on the chunk size or on the
+    device count, up to floating-point summation order. Args and returns ([B] nats) as in
+    `importance_sampled_log_likelihood`, with `models.HierarchicalEncoder` / `Decoder`.
+    """
+    num_chunks = _check_chunking(num_samples, chunk_size)
+    losses.likelihood_num_params(likelihood)  # Validates the name.
+    if not isinstance(x, jax.core.Tracer):
+        losses.check_data_support(x, likelihood, num_bins=num_bins)
+    if example_ids is None:
+        example_ids = jnp.arange(x.shape[0])
+    log_weights = functools.partial(
+        losses.hierarchical_log_weights, encoder=encoder, decoder=decoder,
+        likelihood=likelihood, num_samples=chunk_size, gaussian_logvar=gaussian_logvar,
+        num_bins=num_bins, example_ids=example_ids,
+    )
+
+    def chunk_log_sum(log_sum_b, chunk_index):
+        log_w_cb = log_weights(params, x, key, first_sample=chunk_index * chunk_size)
+        return jnp.logaddexp(log_sum_b, jax.nn.logsumexp(log_w_cb, axis=0)), None
+
+    init_b = jnp.full((x.shape[0],), -jnp.inf, dtype=jnp.float32)
+    log_sum_b, _ = jax.lax.scan(chunk_log_sum, init_b, jnp.arange(num_chunks))
+    return log_sum_b - math.log(num_samples)
+
+
+def log_likelihood_estimator(encoder) -> Callable:
+    """The importance-sampled log p(x) estimator for the model the encoder belongs to."""
+    if isinstance(encoder, models.HierarchicalEncoder):
+        return hierarchical_importance_sampled_log_likelihood
+    return importance_sampled_log_likelihood
+
+
 def nll_summary(log_px_b, num_dims: int) -> dict:
     """Host-side summary of per-example log p(x) estimates (float64 numpy).
 
@@ -180,11 +241,12 @@ def make_nll_program(
       example_ids: [B] global positions of the rows of x, split along "batch" like x.
     It returns [B] estimates split along "batch". Because each example's noise comes from its
     global id, the values do not depend on the number of devices (up to float summation order).
-    B must divide evenly across the mesh.
+    B must divide evenly across the mesh. The estimator follows the model
+    (`log_likelihood_estimator`: the two-stochastic-layer model has its own).
     """
     _check_chunking(num_samples, chunk_size)
     estimate = functools.partial(
-        importance_sampled_log_likelihood,
+        log_likelihood_estimator(encoder),
         encoder=encoder,
         decoder=decoder,
         likelihood=likelihood,
@@ -240,22 +302,32 @@ def per_example_metrics(
 
     Args and reduction as in `importance_sampled_log_likelihood`; `example_ids` [B] are the
     global positions that key every example's noise.
+
+    For the two-stochastic-layer model (`models.HierarchicalEncoder`): mean, logvar [B, Z1] are
+    those of q(z1 | x_b); the ELBO is `losses.hierarchical_elbo` (one draw, Monte Carlo KL);
+    the IWAE bounds come from `hierarchical_importance_sampled_log_likelihood`; and two extra
+    outputs, `kl_per_dim` [B, Z1 + Z2] and `latent_mean` [B, Z1 + Z2] (mean1 then an estimate
+    of E_q[z2 | x_b]), feed the latent diagnostics of both layers.
     """
     if example_ids is None:
         example_ids = jnp.arange(x.shape[0])
+    hierarchical = isinstance(encoder, models.HierarchicalEncoder)
     common = dict(encoder=encoder, decoder=decoder, likelihood=likelihood,
                   gaussian_logvar=gaussian_logvar, num_bins=num_bins, example_ids=example_ids)
     elbo_key, iwae_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
     mean_bz, logvar_bz = encoder.apply(params["encoder"], x)
-    _, metrics = losses.elbo(params, x, elbo_key, **common)
+    elbo_fn = losses.hierarchical_elbo if hierarchical else losses.elbo
+    _, metrics = elbo_fn(params, x, elbo_key, **common)
+    estimator = log_likelihood_estimator(encoder)
     iwae_bk = jnp.stack([
-        importance_sampled_log_likelihood(params, x, iwae_key, num_samples=k, chunk_size=k,
-                                          **common)
-        for k in iwae_ks
+        estimator(params, x, iwae_key, num_samples=k, chunk_size=k, **common) for k in iwae_ks
     ], axis=-1)
     per_example = metrics["per_example"]
-    return {"mean": mean_bz, "logvar": logvar_bz, "elbo": per_example["elbo"],
-            "recon": per_example["recon"], "kl": per_example["kl"], "iwae": iwae_bk}
+    out = {"mean": mean_bz, "logvar": logvar_bz, "elbo": per_example["elbo"],
+           "recon": per_example["recon"], "kl": per_example["kl"], "iwae": iwae_bk}
+    if hierarchical:
+        out.update(kl_per_dim=per_example["kl_per_dim"], latent_mean=per_example["mean"])
+    return out
 
 
 def make_per_example_program(fn: Callable, mesh) -> Callable:
@@ -399,7 +471,11 @@ def _load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
             f"{path} not found: --workdir must be the directory of a training run "
             "(python -m vae_jax.main --workdir ...), which holds config.json and checkpoints/."
         )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    stored = json.loads(path.read_text())
+    # A run recorded before a field existed trained with the field's default.
+    for name, value in json.loads(config_defaults.default_config().to_json()).items():
+        stored.setdefault(name, value)
+    return ml_collections.ConfigDict(stored)
 
 
 def _load_split(config, split: str):
@@ -455,7 +531,9 @@ def restore_eval_params(config, workdir, encoder, decoder, image_shape):
         # Only the structure is needed: shapes from eval_shape, placed on one device.
         abstract = jax.eval_shape(functools.partial(
             train.init_state, encoder=encoder, decoder=decoder, image_shape=image_shape,
-            optimizer=train.make_optimizer(config), ema=config.ema_decay > 0,
+            # Only the optimiser state's structure matters here, not the schedule's epochs.
+            optimizer=train.make_optimizer(config, steps_per_epoch=1),
+            ema=config.ema_decay > 0,
         ), jax.random.key(0))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(
@@ -517,6 +595,10 @@ def evaluate_workdir(
                                          (both from `per_example_metrics`)
       latent diagnostics                 `latent_diagnostics` over the whole split
 
+    For the two-stochastic-layer model the ELBO's KL is a one-draw Monte Carlo estimate,
+    kl_per_dim / mean_variance_per_dim / active_units cover [z1, z2] (latent_dim = Z1 + Z2,
+    `latent_dims` = [Z1, Z2] is added), and the mutual information is that of z1.
+
     Dynamically binarised data are binarised once from `binarization_seed` (recorded). The
     NLL, IWAE and ELBO noise come from `seed`. Pictures go to `workdir/plots/` (see
     `save_plots`). Single-process only.
@@ -570,6 +652,20 @@ def evaluate_workdir(
             for i, k in enumerate(iwae_ks)}
     diagnostics = jax.device_get(jax.jit(latent_diagnostics)(
         jnp.asarray(per_example["mean"]), jnp.asarray(per_example["logvar"]), diag_key))
+    hierarchical = train.is_hierarchical(config)
+    latent_dim = int(config.latent_dim)
+    if hierarchical:
+        # Both layers, [z1, z2]: the Monte Carlo KL per dimension of `hierarchical_elbo` and the
+        # variance of E_q[z | x] (Burda et al.'s active units). The mutual information stays
+        # that of z1 (q(z1 | x) is the only Gaussian posterior with a closed form).
+        latent_mean_nz = np.asarray(per_example["latent_mean"], np.float64)
+        variance_z = np.var(latent_mean_nz, axis=0)
+        diagnostics.update(
+            kl_per_dim=np.mean(np.asarray(per_example["kl_per_dim"], np.float64), axis=0),
+            mean_variance_per_dim=variance_z,
+            active_units=int(np.sum(variance_z > 0.01)),
+        )
+        latent_dim = int(sum(config.latent_dims))
 
     summary = nll_summary(log_px_n, num_dims=math.prod(data.image_shape))
     result = {
@@ -583,7 +679,7 @@ def evaluate_workdir(
         "kl_per_dim": [float(v) for v in diagnostics["kl_per_dim"]],
         "mean_variance_per_dim": [float(v) for v in diagnostics["mean_variance_per_dim"]],
         "active_units": int(diagnostics["active_units"]),
-        "latent_dim": int(config.latent_dim),
+        "latent_dim": latent_dim,
         "mutual_information_nats": float(diagnostics["mutual_information_nats"]),
         "num_importance_samples": int(num_importance_samples),
         "split": split,
@@ -593,6 +689,8 @@ def evaluate_workdir(
     }
     if binarize:
         result["binarization_seed"] = int(binarization_seed)
+    if hierarchical:
+        result["latent_dims"] = [int(d) for d in config.latent_dims]
     numbers = {k: v for k, v in result.items() if not isinstance(v, str)}
     numbers["iwae_bounds"] = list(iwae.values())
     bad = sorted(k for k, v in numbers.items() if not _finite(v))
@@ -602,7 +700,8 @@ def evaluate_workdir(
     if write_plots:
         result["plots"] = sorted(str(p.relative_to(workdir)) for p in save_plots(
             workdir / PLOTS_DIR, params, x_nhwc, plot_key, encoder=encoder, decoder=decoder,
-            likelihood=config.likelihood, kl_per_dim=diagnostics["kl_per_dim"],
+            likelihood=config.likelihood,
+            kl_per_dim=np.asarray(diagnostics["kl_per_dim"])[: per_example["mean"].shape[-1]],
             mean_nz=per_example["mean"], labels=labels, workdir=workdir))
         workdir_lib.write_json(workdir / EVAL_JSON, result)
     return result
@@ -616,10 +715,17 @@ def save_plots(directory, params, x_nhwc, key, *, encoder, decoder, likelihood, 
     descending, offsets -3..3 around its posterior mean), interpolation (examples 0 -> 1), the
     latent scatter coloured by label (Z >= 2), the 2-D manifold (Z = 2), and the training
     curves when `workdir` holds metrics.jsonl.
+
+    For the two-stochastic-layer model, mean_nz [N, Z1] and kl_per_dim [Z1] are those of z1,
+    the decoder's input: reconstructions, interpolation and the scatter use z1, prior samples
+    are drawn ancestrally (`train.make_prior_sampler`), and the traversals and the manifold,
+    whose -3..3 offsets and normal quantiles assume p(z1) = N(0, I), are not drawn.
     """
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     latent_dim = mean_nz.shape[-1]
+    standard_normal_prior = not isinstance(decoder, models.HierarchicalDecoder)
+    sample_prior = train.make_prior_sampler(encoder, decoder)
 
     @jax.jit
     def decode(z_nz):
@@ -633,16 +739,17 @@ def save_plots(directory, params, x_nhwc, key, *, encoder, decoder, likelihood, 
     z_inputs = jnp.asarray(mean_nz[:num_examples])
     order = np.argsort(-np.asarray(kl_per_dim), kind="stable")
     values = np.linspace(-3.0, 3.0, 11)
+    z_prior = jax.jit(sample_prior, static_argnums=2)(params["decoder"], key, 64)
     paths = [
         plots.reconstructions(directory / "reconstructions.png", inputs,
                               np.asarray(decode(z_inputs))),
-        plots.prior_samples(directory / "samples.png",
-                            np.asarray(decode(jax.random.normal(key, (64, latent_dim)))), rows=8),
-        plots.latent_traversals(
+        plots.prior_samples(directory / "samples.png", np.asarray(decode(z_prior)), rows=8),
+    ]
+    if standard_normal_prior:
+        paths.append(plots.latent_traversals(
             directory / "traversals.png",
             decode_grid(traversal_latents(z_inputs[0], order, values)),
-            dims=order, kl_per_dim=np.asarray(kl_per_dim)[order]),
-    ]
+            dims=order, kl_per_dim=np.asarray(kl_per_dim)[order]))
     if len(inputs) >= 2:
         path = interpolation_latents(z_inputs[0], z_inputs[1], 10)
         paths.append(plots.interpolation(directory / "interpolation.png",
@@ -651,7 +758,7 @@ def save_plots(directory, params, x_nhwc, key, *, encoder, decoder, likelihood, 
         dims = tuple(int(d) for d in order[:2])
         paths.append(plots.latent_scatter(directory / "latent_scatter.png",
                                           np.asarray(mean_nz)[:, dims], labels=labels, dims=dims))
-    if latent_dim == 2:
+    if latent_dim == 2 and standard_normal_prior:
         grid_ggz = manifold_latents(15)
         paths.append(plots.latent_manifold(directory / "manifold.png", decode_grid(grid_ggz)))
     if workdir is not None and (pathlib.Path(workdir) / "metrics.jsonl").is_file():

@@ -53,11 +53,39 @@ class TrainState:
 # --------------------------------------------------------------------------- construction
 
 
+HIERARCHICAL = "mlp2"  # the encoder and decoder name of the two-stochastic-layer model
+
+
+def is_hierarchical(config: ml_collections.ConfigDict) -> bool:
+    """True for the two-stochastic-layer model; a clear error for a half-hierarchical pair."""
+    kinds = (config.encoder == HIERARCHICAL, config.decoder == HIERARCHICAL)
+    if kinds[0] != kinds[1]:
+        raise ValueError(
+            f"encoder={config.encoder!r} and decoder={config.decoder!r}: the two-stochastic-layer "
+            f"model needs encoder={HIERARCHICAL!r} and decoder={HIERARCHICAL!r} together"
+        )
+    return kinds[0]
+
+
 def make_models(config: ml_collections.ConfigDict, image_shape):
-    """Encoder and decoder modules chosen by name from the config."""
+    """Encoder and decoder modules chosen by name from the config.
+
+    "mlp2" builds `models.HierarchicalEncoder` / `HierarchicalDecoder` from `latent_dims` and
+    `hierarchical_hidden` (it ignores `latent_dim` and `hidden`).
+    """
     h, w, c = image_shape
     num_params = losses.likelihood_num_params(config.likelihood)
     common = dict(activation=config.activation, kernel_init=config.kernel_init)
+    if is_hierarchical(config):
+        layers = dict(
+            latent_dims=tuple(config.latent_dims),
+            hidden=tuple(tuple(widths) for widths in config.hierarchical_hidden),
+            **common,
+        )
+        return (
+            models.HierarchicalEncoder(**layers),
+            models.HierarchicalDecoder(output_shape=(h, w, c * num_params), **layers),
+        )
     enc_kwargs = dict(latent_dim=config.latent_dim, **common)
     dec_kwargs = dict(output_shape=(h, w, c * num_params), **common)
     for name, kwargs in ((config.encoder, enc_kwargs), (config.decoder, dec_kwargs)):
@@ -74,8 +102,52 @@ def make_models(config: ml_collections.ConfigDict, image_shape):
     return encoder, decoder
 
 
-def make_lr_schedule(config: ml_collections.ConfigDict) -> Callable:
-    """Learning-rate schedule: constant, cosine decay, or linear warm-up then cosine decay."""
+def make_prior_sampler(encoder, decoder) -> Callable:
+    """`sample(decoder_params, key, num_samples) -> z [N, Z]`, the decoder's input drawn from the
+    prior: z ~ N(0, I) for one Gaussian layer; for the two-layer model ancestrally,
+    z2 ~ N(0, I) then z1 ~ p(z1 | z2), returning z1 [N, Z1]."""
+    if isinstance(decoder, models.HierarchicalDecoder):
+        z1_dim, z2_dim = decoder.latent_dims
+
+        def sample_hierarchical(decoder_params, key, num_samples):
+            z2_key, z1_key = jax.random.split(key)
+            z2_nz = jax.random.normal(z2_key, (num_samples, z2_dim))
+            mean_nz, logvar_nz = decoder.apply(decoder_params, z2_nz, method="prior_z1")
+            eps_nz = jax.random.normal(z1_key, (num_samples, z1_dim))
+            return mean_nz + jnp.exp(0.5 * logvar_nz) * eps_nz
+
+        return sample_hierarchical
+    latent_dim = encoder.latent_dim
+
+    def sample(decoder_params, key, num_samples):
+        del decoder_params
+        return jax.random.normal(key, (num_samples, latent_dim))
+
+    return sample
+
+
+BURDA_STAGES = 8  # Burda et al. 2015, section 5: stages i = 0 .. 7
+
+
+def burda_schedule(learning_rate: float, steps_per_epoch: int) -> Callable:
+    """The learning-rate schedule of Burda et al. 2015 (section 5, "Training procedure").
+
+        stage i = 0 .. 7 lasts 3^i epochs at learning_rate * 10^(-i / 7)
+
+    3,280 epochs in all; the last rate (learning_rate / 10) is kept after them. Built with
+    `optax.piecewise_constant_schedule` on step counts.
+    """
+    boundaries, epochs = {}, 0
+    for i in range(1, BURDA_STAGES):
+        epochs += 3 ** (i - 1)
+        boundaries[epochs * steps_per_epoch] = 10.0 ** (-1.0 / 7.0)
+    return optax.piecewise_constant_schedule(learning_rate, boundaries)
+
+
+def make_lr_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch: int | None = None
+                     ) -> Callable:
+    """Learning-rate schedule: constant, cosine decay, linear warm-up then cosine decay, or
+    "burda" (`burda_schedule`, which needs `steps_per_epoch`)."""
     name, lr, steps = config.lr_schedule, config.learning_rate, config.num_steps
     if name == "constant":
         return optax.constant_schedule(lr)
@@ -85,24 +157,32 @@ def make_lr_schedule(config: ml_collections.ConfigDict) -> Callable:
         return optax.warmup_cosine_decay_schedule(
             0.0, lr, warmup_steps=config.lr_warmup_steps, decay_steps=steps
         )
-    raise ValueError(f"unknown lr_schedule {name!r}; valid: ['constant', 'cosine', 'warmup_cosine']")
+    if name == "burda":
+        if not steps_per_epoch:
+            raise ValueError('lr_schedule="burda" counts epochs: pass steps_per_epoch')
+        return burda_schedule(lr, steps_per_epoch)
+    raise ValueError(
+        f"unknown lr_schedule {name!r}; valid: ['burda', 'constant', 'cosine', 'warmup_cosine']"
+    )
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: ml_collections.ConfigDict, *, steps_per_epoch: int | None = None
+                   ) -> optax.GradientTransformation:
     """Adam(W) with optional clipping, wrapped in a guard that skips non-finite updates.
 
     `optax.apply_if_finite` leaves parameters and moments untouched when any gradient is NaN or
     inf and counts the skips (`notfinite_count` consecutive, `total_notfinite` in all); the
     loop stops with an error once `max_consecutive_skips` are exceeded.
     """
-    schedule = make_lr_schedule(config)
+    schedule = make_lr_schedule(config, steps_per_epoch=steps_per_epoch)
+    adam_args = dict(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
     parts = []
     if config.grad_clip_norm:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
     if config.optimizer == "adam":
-        parts.append(optax.adam(schedule))
+        parts.append(optax.adam(schedule, **adam_args))
     elif config.optimizer == "adamw":
-        parts.append(optax.adamw(schedule, weight_decay=config.weight_decay))
+        parts.append(optax.adamw(schedule, weight_decay=config.weight_decay, **adam_args))
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: ['adam', 'adamw']")
     return optax.apply_if_finite(optax.chain(*parts), config.max_consecutive_skips)
@@ -143,6 +223,26 @@ def make_loss_fn(
         gaussian_logvar=config.gaussian_logvar,
         num_bins=num_levels,
     )
+    hierarchical = isinstance(encoder, models.HierarchicalEncoder)
+    if objective == "elbo" and hierarchical:
+
+        def hierarchical_elbo_loss(params, x, key, *, beta, example_ids=None, axis_name=None):
+            del axis_name  # no cross-device statistics (free bits are not supported)
+            return losses.hierarchical_elbo(
+                params, x, key, beta=beta, num_samples=config.num_samples,
+                example_ids=example_ids, **common,
+            )
+
+        return hierarchical_elbo_loss
+    if objective == "iwae" and hierarchical:
+
+        def hierarchical_iwae_loss(params, x, key, *, beta, example_ids=None, axis_name=None):
+            del beta, axis_name  # the IWAE bound has no separate KL weight
+            return losses.hierarchical_iwae_bound(
+                params, x, key, num_samples=config.num_samples, example_ids=example_ids, **common
+            )
+
+        return hierarchical_iwae_loss
     if objective == "elbo":
         return functools.partial(
             losses.elbo, free_bits=config.free_bits, num_samples=config.num_samples, **common
@@ -266,7 +366,8 @@ def eval_step(params, batch, mask, key, *, loss_fn, scale, binarize, axis_name=N
 
     Returns, summed over the global batch (psum): the ELBO terms `elbo`, `recon`, `kl`; per
     latent dimension `kl_per_dim` [Z], `mean` [Z] and `mean_sq` [Z] of the posterior means (for
-    the active-unit count); and `count`. The caller divides by the count at the end of the pass.
+    the active-unit count; Z = Z1 + Z2, z1 first, for the two-layer model); and `count`. The
+    caller divides by the count at the end of the pass.
     """
     binarize_key, latent_key = jax.random.split(key)
     example_ids = local_example_ids(batch.shape[0], axis_name)
@@ -455,6 +556,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                 f"{name}={value} must be a positive multiple of steps_per_dispatch={k}"
             )
     losses.likelihood_num_params(config.likelihood)
+    if is_hierarchical(config) and config.free_bits > 0:
+        raise ValueError(
+            f"free_bits={config.free_bits}: free bits need a closed-form KL per latent dimension, "
+            f"which the two-stochastic-layer model ({HIERARCHICAL!r}) does not have; set "
+            "free_bits=0"
+        )
     if config.data.binarization == "dynamic" and config.likelihood not in (
         "bernoulli", "continuous_bernoulli"
     ):
@@ -518,8 +625,8 @@ def train_and_evaluate(
     root_key = jax.random.key(config.seed)
     init_key, train_key, eval_key, data_key = jax.random.split(root_key, 4)
     encoder, decoder = make_models(config, data.image_shape)
-    optimizer = make_optimizer(config)
-    lr_schedule = make_lr_schedule(config)
+    optimizer = make_optimizer(config, steps_per_epoch=steps_per_epoch)
+    lr_schedule = make_lr_schedule(config, steps_per_epoch=steps_per_epoch)
     loss_fn = make_loss_fn(config, encoder, decoder, data.num_levels)
     beta_schedule = make_kl_schedule(config)
     binarize = config.data.binarization == "dynamic"
@@ -598,7 +705,7 @@ def train_and_evaluate(
                                        total_steps=num_steps, initial_step=start_step)
     pictures = workdir_lib.Pictures(
         workdir, encoder=encoder, decoder=decoder, likelihood=config.likelihood,
-        image_shape=data.image_shape, latent_dim=config.latent_dim,
+        image_shape=data.image_shape, sample_prior=make_prior_sampler(encoder, decoder),
         examples=data.validation[: config.num_image_examples].astype(np.float32) * data.scale,
         enabled=is_chief,
     )

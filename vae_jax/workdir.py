@@ -233,13 +233,14 @@ def save_png(path: pathlib.Path, grid_hwc: np.ndarray) -> None:
 class Pictures:
     """Reconstructions (input above output) and prior samples, as PNG files and TB images."""
 
-    def __init__(self, workdir, *, encoder, decoder, likelihood, image_shape, latent_dim,
+    def __init__(self, workdir, *, encoder, decoder, likelihood, image_shape, sample_prior,
                  examples, enabled: bool, num_samples: int = 64):
+        """`sample_prior(decoder_params, key, num_samples) -> z [N, Z]` draws the decoder's input
+        from the prior (`train.make_prior_sampler`: ancestral for the two-layer model)."""
         self.directory = pathlib.Path(workdir) / "images"
         self.enabled = enabled
         self.examples = np.asarray(examples, np.float32)  # [n, H, W, C] in [0, 1]
         self.num_samples = num_samples
-        self.latent_dim = latent_dim
         self.last_images = {}
 
         def reconstruct(params, x):
@@ -248,7 +249,7 @@ class Pictures:
             return losses.likelihood_mean(likelihood, out)
 
         def sample(params, key):
-            z = jax.random.normal(key, (num_samples, latent_dim))
+            z = sample_prior(params["decoder"], key, num_samples)
             return losses.likelihood_mean(likelihood, decoder.apply(params["decoder"], z))
 
         self._reconstruct = jax.jit(reconstruct)
