@@ -86,6 +86,12 @@ def make_models(config: ml_collections.ConfigDict, image_shape):
             models.HierarchicalEncoder(**layers),
             models.HierarchicalDecoder(output_shape=(h, w, c * num_params), **layers),
         )
+    for role, name, registry in (("encoder", config.encoder, models.ENCODERS),
+                                 ("decoder", config.decoder, models.DECODERS)):
+        if name not in registry:
+            raise ValueError(
+                f"unknown {role} {name!r}; valid names: {sorted(registry) + [HIERARCHICAL]}"
+            )
     enc_kwargs = dict(latent_dim=config.latent_dim, **common)
     dec_kwargs = dict(output_shape=(h, w, c * num_params), **common)
     for name, kwargs in ((config.encoder, enc_kwargs), (config.decoder, dec_kwargs)):
