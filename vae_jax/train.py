@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 import pathlib
-import sys
 import time
 from typing import Any, Callable
 
@@ -527,13 +524,11 @@ def _device_rows(rows: np.ndarray, mesh) -> jax.Array:
     Devices are ordered process by process, so process p holds the contiguous block p of the
     padded rows: each process passes only its own share.
     """
-    num_devices = mesh.devices.size
-    n_pad = -(-len(rows) // num_devices) * num_devices
+    n_pad = input_pipeline.padded_size(len(rows), mesh.devices.size)
     padded = np.zeros((n_pad,) + rows.shape[1:], rows.dtype)
     padded[: len(rows)] = rows
-    per_process = n_pad // jax.process_count()
-    p = jax.process_index()
-    return parallel.shard_rows(padded[p * per_process : (p + 1) * per_process], mesh)
+    share = input_pipeline.shard_for_process(padded, jax.process_index(), jax.process_count())
+    return parallel.shard_rows(share, mesh)
 
 
 def _validation_size(value):
