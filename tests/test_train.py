@@ -260,7 +260,7 @@ def test_non_finite_gradients_are_skipped_and_counted():
     optimizer = train.make_optimizer(tiny_digits())
     params = {"w": jnp.ones(3)}
     state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                             opt_state=optimizer.init(params), ema_params=params)
+                             opt_state=train.init_skip_state(optimizer, params), ema_params=params)
 
     def loss_fn(params, x, key, *, beta, example_ids, axis_name):
         # x = 255 makes the scaled input 1: a log(0) in the loss, so infinite gradients.

@@ -171,12 +171,8 @@ def make_lr_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch: int 
 
 def make_optimizer(config: ml_collections.ConfigDict, *, steps_per_epoch: int | None = None
                    ) -> optax.GradientTransformation:
-    """Adam(W) with optional clipping, wrapped in a guard that skips non-finite updates.
-
-    `optax.apply_if_finite` leaves parameters and moments untouched when any gradient is NaN or
-    inf and counts the skips (`notfinite_count` consecutive, `total_notfinite` in all); the
-    loop stops with an error once `max_consecutive_skips` are exceeded.
-    """
+    """Adam(W) with optional gradient clipping. `train_step` skips non-finite updates around it
+    (`apply_finite_update`)."""
     schedule = make_lr_schedule(config, steps_per_epoch=steps_per_epoch)
     adam_args = dict(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
     parts = []
@@ -188,7 +184,51 @@ def make_optimizer(config: ml_collections.ConfigDict, *, steps_per_epoch: int | 
         parts.append(optax.adamw(schedule, weight_decay=config.weight_decay, **adam_args))
     else:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: ['adam', 'adamw']")
-    return optax.apply_if_finite(optax.chain(*parts), config.max_consecutive_skips)
+    return optax.chain(*parts)
+
+
+def init_skip_state(optimizer: optax.GradientTransformation, params) -> optax.ApplyIfFiniteState:
+    """The optimiser state of a run: `optimizer`'s state plus counters of skipped updates, in
+    the layout of `optax.apply_if_finite` (`notfinite_count` consecutive skips,
+    `total_notfinite` in all, `last_finite` whether the last update was applied)."""
+    return optax.ApplyIfFiniteState(
+        notfinite_count=jnp.zeros([], jnp.int32),
+        last_finite=jnp.array(True),
+        total_notfinite=jnp.zeros([], jnp.int32),
+        inner_state=optimizer.init(params),
+    )
+
+
+def apply_finite_update(optimizer: optax.GradientTransformation, grads, params,
+                        opt_state: optax.ApplyIfFiniteState):
+    """One optimiser update if every gradient is finite; otherwise parameters and moments stay
+    exactly as they were and the skip is counted. Returns `(params, opt_state)`.
+
+    Finiteness is read from the global norm (one reduction: it is NaN or inf iff some gradient
+    is). The whole update, `optimizer.update` and `optax.apply_updates`, sits in one `lax.cond`,
+    so the skip branch is the identity on the state. This is the behaviour of
+    `optax.apply_if_finite` (which the run stops on after `max_consecutive_skips`, see
+    `train_and_evaluate`), restructured for speed: that wrapper branches on the inner update
+    only and then adds zero updates, which kept XLA:CPU from updating the state in place; a
+    batch-20 MLP step (benchmark W2) ran 29-30k images/s this way against 21-23k with
+    `optax.apply_if_finite`.
+    """
+    finite = jnp.isfinite(optax.global_norm(grads))
+
+    def update(_):
+        updates, inner_state = optimizer.update(grads, opt_state.inner_state, params)
+        return optax.apply_updates(params, updates), inner_state
+
+    def skip(_):
+        return params, opt_state.inner_state
+
+    new_params, inner_state = jax.lax.cond(finite, update, skip, None)
+    return new_params, optax.ApplyIfFiniteState(
+        notfinite_count=jnp.where(finite, 0, opt_state.notfinite_count + 1),
+        last_finite=finite,
+        total_notfinite=opt_state.total_notfinite + jnp.where(finite, 0, 1),
+        inner_state=inner_state,
+    )
 
 
 def make_kl_schedule(config: ml_collections.ConfigDict) -> Callable:
@@ -273,7 +313,7 @@ def init_state(init_key, encoder, decoder, image_shape, optimizer, *, ema: bool)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=optimizer.init(params),
+        opt_state=init_skip_state(optimizer, params),
         ema_params=params if ema else None,
     )
 
@@ -340,11 +380,10 @@ def train_step(
 
     (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     metrics = {k: v for k, v in metrics.items() if k not in ("per_example", "kl_per_dim_nats")}
-    if axis_name is not None:
+    if axis_name is not None and jax.lax.axis_size(axis_name) > 1:
         grads = jax.lax.pmean(grads, axis_name)
         metrics = jax.lax.pmean(metrics, axis_name)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state = apply_finite_update(optimizer, grads, state.params, state.opt_state)
     ema_params = state.ema_params
     if ema_params is not None:
         new_ema = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
