@@ -51,14 +51,14 @@ W3 = Workload(
     config="experiments/bench_conv.py", batch_size=128, steps_per_dispatch=1,
     window_steps=40, num_windows=5, quick_window_steps=4, latent_dim=16,
 )
-# W4: importance-sampled NLL, K = 5000 (chunks of 500), W2's model, the 10,000 test images.
+# W4: importance-sampled NLL, K = 5000 (chunks of 100), W2's model, the 10,000 test images.
 W4 = Workload(
     name="W4", description="IS NLL, K=5000, W2's model, 10k test images",
     config="experiments/bench_burda.py", batch_size=200, steps_per_dispatch=1,
     window_steps=1, num_windows=0, quick_window_steps=1, hidden=(200, 200), latent_dim=50,
     activation="tanh",
 )
-W4_NUM_SAMPLES, W4_CHUNK = 5000, 500
+W4_NUM_SAMPLES, W4_CHUNK = 5000, 100
 W4_QUICK_NUM_SAMPLES, W4_QUICK_CHUNK = 100, 50
 CONV_FEATURES = (32, 64)
 

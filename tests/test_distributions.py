@@ -123,6 +123,19 @@ class ReparameterizeTest(chex.TestCase):
 # KL divergences
 
 
+class SoftplusTest(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_matches_float64_reference_and_its_derivative_is_the_sigmoid(self):
+        x = np.concatenate([np.linspace(-120, 120, 2001), [0.0, 1e-30, -1e-30, 88.7, -103.0]])
+        got = self.variant(distributions.softplus)(jnp.asarray(x, jnp.float32))
+        want = np.logaddexp(0.0, x.astype(np.float32).astype(np.float64))
+        np.testing.assert_allclose(got, want, rtol=2e-7, atol=1e-37)
+        grad = self.variant(jax.vmap(jax.grad(distributions.softplus)))(jnp.asarray(x, jnp.float32))
+        np.testing.assert_allclose(grad, special.expit(x.astype(np.float32)), rtol=1e-6, atol=1e-37)
+        self.assertEqual(float(jax.grad(distributions.softplus)(0.0)), 0.5)
+
+
 class DiagonalKLTest(chex.TestCase):
 
     def setUp(self):

@@ -31,8 +31,12 @@ _CB_TAYLOR_BAND = 0.1
 
 
 def _sum_non_batch(x_b_etc: jax.Array) -> jax.Array:
-    """Sums over every axis except the leading batch axis: [B, ...] -> [B]."""
-    return jnp.sum(x_b_etc, axis=tuple(range(1, x_b_etc.ndim)))
+    """Sums over every axis except the leading batch axis: [B, ...] -> [B].
+
+    Flattened to [B, D] first: XLA:CPU reduced [B, 28, 28, 1] over its last three axes about 7x
+    slower than the same numbers as [B, 784] over one (measured in the importance-sampled NLL).
+    """
+    return jnp.sum(x_b_etc.reshape(x_b_etc.shape[0], -1), axis=-1)
 
 
 def _assert_batched(x: jax.Array, name: str) -> None:
@@ -287,6 +291,27 @@ def gaussian_log_density(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> ja
 # Log-likelihoods of data, [B, ...] -> [B].
 
 
+@jax.custom_jvp
+def softplus(x: jax.Array) -> jax.Array:
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), elementwise, accurate for any finite x;
+    derivative sigmoid(x).
+
+    The same function as `jax.nn.softplus`, written out because XLA:CPU runs this form about
+    1.4x faster (`jax.nn.softplus` goes through `jnp.logaddexp`); it is the elementwise pass
+    over every decoder output, so it sets the speed of the importance-sampled NLL (benchmark
+    W4, K x 784 of them per image). The derivative is given explicitly: differentiating the
+    expression would give 0 instead of 1/2 at x = 0 and lose sigmoid(x)'s relative precision
+    for x << 0.
+    """
+    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (x_dot,) = primals, tangents
+    return softplus(x), jax.nn.sigmoid(x) * x_dot
+
+
 def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
     """log Bernoulli(x; sigmoid(logits)), summed over all non-batch axes.
 
@@ -307,7 +332,7 @@ def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
     """
     chex.assert_equal_shape([logits, x])
     _assert_batched(x, "x")
-    return _sum_non_batch(x * logits - jax.nn.softplus(logits))
+    return _sum_non_batch(x * logits - softplus(logits))
 
 
 def gaussian_log_likelihood(
@@ -398,7 +423,7 @@ def continuous_bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.
     """
     chex.assert_equal_shape([logits, x])
     _assert_batched(x, "x")
-    log_bernoulli = x * logits - jax.nn.softplus(logits)
+    log_bernoulli = x * logits - softplus(logits)
     return _sum_non_batch(log_bernoulli + _continuous_bernoulli_log_norm(logits))
 
 

@@ -1,7 +1,7 @@
 """Evaluation of a trained VAE: importance-sampled NLL, IWAE bounds, latent diagnostics, pictures.
 
     python -m vae_jax.evaluate --workdir runs/x [--num_importance_samples 5000]
-        [--chunk_size 500] [--split test|validation] [--max_examples N] [--batch_size B]
+        [--chunk_size 100] [--split test|validation] [--max_examples N] [--batch_size B]
 
 writes `runs/x/eval.json` and `runs/x/plots/*.png` from the run's latest checkpoint.
 
@@ -56,7 +56,7 @@ def importance_sampled_log_likelihood(
     decoder,
     likelihood: str,
     num_samples: int = 5000,
-    chunk_size: int = 500,
+    chunk_size: int = 100,
     gaussian_logvar: float = 0.0,
     num_bins: int = 256,
     example_ids=None,
@@ -145,7 +145,7 @@ def hierarchical_importance_sampled_log_likelihood(
     decoder,
     likelihood: str,
     num_samples: int = 5000,
-    chunk_size: int = 500,
+    chunk_size: int = 100,
     gaussian_logvar: float = 0.0,
     num_bins: int = 256,
     example_ids=None,
@@ -230,7 +230,7 @@ def make_nll_program(
     decoder,
     likelihood: str,
     num_samples: int = 5000,
-    chunk_size: int = 500,
+    chunk_size: int = 100,
     gaussian_logvar: float = 0.0,
     num_bins: int = 256,
 ) -> Callable:
@@ -572,7 +572,7 @@ def evaluate_workdir(
     workdir,
     *,
     num_importance_samples: int = 5000,
-    chunk_size: int = 500,
+    chunk_size: int = 100,
     split: str = "test",
     max_examples: int | None = None,
     batch_size: int | None = None,
@@ -779,7 +779,7 @@ def _define_flags():
         num_importance_samples=flags.DEFINE_integer(
             "num_importance_samples", 5000, "K importance samples per example for the NLL."),
         chunk_size=flags.DEFINE_integer(
-            "chunk_size", 500, "Importance samples per scan step (divides K; bounds memory)."),
+            "chunk_size", 100, "Importance samples per scan step (divides K; bounds memory)."),
         split=flags.DEFINE_enum("split", "test", ["test", "validation"], "Split to evaluate."),
         max_examples=flags.DEFINE_integer("max_examples", None, "Evaluate the first N only."),
         batch_size=flags.DEFINE_integer(

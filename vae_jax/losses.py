@@ -100,13 +100,18 @@ def log_likelihood(
     """
     p = likelihood_num_params(likelihood)
     chex.assert_shape(decoder_out, x.shape[:-1] + (x.shape[-1] * p,))
+    # Everything is computed on [B, D] rows: XLA:CPU ran the elementwise log-likelihood and its
+    # sum over [B, 28, 28, 1] up to 7x slower than over the same numbers as [B, 784].
+    flat = functools.partial(jnp.reshape, shape=(x.shape[0], -1))
+    x = flat(x)
     if likelihood == "bernoulli":
-        return distributions.bernoulli_log_likelihood(decoder_out, x)
+        return distributions.bernoulli_log_likelihood(flat(decoder_out), x)
     if likelihood == "continuous_bernoulli":
-        return distributions.continuous_bernoulli_log_likelihood(decoder_out, x)
+        return distributions.continuous_bernoulli_log_likelihood(flat(decoder_out), x)
     if likelihood == "gaussian":
-        return distributions.gaussian_log_likelihood(x, decoder_out, jnp.float32(gaussian_logvar))
-    first, second = jnp.split(decoder_out, 2, axis=-1)
+        return distributions.gaussian_log_likelihood(
+            x, flat(decoder_out), jnp.float32(gaussian_logvar))
+    first, second = (flat(part) for part in jnp.split(decoder_out, 2, axis=-1))
     if likelihood == "gaussian_learned":
         return distributions.gaussian_log_likelihood(x, first, second)
     return distributions.discretized_logistic_log_likelihood(x, first, second, num_bins=num_bins)
