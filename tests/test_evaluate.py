@@ -302,6 +302,17 @@ def test_binarize_once_is_seeded_and_has_the_right_probabilities():
     assert abs(a[:, 1].mean() - 0.5) < 4 * 0.5 / np.sqrt(2000)  # 4 std of the mean
 
 
+def test_dequantize_once_is_seeded_per_example_and_stays_in_the_bins():
+    levels = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 1)).astype(np.uint8)
+    y = evaluate.dequantize_once(levels, 256, seed=3)
+    assert y.dtype == np.float32 and y.shape == levels.shape
+    assert np.all(levels / 256 <= y) and np.all(y < (levels + 1.0) / 256)
+    np.testing.assert_array_equal(y, evaluate.dequantize_once(levels, 256, seed=3))
+    # Example n's draw depends on n alone: --max_examples keeps every example's y.
+    np.testing.assert_array_equal(evaluate.dequantize_once(levels[:4], 256, seed=3), y[:4])
+    assert np.all(evaluate.dequantize_once(levels, 256, seed=4) != y)
+
+
 # --------------------------------------------------------------------------- data-parallel passes
 
 
@@ -428,10 +439,11 @@ EVAL_KEYS = ("nll_nats", "nll_stderr_nats", "bits_per_dim", "elbo_nats", "iwae_b
              "split", "num_examples", "checkpoint_step", "binarization_seed")
 
 
-def check_eval_json(workdir, *, num_examples, num_importance_samples, step, latent_dim):
+def check_eval_json(workdir, *, num_examples, num_importance_samples, step, latent_dim,
+                    keys=EVAL_KEYS):
     """eval.json has every key, finite numbers, and the orderings the bounds imply."""
     result = json.loads((workdir / "eval.json").read_text())
-    assert set(EVAL_KEYS) <= set(result)
+    assert set(keys) <= set(result)
     for key, value in result.items():
         if key == "iwae_bounds":
             value = list(value.values())
@@ -604,3 +616,43 @@ def test_evaluate_workdir_on_a_two_layer_run(trained_two_layer_digits):
     for name in written:
         with Image.open(workdir / "plots" / name) as image:
             image.verify()
+
+
+# --------------------------------------------------------------------------- dequantised runs
+
+
+@pytest.fixture(scope="module")
+def trained_dequantized_digits(tmp_path_factory):
+    """A tiny run (100 steps) of a learned-variance Gaussian on dequantised digits."""
+    workdir = tmp_path_factory.mktemp("evaluate") / "dequantized"
+    config = tests_train.tiny_digits(
+        num_steps=100, steps_per_dispatch=50, log_every=50, eval_every=100,
+        checkpoint_every=100, likelihood="gaussian_learned",
+        **{"data.binarization": "none", "data.dequantize": True})
+    train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
+    return workdir
+
+
+@pytest.mark.slow
+def test_evaluate_workdir_scores_a_dequantized_run_as_a_model_of_the_levels(
+        trained_dequantized_digits):
+    workdir = trained_dequantized_digits
+    evaluate.evaluate_workdir(workdir, num_importance_samples=50, chunk_size=25,
+                              split="validation", write_plots=False, devices=jax.devices()[:1])
+    keys = tuple(k for k in EVAL_KEYS if k != "binarization_seed") + (
+        "dequantization_seed", "dequantization_offset_nats")
+    result = check_eval_json(workdir, num_examples=150, num_importance_samples=50, step=100,
+                             latent_dim=8, keys=keys)
+    # 8 x 8 digits of L = 17 levels: log P(k) >= log p(y) - D log L (Theis et al. 2016), so
+    # bits/dim = (-log p(y) + D ln L) / (D ln 2) = -log p(y) / (D ln 2) + log2 17.
+    num_dims, offset_nats = 64, 64 * math.log(17)
+    assert result["dequantization_offset_nats"] == pytest.approx(offset_nats, rel=1e-12)
+    assert result["bits_per_dim"] == pytest.approx(result["nll_nats"] / (num_dims * math.log(2)),
+                                                   rel=1e-12)
+    assert result["elbo_nats"] == pytest.approx(-result["recon_nats"] - result["kl_nats"],
+                                                abs=1e-3)
+    # The footing of training's validation pass: the ELBO of y = (k + u) / 17 on the same
+    # split with the same parameters, up to the noise of one u and one z per image.
+    val_elbo_nats = tests_train.read_jsonl(workdir / "eval_metrics.jsonl")[-1]["val_elbo_nats"]
+    assert result["elbo_nats"] + offset_nats == pytest.approx(
+        val_elbo_nats, abs=5 * result["elbo_stderr_nats"])

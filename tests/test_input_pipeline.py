@@ -1,8 +1,9 @@
 """Tests for vae_jax.input_pipeline.
 
 References are independent of the code under test: sklearn's own copy of digits, the published
-MNIST split sizes and label counts, plain numpy padding, and Monte Carlo estimates with stated
-tolerances. TFDS data sets that are not available offline are loaded through
+MNIST split sizes and label counts, plain numpy padding, Monte Carlo estimates with stated
+tolerances, and Kolmogorov-Smirnov tests against the uniform distribution. TFDS data sets that
+are not available offline are loaded through
 `tfds.testing.mock_data`, the documented TFDS way (with split sizes and slicing made real by
 `mock_sliced_tfds` where a test needs them); real MNIST comes from the shared data_dir (the
 `mnist_data_dir` fixture skips when it is absent), and streamed MNIST is checked against
@@ -11,6 +12,7 @@ tolerances. TFDS data sets that are not available offline are loaded through
 
 import collections
 import contextlib
+import math
 import pathlib
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn import datasets as sklearn_datasets
 
 from vae_jax import input_pipeline
@@ -192,6 +195,58 @@ def test_dynamic_binarize_per_example_keys_under_jit_and_vmap():
     for i in range(3):  # each example's draw depends on its own key alone
         np.testing.assert_array_equal(batched[i], single(keys_b[i], x_bhwc[i]))
     assert not np.array_equal(batched[0], single(jax.random.key(3), x_bhwc[0]))
+
+
+@pytest.mark.parametrize("num_levels", [256, 17])
+def test_uniform_dequantize_is_uniform_over_each_bin(num_levels):
+    levels = np.arange(num_levels, dtype=np.uint8)  # [L]: every level once
+    num_draws = 4000
+    keys = jax.random.split(jax.random.key(0), num_draws)
+    draw = jax.jit(jax.vmap(input_pipeline.uniform_dequantize, in_axes=(0, None, None)),
+                   static_argnums=2)
+    y = np.asarray(draw(keys, levels, num_levels))  # [N, L]
+    assert y.dtype == np.float32 and y.shape == (num_draws, num_levels)
+    # Inside the bin [k/L, (k+1)/L), both ends as float32 computes them.
+    k = levels.astype(np.float32)
+    assert np.all(y >= k / np.float32(num_levels))
+    assert np.all(y < (k + 1) / np.float32(num_levels))
+    # Mean (k + 1/2) / L: the mean of N draws has std 1 / (L sqrt(12 N)); allow five of them.
+    np.testing.assert_allclose(y.mean(axis=0, dtype=np.float64), (levels + 0.5) / num_levels,
+                               rtol=0, atol=5 / (num_levels * math.sqrt(12 * num_draws)))
+    # Uniform within the bin: L y - k ~ U[0, 1) (Kolmogorov-Smirnov over all N * L draws, and
+    # in the top bin alone, where float32 rounding of k + u is largest).
+    u = (y.astype(np.float64) * num_levels - levels).ravel()
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
+    assert stats.kstest(u.reshape(num_draws, num_levels)[:, -1], "uniform").pvalue > 1e-3
+
+
+def test_uniform_dequantize_keeps_the_largest_u_inside_the_bin(monkeypatch):
+    # k + u with u = 1 - 2^-24 rounds up to k + 1 in float32 for k >= 1; the result must stay
+    # below the next bin (and below 1 in the top bin).
+    largest_u = np.nextafter(np.float32(1.0), np.float32(0.0))
+    monkeypatch.setattr(jax.random, "uniform",
+                        lambda key, shape, dtype: jnp.full(shape, largest_u, dtype))
+    levels = np.arange(256, dtype=np.uint8)
+    y = np.asarray(input_pipeline.uniform_dequantize(jax.random.key(0), levels, 256))
+    next_bin = (levels.astype(np.float32) + 1) / 256  # exact: 256 is a power of two
+    assert np.all(y < next_bin) and y[-1] < 1.0
+    # The clipped values are the largest float32 below the next bin's start.
+    np.testing.assert_array_equal(y[1:], np.nextafter(next_bin[1:], np.float32(0.0)))
+
+
+def test_uniform_dequantize_depends_only_on_the_key():
+    levels_bhwc = np.random.default_rng(1).integers(0, 256, (3, 8, 8, 1)).astype(np.uint8)
+    keys_b = jax.random.split(jax.random.key(2), 3)
+    batched = jax.jit(jax.vmap(input_pipeline.uniform_dequantize, in_axes=(0, 0, None)),
+                      static_argnums=2)(keys_b, levels_bhwc, 256)
+    chex.assert_shape(batched, (3, 8, 8, 1))
+    for i in range(3):  # each example's draw depends on its own key alone
+        single = input_pipeline.uniform_dequantize(keys_b[i], levels_bhwc[i], 256)
+        np.testing.assert_array_equal(batched[i], single)
+        np.testing.assert_array_equal(
+            single, input_pipeline.uniform_dequantize(keys_b[i], levels_bhwc[i], 256))
+    other = input_pipeline.uniform_dequantize(jax.random.key(3), levels_bhwc[0], 256)
+    assert np.all(other != batched[0])  # a fresh u for every pixel
 
 
 # ---------------------------------------------------------------------------- pixel checks

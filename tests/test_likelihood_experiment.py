@@ -1,5 +1,5 @@
 """Tests for the likelihood comparison: experiments/mnist_likelihoods.py, likelihood_comparison.py
-and experiments/fashion_mnist_gaussian.py on mocked Fashion-MNIST.
+and every experiments/fashion_mnist_*.py, trained for two steps on mocked Fashion-MNIST.
 
 References: hand-computed bin masses of toy densities on [0, 1] (the uniform density, whose
 dequantised bound is exactly 8 bits/dim, and the density 2x, whose expected log density over a
@@ -8,6 +8,7 @@ offline.
 """
 
 import importlib.util
+import json
 import math
 import pathlib
 
@@ -19,7 +20,8 @@ from vae_jax import input_pipeline, losses, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = ("bernoulli_binarized", "gaussian_fixed", "gaussian_learned", "continuous_bernoulli",
-            "discretized_logistic")
+            "discretized_logistic", "gaussian_fixed_dequantized", "gaussian_learned_dequantized",
+            "continuous_bernoulli_dequantized")
 
 
 def load_module(name):
@@ -62,12 +64,14 @@ def test_every_variant_validates_and_differs_only_in_the_likelihood():
     reference = flat(configs["bernoulli_binarized"])
     for variant, config in configs.items():
         train.validate_config(config, 1)
-        assert (config.likelihood, config.data.binarization) == expected[variant]
+        grid_variant = variant.removesuffix("_dequantized")
+        assert (config.likelihood, config.data.binarization) == expected[grid_variant]
+        assert config.data.dequantize == (variant != grid_variant)
         assert config.data.name == "mnist" and config.latent_dim == 32
         assert tuple(config.hidden) == (512, 512) and config.encoder == config.decoder == "mlp"
-        # Same model, optimiser and budget: only the likelihood and the binarisation change.
+        # Same model, optimiser and budget: only the likelihood and its data change.
         changed = {k for k, v in flat(config).items() if v != reference[k]}
-        assert changed <= {"likelihood", "data.binarization"}
+        assert changed <= {"likelihood", "data.binarization", "data.dequantize"}
     assert configs["gaussian_fixed"].gaussian_logvar == pytest.approx(math.log(0.01))
     with pytest.raises(ValueError, match="unknown variant"):
         module.get_config("bernoulli")
@@ -101,7 +105,7 @@ def test_dequantized_points_lie_in_their_bins(comparison):
 def test_uniform_density_is_exactly_eight_bits_per_dim(comparison):
     num_dims = 784
     log_density_b = np.zeros(5)  # log p = 0 for the uniform density on [0, 1]^D
-    bound_b = comparison.dequantized_log_mass_bound(log_density_b, num_dims)
+    bound_b = losses.dequantized_log_mass_bound(log_density_b, num_dims)
     np.testing.assert_allclose(bound_b, -num_dims * math.log(256))  # P(bin) = 256^-D exactly
     assert comparison.bits_per_dim(bound_b, num_dims) == pytest.approx(8.0, abs=1e-12)
 
@@ -116,7 +120,7 @@ def test_dequantized_bound_of_a_linear_density_matches_the_hand_computation(comp
     num_draws = 200_000
     u = rng.random((num_draws, levels.size))
     x = comparison.dequantize(np.broadcast_to(levels, u.shape), u).astype(np.float64)
-    bound_n = comparison.dequantized_log_mass_bound(np.sum(np.log(2 * x), axis=1), levels.size)
+    bound_n = losses.dequantized_log_mass_bound(np.sum(np.log(2 * x), axis=1), levels.size)
     xlogx = lambda t: np.where(t > 0, t * np.log(np.maximum(t, 1)), 0.0)  # noqa: E731
     expected = np.sum(math.log(2 / 256) + xlogx(levels + 1.0) - xlogx(levels) - 1.0)
     expected -= levels.size * math.log(256)
@@ -149,28 +153,54 @@ def test_fashion_mnist_gaussian_loads_mocked_fashion_mnist(tmp_path):
     losses.check_data_support(data.test * data.scale, config.likelihood)
 
 
-def test_fashion_mnist_gaussian_trains_on_mocked_data_and_is_compared(tmp_path, comparison):
+# experiments/fashion_mnist_<name>.py -> (likelihood, data.binarization, data.dequantize,
+# footing in the comparison)
+FASHION_CONFIGS = {
+    "gaussian": ("gaussian", "none", False, "dequantized"),
+    "gaussian_learned": ("gaussian_learned", "none", True, "dequantized"),
+    "logistic": ("discretized_logistic", "none", False, "discrete"),
+    "bernoulli": ("bernoulli", "dynamic", False, "binary"),
+}
+FASHION_FILES = sorted(path.stem for path in (REPO / "experiments").glob("fashion_mnist_*.py"))
+
+
+def test_every_fashion_mnist_config_is_tested():
+    assert FASHION_FILES == sorted(f"fashion_mnist_{name}" for name in FASHION_CONFIGS)
+
+
+@pytest.mark.parametrize("name", FASHION_FILES)
+def test_fashion_mnist_config_trains_on_mocked_data_and_is_compared(tmp_path, comparison, name):
     import tensorflow_datasets as tfds
 
     # `mock_sliced_tfds` (USE_FILES with written metadata) because the training loop sizes the
     # training set from TFDS metadata, which the plain USE_CODE mock does not provide.
     from tests.test_input_pipeline import MOCK_SPLIT_SIZES, mock_sliced_tfds
 
-    config = load_module("fashion_mnist_gaussian").get_config()
+    likelihood, binarization, dequantize, footing = FASHION_CONFIGS[
+        name.removeprefix("fashion_mnist_")]
+    config = load_module(name).get_config()
+    assert (config.data.name, config.likelihood, config.data.binarization,
+            config.data.dequantize) == ("fashion_mnist", likelihood, binarization, dequantize)
+    # One model, optimiser and schedule for all: only the likelihood and its data differ.
+    reference = flat(load_module("fashion_mnist_gaussian").fashion_config("gaussian"))
+    changed = {k for k, v in flat(config).items() if v != reference[k]}
+    assert changed <= {"likelihood", "gaussian_logvar", "data.binarization", "data.dequantize"}
+    train.validate_config(config, 1)
+
     config.data.data_dir = str(tmp_path)
     config.data.validation_size = 4
     for key, value in dict(batch_size=4, eval_batch_size=4, num_steps=2, steps_per_dispatch=2,
                            log_every=2, eval_every=2, checkpoint_every=2, num_image_examples=4,
                            latent_dim=4, features=(4, 8)).items():
         config[key] = value
-    workdir = tmp_path / "fashion"
+    workdir = tmp_path / name
     with mock_sliced_tfds(tfds, tmp_path):
-        result = train.train_and_evaluate(config, str(workdir), quiet=True,
-                                          devices=jax.devices()[:1])
+        train.train_and_evaluate(config, str(workdir), quiet=True, devices=jax.devices()[:1])
         row = comparison.compare_workdir(workdir, num_samples=2, max_examples=4, batch_size=4)
-    assert result.last_metrics["step"] == 2 and np.isfinite(result.last_metrics["loss"])
+    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 2 and all(np.isfinite(m["loss"]) for m in metrics)
     assert (workdir / "checkpoints" / "2").is_dir()
-    assert row["footing"] == "dequantized" and row["checkpoint_step"] == 2
-    assert row["num_examples"] == MOCK_SPLIT_SIZES["test"]
-    assert np.isfinite(row["bits_per_dim"]) and np.isfinite(row["grid_nll_nats"])
-    assert "| fashion | gaussian |" in comparison.markdown_table([row])
+    assert row["footing"] == footing and row["checkpoint_step"] == 2
+    assert row["dequantize"] == dequantize and row["likelihood"] == likelihood
+    assert row["num_examples"] == MOCK_SPLIT_SIZES["test"] and np.isfinite(row["bits_per_dim"])
+    assert f"| {name} | {likelihood} |" in comparison.markdown_table([row])

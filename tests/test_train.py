@@ -1,9 +1,12 @@
 """Tests of the training system: end to end, device-count invariance, resume, guards, errors."""
 
+import functools
 import importlib.util
 import json
+import math
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -546,3 +549,74 @@ def test_burda_experiment_configs(name, variants):
             assert (encoder.latent_dim, encoder.hidden) == (50, (200, 200))
     with pytest.raises(ValueError, match="unknown variant"):
         module.get_config("3layer")
+
+
+# ---------------------------------------------------------------------------- dequantised data
+
+
+def test_preprocess_dequantizes_each_example_from_its_own_key():
+    levels_bhwc = np.random.default_rng(0).integers(0, 17, (4, 8, 8, 1)).astype(np.uint8)
+    key = jax.random.key(5)
+    dequantize = functools.partial(train.preprocess, scale=1 / 16, binarize=False,
+                                   dequantize_levels=17)
+    whole = np.asarray(dequantize(levels_bhwc, key, example_ids=jnp.arange(4)))
+    # Two devices' halves of the batch, each knowing its examples' global positions.
+    halves = [dequantize(levels_bhwc[i:i + 2], key, example_ids=jnp.arange(i, i + 2))
+              for i in (0, 2)]
+    np.testing.assert_array_equal(whole, np.concatenate(halves))
+    k = levels_bhwc.astype(np.float32)
+    assert np.all(k / 17 <= whole) and np.all(whole < (k + 1) / 17)
+    # Without dequantisation the levels go to the grid k / (L - 1).
+    scaled = train.preprocess(levels_bhwc, key, scale=1 / 16, binarize=False,
+                              example_ids=jnp.arange(4))
+    np.testing.assert_array_equal(scaled, k / 16)
+
+
+DENSITIES = "['gaussian', 'gaussian_learned', 'continuous_bernoulli']"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # digits.py itself: Bernoulli on dynamically binarised digits.
+    ({}, "data.dequantize=True with data.binarization='dynamic'"),
+    ({"data.binarization": "static", "likelihood": "continuous_bernoulli"},
+     "data.dequantize=True with data.binarization='static'"),
+    ({"data.binarization": "none"},
+     f"data.dequantize=True with likelihood='bernoulli'.*{re.escape(DENSITIES)}"),
+    ({"data.binarization": "none", "likelihood": "discretized_logistic"},
+     f"data.dequantize=True with likelihood='discretized_logistic'.*{re.escape(DENSITIES)}"),
+])
+def test_dequantize_needs_grayscale_data_and_a_density(tmp_path, overrides, message):
+    config = tiny_digits(**{"data.dequantize": True, **overrides})
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(config, tmp_path / "w", quiet=True)
+    assert not (tmp_path / "w").exists()
+    for likelihood in ("gaussian", "gaussian_learned", "continuous_bernoulli"):
+        train.validate_config(tiny_digits(likelihood=likelihood, **{
+            "data.dequantize": True, "data.binarization": "none"}), num_devices=1)
+
+
+@pytest.mark.slow
+def test_dequantized_training_end_to_end_on_digits(tmp_path):
+    config = tiny_digits(num_steps=300, steps_per_dispatch=50, log_every=100, eval_every=150,
+                         checkpoint_every=300, likelihood="gaussian_learned",
+                         **{"data.binarization": "none", "data.dequantize": True})
+    workdir = tmp_path / "dequantized"
+    result = train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
+    metrics = read_jsonl(workdir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [100, 200, 300]
+    for key in ELBO_KEYS + ("grad_norm",):
+        assert all(np.isfinite(m[key]) for m in metrics), key
+    assert metrics[-1]["skipped_updates"] == 0
+    evals = read_jsonl(workdir / "eval_metrics.jsonl")
+    assert [e["step"] for e in evals] == [150, 300]
+    # The validation ELBO is of y = (k + u) / 17 on 8 x 8 digits; by Theis et al. (2016)
+    # bits/dim <= -E_u log p(y) / (D ln 2) + log2 L, with the ELBO standing in for log p(y).
+    num_dims, num_levels = 64, 17
+    for e in evals:
+        assert np.isfinite(e["val_elbo_nats"])
+        by_hand = -e["val_elbo_nats"] / (num_dims * math.log(2.0)) + math.log2(num_levels)
+        assert e["val_bits_per_dim"] == pytest.approx(by_hand, rel=1e-12)
+    # Better than the uniform distribution over the 17 levels, log2 17 = 4.09 bits/dim.
+    assert evals[-1]["val_bits_per_dim"] < math.log2(num_levels)
+    assert result.validation["val_bits_per_dim"] == evals[-1]["val_bits_per_dim"]
+    assert json.loads((workdir / "config.json").read_text())["data"]["dequantize"] is True

@@ -18,6 +18,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.download = False  # True lets TFDS download on a machine with internet
     config.data.validation_size = 0.1  # a fraction of train, or a count of examples
     config.data.binarization = "dynamic"  # "dynamic" (every step), "static" (once), "none"
+    # True: train on y = (k + u) / num_levels, u ~ U[0, 1) redrawn every step, instead of
+    # k / (num_levels - 1) (`input_pipeline.uniform_dequantize`), so a density likelihood
+    # ("gaussian", "gaussian_learned", "continuous_bernoulli") bounds bits/dim of the levels.
+    config.data.dequantize = False
     config.data.seed = 0  # validation split and static binarisation
     config.data.max_device_bytes = 2**30  # larger training sets are streamed with tf.data
 

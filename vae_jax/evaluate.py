@@ -475,6 +475,9 @@ def _load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
     # A run recorded before a field existed trained with the field's default.
     for name, value in json.loads(config_defaults.default_config().to_json()).items():
         stored.setdefault(name, value)
+        if isinstance(value, dict):  # e.g. data.dequantize in an older run's "data"
+            for field, default in value.items():
+                stored[name].setdefault(field, default)
     return ml_collections.ConfigDict(stored)
 
 
@@ -509,6 +512,16 @@ def binarize_once(levels_nhwc: np.ndarray, scale: float, seed: int) -> np.ndarra
     rng = np.random.default_rng(seed)
     probability = levels_nhwc.astype(np.float32) * np.float32(scale)
     return (rng.random(levels_nhwc.shape, dtype=np.float32) < probability).astype(np.float32)
+
+
+def dequantize_once(levels_nhwc: np.ndarray, num_levels: int, seed: int) -> np.ndarray:
+    """float32 y = (k + u) / num_levels, one `input_pipeline.uniform_dequantize` draw per image
+    with example n's u from `fold_in(key(seed), n)`, so an evaluation of a dequantised run is
+    repeatable and every example keeps its y whatever --max_examples is."""
+    keys_n = losses.per_example_keys(jax.random.key(seed), jnp.arange(len(levels_nhwc)))
+    draw = jax.jit(jax.vmap(input_pipeline.uniform_dequantize, in_axes=(0, 0, None)),
+                   static_argnums=2)
+    return np.asarray(draw(keys_n, levels_nhwc, num_levels))
 
 
 def restore_eval_params(config, workdir, encoder, decoder, image_shape):
@@ -578,6 +591,7 @@ def evaluate_workdir(
     batch_size: int | None = None,
     seed: int = 0,
     binarization_seed: int = 0,
+    dequantization_seed: int = 0,
     iwae_ks=IWAE_KS,
     devices=None,
     write_plots: bool = True,
@@ -599,9 +613,15 @@ def evaluate_workdir(
     kl_per_dim / mean_variance_per_dim / active_units cover [z1, z2] (latent_dim = Z1 + Z2,
     `latent_dims` = [Z1, Z2] is added), and the mutual information is that of z1.
 
-    Dynamically binarised data are binarised once from `binarization_seed` (recorded). The
-    NLL, IWAE and ELBO noise come from `seed`. Pictures go to `workdir/plots/` (see
-    `save_plots`). Single-process only.
+    Dynamically binarised data are binarised once from `binarization_seed` (recorded). A run
+    trained on dequantised data (config `data.dequantize`) is evaluated on one dequantisation
+    y = (k + u) / L of every image from `dequantization_seed` (`dequantize_once`; recorded),
+    and its log-densities of y are reported as bounds for the L-level data
+    (`losses.dequantized_log_mass_bound`): nll_nats, elbo_nats and iwae_bounds are the
+    density's values minus D log L, recon_nats plus D log L (recorded as
+    `dequantization_offset_nats`), so bits_per_dim = -E log p(y) / (D ln 2) + log2 L, an upper
+    bound on the bits/dim of the levels (Theis et al. 2016). The NLL, IWAE and ELBO noise come
+    from `seed`. Pictures go to `workdir/plots/` (see `save_plots`). Single-process only.
 
     Returns:
       the dict written to eval.json (every number finite).
@@ -615,8 +635,11 @@ def evaluate_workdir(
         raise NotImplementedError("the evaluation command runs in a single process")
     levels, labels, data = _load_split(config, split)
     binarize = config.data.binarization == "dynamic"
+    dequantize = config.data.dequantize
     if binarize:
         x_nhwc = binarize_once(levels, data.scale, binarization_seed)
+    elif dequantize:
+        x_nhwc = dequantize_once(levels, data.num_levels, dequantization_seed)
     else:
         x_nhwc = levels.astype(np.float32) * np.float32(data.scale)
     if max_examples is not None:
@@ -667,7 +690,10 @@ def evaluate_workdir(
         )
         latent_dim = int(sum(config.latent_dims))
 
-    summary = nll_summary(log_px_n, num_dims=math.prod(data.image_shape))
+    num_dims = math.prod(data.image_shape)
+    if dequantize:
+        log_px_n = losses.dequantized_log_mass_bound(log_px_n, num_dims, data.num_levels)
+    summary = nll_summary(log_px_n, num_dims=num_dims)
     result = {
         **summary,
         "elbo_nats": float(np.mean(per_example["elbo"], dtype=np.float64)),
@@ -689,6 +715,17 @@ def evaluate_workdir(
     }
     if binarize:
         result["binarization_seed"] = int(binarization_seed)
+    if dequantize:
+        # The same bound as the NLL's (bin volume L^-D) for the ELBO and the IWAE bounds.
+        offset_nats = num_dims * math.log(data.num_levels)
+        iwae = {k: v - offset_nats for k, v in iwae.items()}
+        result.update(
+            elbo_nats=result["elbo_nats"] - offset_nats,
+            recon_nats=result["recon_nats"] + offset_nats,
+            iwae_bounds=iwae,
+            dequantization_seed=int(dequantization_seed),
+            dequantization_offset_nats=offset_nats,
+        )
     if hierarchical:
         result["latent_dims"] = [int(d) for d in config.latent_dims]
     numbers = {k: v for k, v in result.items() if not isinstance(v, str)}
@@ -788,6 +825,9 @@ def _define_flags():
         seed=flags.DEFINE_integer("seed", 0, "Seed of the importance samples and z draws."),
         binarization_seed=flags.DEFINE_integer(
             "binarization_seed", 0, "Seed of the one binarisation of dynamically binarised data."),
+        dequantization_seed=flags.DEFINE_integer(
+            "dequantization_seed", 0,
+            "Seed of the one dequantisation of the data of a run trained with data.dequantize."),
         plots=flags.DEFINE_bool("plots", True, "Write pictures into <workdir>/plots/."),
     )
 

@@ -14,6 +14,7 @@ Parameters are a dict `{"encoder": encoder_params, "decoder": decoder_params}`.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import chex
@@ -32,6 +33,11 @@ LIKELIHOODS = {
     "continuous_bernoulli": 1,
     "discretized_logistic": 2,
 }
+
+# Densities of continuous intensities rather than probabilities of pixel levels: log p(x) at the
+# grid points is not a code length. Trained on dequantised data (config `data.dequantize`), they
+# bound the log-probability of the levels (`dequantized_log_mass_bound`).
+DENSITY_LIKELIHOODS = ("gaussian", "gaussian_learned", "continuous_bernoulli")
 
 Params = Any
 
@@ -74,6 +80,27 @@ def check_data_support(x, likelihood: str, *, num_bins: int = 256) -> None:
                 f"the 'discretized_logistic' likelihood needs data on the grid k/{num_bins - 1};"
                 " got values between grid points"
             )
+
+
+def dequantized_log_mass_bound(log_density, num_dims: int, num_levels: int = 256):
+    """Lower bound on log P(k) of L-level data from a density's log p(y) at y = (k + u) / L.
+
+        log P(k) >= E_u[log p((k + u) / L)] - D log L,   u ~ U[0, 1)^D
+
+    (Theis et al. 2016, "A note on the evaluation of generative models", Sec. 3.1: bin k has
+    volume L^-D; see `input_pipeline.uniform_dequantize`.) In bits per dimension,
+    -bound / (D ln 2) = -E_u[log p(y)] / (D ln 2) + log2 L. A lower bound on log p(y) (an ELBO,
+    an IWAE bound) gives a lower bound on log P(k) the same way.
+
+    Args:
+      log_density: estimates of log p(y) in nats (one draw of u each), any shape.
+      num_dims: D, data dimensions per example (H * W * C).
+      num_levels: L, levels per pixel.
+
+    Returns:
+      float64 numpy array (host side) of log_density's shape, in nats.
+    """
+    return np.asarray(log_density, dtype=np.float64) - num_dims * math.log(num_levels)
 
 
 def log_likelihood(

@@ -321,12 +321,22 @@ def init_state(init_key, encoder, decoder, image_shape, optimizer, *, ema: bool)
 # --------------------------------------------------------------------------- pure steps
 
 
-def preprocess(batch, key, *, scale: float, binarize: bool, example_ids):
-    """uint8 levels [b, H, W, C] -> float32 in [0, 1], dynamically binarised if asked.
+def preprocess(batch, key, *, scale: float, binarize: bool, example_ids,
+               dequantize_levels: int = 0):
+    """uint8 levels [b, H, W, C] -> float32 in [0, 1]: k * scale, dynamically binarised or
+    uniformly dequantised if asked.
 
-    Dynamic binarisation draws every pixel afresh from Bernoulli(intensity) at every step,
-    from a per-example key, so the draw does not depend on the device layout.
+    Dynamic binarisation draws every pixel afresh from Bernoulli(intensity) at every step.
+    With dequantize_levels = L > 0 the levels become y = (k + u) / L, u ~ U[0, 1) drawn afresh
+    every step (`input_pipeline.uniform_dequantize`), instead of k * scale. Both draw from a
+    per-example key, so the draw does not depend on the device layout.
     """
+    if dequantize_levels:
+        if binarize:
+            raise ValueError("binarize and dequantize_levels exclude each other")
+        keys_b = losses.per_example_keys(key, example_ids)
+        dequantize = jax.vmap(input_pipeline.uniform_dequantize, in_axes=(0, 0, None))
+        return dequantize(keys_b, batch, dequantize_levels)
     x = batch.astype(jnp.float32) * scale
     if binarize:
         keys_b = losses.per_example_keys(key, example_ids)
@@ -353,6 +363,7 @@ def train_step(
     lr_schedule: Callable,
     scale: float,
     binarize: bool,
+    dequantize_levels: int = 0,
     ema_decay: float = 0.0,
     axis_name: str | None = None,
 ):
@@ -370,7 +381,8 @@ def train_step(
     """
     binarize_key, latent_key = jax.random.split(key)
     example_ids = local_example_ids(batch.shape[0], axis_name)
-    x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids)
+    x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids,
+                   dequantize_levels=dequantize_levels)
     beta = beta_schedule(state.step)
 
     def objective(params):
@@ -403,7 +415,8 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(params, batch, mask, key, *, loss_fn, scale, binarize, axis_name=None):
+def eval_step(params, batch, mask, key, *, loss_fn, scale, binarize, dequantize_levels=0,
+              axis_name=None):
     """Sums over the valid (mask = 1) examples of a batch, for the validation pass.
 
     Returns, summed over the global batch (psum): the ELBO terms `elbo`, `recon`, `kl`; per
@@ -413,7 +426,8 @@ def eval_step(params, batch, mask, key, *, loss_fn, scale, binarize, axis_name=N
     """
     binarize_key, latent_key = jax.random.split(key)
     example_ids = local_example_ids(batch.shape[0], axis_name)
-    x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids)
+    x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids,
+                   dequantize_levels=dequantize_levels)
     _, metrics = loss_fn(params, x, latent_key, beta=1.0, example_ids=example_ids, axis_name=None)
     per = metrics["per_example"]
     per = dict(per, mean_sq=jnp.square(per["mean"]))
@@ -602,6 +616,18 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
             f"which the two-stochastic-layer model ({HIERARCHICAL!r}) does not have; set "
             "free_bits=0"
         )
+    if config.data.dequantize and config.data.binarization != "none":
+        raise ValueError(
+            f"data.dequantize=True with data.binarization={config.data.binarization!r}: "
+            "dequantisation spreads the grey levels over their bins and binarisation replaces "
+            "them by 0s and 1s; use one of them (dequantize needs binarization='none')"
+        )
+    if config.data.dequantize and config.likelihood not in losses.DENSITY_LIKELIHOODS:
+        raise ValueError(
+            f"data.dequantize=True with likelihood={config.likelihood!r}: dequantised data need "
+            f"a density of continuous intensities, one of {list(losses.DENSITY_LIKELIHOODS)} "
+            "('bernoulli' models binary data, 'discretized_logistic' the levels themselves)"
+        )
     if config.data.binarization == "dynamic" and config.likelihood not in (
         "bernoulli", "continuous_bernoulli"
     ):
@@ -670,6 +696,7 @@ def train_and_evaluate(
     loss_fn = make_loss_fn(config, encoder, decoder, data.num_levels)
     beta_schedule = make_kl_schedule(config)
     binarize = config.data.binarization == "dynamic"
+    dequantize_levels = data.num_levels if config.data.dequantize else 0
 
     state = init_state(init_key, encoder, decoder, data.image_shape, optimizer,
                        ema=config.ema_decay > 0)
@@ -691,13 +718,15 @@ def train_and_evaluate(
         lr_schedule=lr_schedule,
         scale=data.scale,
         binarize=binarize,
+        dequantize_levels=dequantize_levels,
         ema_decay=config.ema_decay,
         axis_name=parallel.AXIS,
     )
     eval_fn = functools.partial(
         eval_step,
         loss_fn=make_loss_fn(config, encoder, decoder, data.num_levels, objective="elbo"),
-        scale=data.scale, binarize=binarize, axis_name=parallel.AXIS
+        scale=data.scale, binarize=binarize, dequantize_levels=dequantize_levels,
+        axis_name=parallel.AXIS,
     )
     eval_program = make_eval_program(eval_fn, mesh, batch_size=config.eval_batch_size)
     val_rows = _device_rows(data.validation, mesh)
@@ -739,7 +768,14 @@ def train_and_evaluate(
         for start in range(0, len(data.validation), config.eval_batch_size):
             sums = eval_program(params, val_rows, len(data.validation), start, eval_key)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        return validation_summary(jax.device_get(totals))
+        summary = validation_summary(jax.device_get(totals))
+        if dequantize_levels:
+            # The ELBO on y = (k + u) / L bounds the code length of the levels.
+            num_dims = int(np.prod(data.image_shape))
+            log_mass = losses.dequantized_log_mass_bound(
+                summary["val_elbo_nats"], num_dims, dequantize_levels)
+            summary["val_bits_per_dim"] = float(-log_mass / (num_dims * np.log(2.0)))
+        return summary
 
     logger = workdir_lib.MetricsLogger(workdir, enabled=is_chief, quiet=quiet,
                                        total_steps=num_steps, initial_step=start_step)
