@@ -35,14 +35,16 @@ _spec = importlib.util.spec_from_file_location("mnist_vae_burda", _VAE)
 mnist_vae_burda = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mnist_vae_burda)
 
-VARIANTS = ("1layer_k5", "1layer_k50", "2layer_k5", "2layer_k50")
+VARIANTS = tuple(f"{layers}_k{k}{length}" for length in ("", "_short")
+                 for layers in ("1layer", "2layer") for k in (5, 50))
 
 
 def get_config(variant: str = "1layer_k50"):
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid: {list(VARIANTS)}")
-    layers, k = variant.split("_k")
-    config = mnist_vae_burda.burda_config(layers)
+    layers, k = variant.removesuffix("_short").split("_k")
+    scale = mnist_vae_burda.SHORT_EPOCH_SCALE if variant.endswith("_short") else 1.0
+    config = mnist_vae_burda.burda_config(layers, scale)
     config.objective = "iwae"
     config.num_samples = int(k)
     return config

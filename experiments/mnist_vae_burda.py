@@ -44,13 +44,16 @@ before committing, run its first 121 epochs (stages i = 0 .. 4, 333 k steps, abo
 for 1layer here); the published numbers need all of it.
 """
 
+from vae_jax import train
 from vae_jax.config_defaults import default_config
 
-VARIANTS = ("1layer", "2layer")
+VARIANTS = ("1layer", "2layer", "1layer_short", "2layer_short")
+SHORT_EPOCH_SCALE = 0.3  # "_short": the schedule's 8 stages at 0.3x length, 985 epochs
 
 
-def burda_config(layers: str):
-    """The set-up shared by the VAE and IWAE configs of Burda et al. (2015)."""
+def burda_config(layers: str, epoch_scale: float = 1.0):
+    """The set-up shared by the VAE and IWAE configs of Burda et al. (2015); `epoch_scale` < 1
+    shortens every stage of the learning-rate schedule in proportion."""
     if layers not in ("1layer", "2layer"):
         raise ValueError(f"unknown number of layers {layers!r}; valid: ['1layer', '2layer']")
     config = default_config()
@@ -72,10 +75,11 @@ def burda_config(layers: str):
     config.adam_b1, config.adam_b2, config.adam_eps = 0.9, 0.999, 1e-4
     config.learning_rate = 1e-3
     config.lr_schedule = "burda"
+    config.burda_epoch_scale = epoch_scale
     config.batch_size = 20
     config.eval_batch_size = 500
     config.num_steps = 0
-    config.num_epochs = 3280  # sum_i 3^i for i = 0 .. 7
+    config.num_epochs = sum(train.burda_stage_epochs(epoch_scale))  # 3,280 at scale 1
     config.steps_per_dispatch = 100
     config.log_every = 2500
     config.eval_every = 27500  # 10 epochs of 2,750 steps
@@ -86,7 +90,8 @@ def burda_config(layers: str):
 def get_config(variant: str = "1layer"):
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; valid: {list(VARIANTS)}")
-    config = burda_config(variant)
+    layers, _, length = variant.partition("_")
+    config = burda_config(layers, SHORT_EPOCH_SCALE if length == "short" else 1.0)
     config.objective = "elbo"
     config.num_samples = 1
     return config

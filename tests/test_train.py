@@ -516,6 +516,19 @@ def test_burda_learning_rate_schedule():
         train.make_lr_schedule(config)
 
 
+def test_compressed_burda_schedule_keeps_the_rates_and_shortens_the_stages():
+    config = tiny_digits(lr_schedule="burda", learning_rate=1e-3, burda_epoch_scale=0.3)
+    # round(0.3 * 3^i), at least 1: 1, 1, 3, 8, 24, 73, 219, 656 epochs (985 in all).
+    assert train.burda_stage_epochs(0.3) == [1, 1, 3, 8, 24, 73, 219, 656]
+    schedule = train.make_lr_schedule(config, steps_per_epoch=5)
+    first_epochs = np.cumsum([0, 1, 1, 3, 8, 24, 73, 219])
+    for i, epoch in enumerate(first_epochs):
+        assert float(schedule(epoch * 5)) == pytest.approx(1e-3 * 10 ** (-i / 7), rel=1e-5)
+        if i:
+            assert float(schedule(epoch * 5 - 1)) == pytest.approx(
+                1e-3 * 10 ** (-(i - 1) / 7), rel=1e-5)
+
+
 def test_adam_hyperparameters_come_from_the_config():
     config = tiny_digits(adam_b1=0.5, adam_b2=0.9, adam_eps=1e-4, learning_rate=0.1)
     params = {"w": jnp.ones(3)}
@@ -528,8 +541,10 @@ def test_adam_hyperparameters_come_from_the_config():
 
 
 @pytest.mark.parametrize("name, variants", [
-    ("mnist_vae_burda", ("1layer", "2layer")),
-    ("mnist_iwae_burda", ("1layer_k5", "1layer_k50", "2layer_k5", "2layer_k50")),
+    ("mnist_vae_burda", ("1layer", "2layer", "1layer_short", "2layer_short")),
+    ("mnist_iwae_burda", ("1layer_k5", "1layer_k50", "2layer_k5", "2layer_k50",
+                          "1layer_k5_short", "1layer_k50_short", "2layer_k5_short",
+                          "2layer_k50_short")),
 ])
 def test_burda_experiment_configs(name, variants):
     spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
@@ -539,12 +554,14 @@ def test_burda_experiment_configs(name, variants):
         config = module.get_config(variant)
         train.validate_config(config, num_devices=1)
         assert config.batch_size == 20 and config.lr_schedule == "burda"
-        assert config.num_epochs == 3280 and config.adam_eps == 1e-4
+        short = variant.endswith("_short")
+        assert config.num_epochs == (985 if short else 3280) and config.adam_eps == 1e-4
+        assert config.burda_epoch_scale == (0.3 if short else 1.0)
         assert train.is_hierarchical(config) == variant.startswith("2layer")
         encoder, _ = train.make_models(config, (28, 28, 1))
         assert (config.objective == "iwae") == ("_k" in variant)
         if "_k" in variant:
-            assert config.num_samples == int(variant.split("_k")[1])
+            assert config.num_samples == int(variant.removesuffix("_short").split("_k")[1])
         if not train.is_hierarchical(config):
             assert (encoder.latent_dim, encoder.hidden) == (50, (200, 200))
     with pytest.raises(ValueError, match="unknown variant"):

@@ -60,6 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.learning_rate = 1e-3
     config.lr_schedule = "constant"  # "constant", "cosine", "warmup_cosine", "burda"
     # ("burda": 3^i epochs at learning_rate * 10^(-i/7) for i = 0 .. 7, Burda et al. 2015)
+    config.burda_epoch_scale = 1.0  # "burda" only: stage i lasts round(scale * 3^i) epochs
     config.lr_warmup_steps = 0
     config.adam_b1 = 0.9
     config.adam_b2 = 0.999

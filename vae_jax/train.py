@@ -132,17 +132,25 @@ def make_prior_sampler(encoder, decoder) -> Callable:
 BURDA_STAGES = 8  # Burda et al. 2015, section 5: stages i = 0 .. 7
 
 
-def burda_schedule(learning_rate: float, steps_per_epoch: int) -> Callable:
+def burda_stage_epochs(epoch_scale: float = 1.0) -> list[int]:
+    """Epochs of stages i = 0 .. 7 of Burda et al.'s schedule: 3^i each, or
+    max(1, round(epoch_scale * 3^i)) for a compressed version (their sum is the run's length)."""
+    return [max(1, round(epoch_scale * 3**i)) for i in range(BURDA_STAGES)]
+
+
+def burda_schedule(learning_rate: float, steps_per_epoch: int, epoch_scale: float = 1.0
+                   ) -> Callable:
     """The learning-rate schedule of Burda et al. 2015 (section 5, "Training procedure").
 
         stage i = 0 .. 7 lasts 3^i epochs at learning_rate * 10^(-i / 7)
 
-    3,280 epochs in all; the last rate (learning_rate / 10) is kept after them. Built with
-    `optax.piecewise_constant_schedule` on step counts.
+    3,280 epochs in all; the last rate (learning_rate / 10) is kept after them. `epoch_scale`
+    < 1 shortens every stage in proportion (`burda_stage_epochs`) and keeps the eight rates.
+    Built with `optax.piecewise_constant_schedule` on step counts.
     """
     boundaries, epochs = {}, 0
-    for i in range(1, BURDA_STAGES):
-        epochs += 3 ** (i - 1)
+    for stage_epochs in burda_stage_epochs(epoch_scale)[:-1]:
+        epochs += stage_epochs
         boundaries[epochs * steps_per_epoch] = 10.0 ** (-1.0 / 7.0)
     return optax.piecewise_constant_schedule(learning_rate, boundaries)
 
@@ -163,7 +171,7 @@ def make_lr_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch: int 
     if name == "burda":
         if not steps_per_epoch:
             raise ValueError('lr_schedule="burda" counts epochs: pass steps_per_epoch')
-        return burda_schedule(lr, steps_per_epoch)
+        return burda_schedule(lr, steps_per_epoch, config.burda_epoch_scale)
     raise ValueError(
         f"unknown lr_schedule {name!r}; valid: ['burda', 'constant', 'cosine', 'warmup_cosine']"
     )
