@@ -557,6 +557,8 @@ def test_burda_experiment_configs(name, variants):
         short = variant.endswith("_short")
         assert config.num_epochs == (985 if short else 3280) and config.adam_eps == 1e-4
         assert config.burda_epoch_scale == (0.3 if short else 1.0)
+        steps_per_epoch = (60000 - config.data.validation_size) // config.batch_size  # 2,750
+        assert config.num_epochs * steps_per_epoch % config.steps_per_dispatch == 0
         assert train.is_hierarchical(config) == variant.startswith("2layer")
         encoder, _ = train.make_models(config, (28, 28, 1))
         assert (config.objective == "iwae") == ("_k" in variant)
