@@ -259,7 +259,8 @@ def test_validation_summary_counts_active_units():
     assert summary["val_elbo_nats"] == -50.0 and summary["val_recon_nats"] == 40.0
 
 
-def test_non_finite_gradients_are_skipped_and_counted():
+@pytest.mark.parametrize("scanned", [False, True])  # the select and the lax.cond form
+def test_non_finite_gradients_are_skipped_and_counted(scanned):
     optimizer = train.make_optimizer(tiny_digits())
     params = {"w": jnp.ones(3)}
     state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -272,7 +273,8 @@ def test_non_finite_gradients_are_skipped_and_counted():
 
     step = jax.jit(lambda s, b, k: train.train_step(
         s, b, k, loss_fn=loss_fn, optimizer=optimizer, beta_schedule=optax.constant_schedule(1.),
-        lr_schedule=optax.constant_schedule(1e-3), scale=1 / 255, binarize=False, ema_decay=0.5))
+        lr_schedule=optax.constant_schedule(1e-3), scale=1 / 255, binarize=False, ema_decay=0.5,
+        scanned=scanned))
     bad = jnp.full((4, 2, 2, 1), 255, jnp.uint8)
     good = jnp.zeros((4, 2, 2, 1), jnp.uint8).at[:, 0].set(100)
     key = jax.random.key(0)
