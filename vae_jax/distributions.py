@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
+from vae_jax import threefry
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 # |logits| below which log C(logits) of the continuous Bernoulli uses its Taylor series; see
@@ -82,7 +84,7 @@ def reparameterize(
     """
     chex.assert_equal_shape([mean, logvar])
     shape = mean.shape if num_samples is None else (num_samples, *mean.shape)
-    eps = jax.random.normal(key, shape, dtype=jnp.result_type(mean, logvar))
+    eps = threefry.normal(key, shape, jnp.result_type(mean, logvar))  # = jax.random.normal
     return mean + jnp.exp(0.5 * logvar) * eps
 
 

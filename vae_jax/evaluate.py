@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from vae_jax import (config_defaults, distributions, input_pipeline, losses, models, parallel,
-                     plots, train)
+                     plots, threefry, train)
 from vae_jax import workdir as workdir_lib
 
 
@@ -111,9 +111,8 @@ def importance_sampled_log_likelihood(
     )
 
     def draw(key_b, sample_index):
-        return jax.random.normal(
-            jax.random.fold_in(key_b, sample_index), mean_bz.shape[1:], dtype=mean_bz.dtype
-        )
+        return threefry.normal(threefry.fold_in(key_b, sample_index), mean_bz.shape[1:],
+                               mean_bz.dtype)
 
     draw_bz = jax.vmap(draw, in_axes=(0, None))  # One draw for every example.
     draw_cbz = jax.vmap(draw_bz, in_axes=(None, 0))  # [C] sample indices -> [C, B, Z].

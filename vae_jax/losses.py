@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax import distributions
+from vae_jax import distributions, threefry
 
 # name -> number of decoder outputs per data channel.
 LIKELIHOODS = {
@@ -175,7 +175,7 @@ def per_example_keys(key, example_ids):
     Noise drawn from these keys does not depend on how the batch is split across devices:
     example i gets `fold_in(key, i)` whether it lives on device 0 of 1 or device 5 of 8.
     """
-    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, example_ids)
+    return jax.vmap(threefry.fold_in, in_axes=(None, 0))(key, example_ids)
 
 
 def _encode_sample(params, x, key, encoder, num_samples, example_ids):
@@ -396,7 +396,7 @@ def _hierarchical_terms(
     sample_ids_k = first_sample + jnp.arange(num_samples)
 
     def sample_keys(key_b, sample_id):
-        return jax.random.split(jax.random.fold_in(key_b, sample_id))
+        return threefry.split(threefry.fold_in(key_b, sample_id))
 
     keys_kb2 = jax.vmap(jax.vmap(sample_keys, in_axes=(0, None)), in_axes=(None, 0))(
         keys_b, sample_ids_k

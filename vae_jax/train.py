@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vae_jax import input_pipeline, losses, models, parallel
+from vae_jax import input_pipeline, losses, models, parallel, threefry
 from vae_jax import workdir as workdir_lib
 
 
@@ -398,7 +398,7 @@ def train_step(
     Returns:
       `(new_state, metrics)` with scalar metrics averaged over the global batch.
     """
-    binarize_key, latent_key = jax.random.split(key)
+    binarize_key, latent_key = threefry.split(key)
     example_ids = local_example_ids(batch.shape[0], axis_name)
     x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids,
                    dequantize_levels=dequantize_levels)
@@ -444,7 +444,7 @@ def eval_step(params, batch, mask, key, *, loss_fn, scale, binarize, dequantize_
     the active-unit count; Z = Z1 + Z2, z1 first, for the two-layer model); and `count`. The
     caller divides by the count at the end of the pass.
     """
-    binarize_key, latent_key = jax.random.split(key)
+    binarize_key, latent_key = threefry.split(key)
     example_ids = local_example_ids(batch.shape[0], axis_name)
     x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids,
                    dequantize_levels=dequantize_levels)
@@ -515,7 +515,7 @@ def make_train_chunk(
         order = perms[epoch - first_epoch]
         indices = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
         batch = parallel.gather_rows(rows_shard, indices)
-        return step_fn(state, batch, jax.random.fold_in(train_key, step))
+        return step_fn(state, batch, threefry.fold_in(train_key, step))
 
     def per_device(state, rows_shard, perms, first_epoch, train_key):
         if num_steps == 1:
@@ -541,7 +541,7 @@ def make_stream_step(step_fn: Callable, mesh) -> Callable:
     """A jitted program for one step on a global batch streamed from the host."""
 
     def per_device(state, batch, train_key):
-        state, metrics = step_fn(state, batch, jax.random.fold_in(train_key, state.step))
+        state, metrics = step_fn(state, batch, threefry.fold_in(train_key, state.step))
         return state, jax.tree.map(lambda m: m[None], metrics)
 
     mapped = parallel.data_parallel(
@@ -563,7 +563,7 @@ def make_eval_program(eval_fn: Callable, mesh, *, batch_size: int) -> Callable:
         mask = (local_indices < num_valid).astype(jnp.float32)
         # Noise keyed by the batch's start: every example of the split keeps its noise
         # whatever the device count.
-        return eval_fn(params, batch, mask, jax.random.fold_in(eval_key, start))
+        return eval_fn(params, batch, mask, threefry.fold_in(eval_key, start))
 
     mapped = parallel.data_parallel(
         per_device,
