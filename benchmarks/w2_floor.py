@@ -4,10 +4,12 @@ W2 (the Burda et al. VAE, 784-200-200-50 tanh, batch 20, Adam) must reach 2.5x t
 PyTorch. This script times stripped-down steps that keep only the work every implementation of
 that step has to do, scanned 50 steps per dispatch exactly like vae_jax's training loop:
 
-  gemm_sgd:  the step's eleven matrix products (forward, and backward to inputs and weights, at
-             W2's exact shapes, with biases) on a linear model, no sampling, no tanh, no
-             likelihood, updated with plain SGD (3 memory passes over the 425k parameters);
-  gemm_adam: the same, updated with `optax.adam` (7 passes: parameters, gradients, two moments).
+  gemm_sgd:  the step's seventeen matrix products (six forward, six weight gradients, five
+             input gradients, at W2's exact shapes, with biases) on a linear model, no sampling,
+             no tanh, no likelihood, updated with plain SGD (3 memory passes over the 425k
+             parameters);
+  gemm_adam: the same, updated with `optax.adam` (at least 7 passes: parameters, gradients, two
+             moments; XLA:CPU's three fusions per parameter make 10).
 
 The real step does everything in gemm_adam plus the noise, the binarisation, the tanh layers
 and the Bernoulli likelihood, so its images/s cannot exceed gemm_adam's. Compare the figures with

@@ -45,10 +45,10 @@ K = 5000 on all 10,000 test images:
 (* the same run's checkpoint at epoch 110.) Wall time: 1layer_k50 93 min with one to three
 other training runs sharing the two cores (1.0-2.1k images/s); alone it trains at about 3.8k
 images/s, about 40 minutes for the 165 epochs. 2layer_k50 138 min shared (0.7-2.4k images/s);
-alone about 2.3k images/s, 66 minutes. In a sixth of the VAE's epochs it matches the 1layer_short VAE
-(88.56) and keeps 36 units active against the VAE's 15, while its ELBO is 8 nats worse: the
-IWAE bound trades the ELBO for the likelihood, as in Burda et al. (section 5.2). The paper's
-84.78 needs the full schedule (3,280 epochs, about 13 h alone here). The two-layer IWAE is the
+alone about 2.3k images/s, 66 minutes. In a sixth of the VAE's epochs, 1layer_k50 matches
+the 1layer_short VAE (88.56) and keeps 36 units active against the VAE's 15, while its ELBO
+is 8 nats worse: the IWAE bound trades the ELBO for the likelihood, as in Burda et al.
+(section 5.2). The paper's 84.78 needs the full schedule (3,280 epochs, about 13 h alone here). The two-layer IWAE is the
 best model here (87.48; published 82.90): it keeps 104 units active, 15 of z1 and 4 of z2
 above 0.1 nats of KL, where the two-layer VAE collapsed to 7 (`mnist_vae_burda.py`).
 """

@@ -41,9 +41,10 @@ than the one-layer model instead of 1.4 nats better. Its posterior collapsed ear
 collapsed: 45 active units at epoch 10, 6 by epoch 90, 7 at the end; the top layer z2 carries
 0.04 nats of KL in all, so p(z1 | z2) is in effect a learned Gaussian prior, and 7 of the 100
 z1 units carry the 15.8 nats of KL. The IWAE with k = 50 on the same architecture keeps over
-100 units active (`mnist_iwae_burda.py`). This looks like the inactive-unit optimum that Sonderby et al.
-(2016, "Ladder variational autoencoders") report for plain VAEs with several stochastic layers; they avoid it with KL warm-up (`--config.kl_schedule=linear`
-`--config.kl_warmup_steps=...`, see `mnist_kl_behaviour.py`), which Burda et al. did not use.
+100 units active (`mnist_iwae_burda.py`). This looks like the inactive-unit optimum that
+Sonderby et al. (2016, "Ladder variational autoencoders") report for plain VAEs with several
+stochastic layers; they avoid it with KL warm-up (`--config.kl_schedule=linear
+--config.kl_warmup_steps=...`, see `mnist_kl_behaviour.py`), which Burda et al. did not use.
 Why the paper's two-layer VAE escaped it, and whether warm-up closes the gap here, is not yet
 measured.
 

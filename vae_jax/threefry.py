@@ -10,10 +10,12 @@ counters, the hash and the conversion into one loop. On the Burda VAE at batch 2
 W2 of `benchmarks/`), where draws are a large part of a small step, this made the training
 step about 14% faster.
 
-The results are identical to `jax.random`'s: the same keys, bits, uniforms, normals and
-Bernoulli draws, for every key (tests/test_threefry.py checks each function against
-`jax.random` bit for bit, also under `vmap` over keys). That holds for threefry2x32 keys with
-`jax_threefry_partitionable` on (JAX's default since 0.5); for any other key implementation
+The results are `jax.random`'s: the same keys, bits, U[0, 1) uniforms and Bernoulli draws,
+bit for bit; scaled uniforms and normals are computed from those same bits and agree to an ulp,
+the rounding XLA's fused multiply-adds leave free (`jax.random.normal` itself differs by an ulp
+between eager and jitted calls). tests/test_threefry.py checks each function against
+`jax.random`, also under `vmap` over keys. That holds for float32 draws from threefry2x32 keys
+with `jax_threefry_partitionable` on (JAX's default); for any other key implementation, dtype
 or setting, each function simply calls `jax.random`.
 
 Keys are new-style typed keys (`jax.random.key`); the functions take one key, like
