@@ -86,6 +86,9 @@ def burda_config(layers: str, epoch_scale: float = 1.0):
     config.likelihood = "bernoulli"
     config.activation = "tanh"
     config.kernel_init = "glorot_normal"
+    # The decoder starts at the training set's pixel means, as in Burda et al.'s code; without
+    # it the two-layer VAE collapses to a handful of active units (see the runbook).
+    config.decoder_bias_init = "data_mean"
     if layers == "1layer":
         config.encoder = config.decoder = "mlp"
         config.hidden = (200, 200)

@@ -613,3 +613,30 @@ def test_likelihood_mean_location_likelihoods_use_the_first_channels_clipped():
         np.testing.assert_array_equal(mean, np.clip(out[..., :C], 0.0, 1.0))
     mean = losses.likelihood_mean("gaussian", jnp.asarray(out[..., :C]))
     np.testing.assert_array_equal(mean, np.clip(out[..., :C], 0.0, 1.0))
+
+
+# ---------------------------------------------------------------------------- output bias
+
+
+def test_data_mean_output_bias_is_the_logit_of_the_clipped_mean():
+    mean_hw = np.array([[0.0, 1e-4, 0.2], [0.5, 0.93, 1.0]])
+    bias_f = losses.data_mean_output_bias("bernoulli", mean_hw)
+    chex.assert_shape(bias_f, (6,))
+    assert bias_f.dtype == np.float32
+    clipped = np.clip(mean_hw.ravel(), 1e-3, 1 - 1e-3)
+    np.testing.assert_allclose(bias_f, np.log(clipped) - np.log1p(-clipped), rtol=1e-6)
+    # The Bernoulli with these logits has the (clipped) data mean.
+    np.testing.assert_allclose(special.expit(bias_f.astype(np.float64)), clipped, rtol=1e-6)
+    np.testing.assert_allclose(losses.data_mean_output_bias("gaussian", mean_hw),
+                               mean_hw.ravel(), rtol=1e-7)
+
+
+def test_data_mean_output_bias_refuses_what_it_cannot_represent():
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        losses.data_mean_output_bias("bernoulli", np.array([0.2, 1.5]))
+    with pytest.raises(ValueError, match="finite"):
+        losses.data_mean_output_bias("gaussian", np.array([0.2, np.nan]))
+    with pytest.raises(ValueError, match="'discretized_logistic' has 2 output"):
+        losses.data_mean_output_bias("discretized_logistic", np.array([0.2]))
+    with pytest.raises(ValueError, match="unknown likelihood"):
+        losses.data_mean_output_bias("poisson", np.array([0.2]))

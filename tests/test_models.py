@@ -445,3 +445,41 @@ def test_modules_are_hashable_static_jit_arguments():
     chex.assert_trees_all_close(
         apply(same_encoder, variables, x_bhwc), apply(encoder, variables, x_bhwc)
     )
+
+
+@pytest.mark.parametrize("two_layers", [False, True])
+def test_set_output_bias_adds_the_bias_to_every_output(two_layers):
+    """The output layer is linear in its bias: out(new) - out(old) = bias, for any z, and no
+    other parameter moves."""
+    if two_layers:
+        decoder = models.HierarchicalDecoder(output_shape=(8, 8, 1), latent_dims=(4, 2),
+                                             hidden=((16,), (8,)))
+    else:
+        decoder = models.MLPDecoder(output_shape=(8, 8, 1), hidden=(16,))
+    z_bz = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    variables = _random_variables(decoder, z_bz)
+    bias_f = np.random.default_rng(1).normal(size=64).astype(np.float32)
+    updated = models.set_output_bias(decoder, variables, bias_f)
+    output = variables["params"]["layer_1" if two_layers else "output"]
+    old_bias_f = np.asarray((output["output"] if two_layers else output)["bias"])
+    delta_bhwc = decoder.apply(updated, z_bz) - decoder.apply(variables, z_bz)
+    chex.assert_shape(delta_bhwc, (3, 8, 8, 1))
+    np.testing.assert_allclose(
+        delta_bhwc, np.broadcast_to((bias_f - old_bias_f).reshape(1, 8, 8, 1), (3, 8, 8, 1)),
+        atol=1e-5,
+    )
+    old_leaves = jax.tree_util.tree_leaves_with_path(variables)
+    new_leaves = dict(jax.tree_util.tree_leaves_with_path(updated))
+    changed = [path for path, leaf in old_leaves
+               if not np.array_equal(leaf, new_leaves[path])]
+    assert len(changed) == 1 and "output" in jax.tree_util.keystr(changed[0])
+
+
+def test_set_output_bias_refuses_conv_decoders_and_wrong_sizes():
+    conv = models.ConvDecoder(output_shape=(8, 8, 1), features=(4,))
+    with pytest.raises(ValueError, match="ConvDecoder has one bias per channel"):
+        models.set_output_bias(conv, {}, np.zeros(64))
+    decoder = models.MLPDecoder(output_shape=(8, 8, 1), hidden=(16,))
+    variables = _random_variables(decoder, np.zeros((1, 4), np.float32))
+    with pytest.raises(ValueError, match=r"output bias of shape \(63,\).*64 outputs"):
+        models.set_output_bias(decoder, variables, np.zeros(63))

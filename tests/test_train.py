@@ -559,6 +559,7 @@ def test_burda_experiment_configs(name, variants):
         short = variant.endswith("_short")
         assert config.num_epochs == (985 if short else 3280) and config.adam_eps == 1e-4
         assert config.burda_epoch_scale == (0.3 if short else 1.0)
+        assert config.decoder_bias_init == "data_mean"
         steps_per_epoch = (60000 - config.data.validation_size) // config.batch_size  # 2,750
         assert config.num_epochs * steps_per_epoch % config.steps_per_dispatch == 0
         assert train.is_hierarchical(config) == variant.startswith("2layer")
@@ -641,3 +642,41 @@ def test_dequantized_training_end_to_end_on_digits(tmp_path):
     assert evals[-1]["val_bits_per_dim"] < math.log2(num_levels)
     assert result.validation["val_bits_per_dim"] == evals[-1]["val_bits_per_dim"]
     assert json.loads((workdir / "config.json").read_text())["data"]["dequantize"] is True
+
+
+# ---------------------------------------------------------------------------- output bias
+
+
+def test_data_mean_output_bias_starts_the_decoder_at_the_pixel_means(tmp_path):
+    """With decoder_bias_init='data_mean' the run's decoder starts with output logits equal to
+    logit(mean pixel) of the training split (float64 numpy), for both MLP decoders. With a zero
+    learning rate the parameters the run saves are the initial ones."""
+    data = input_pipeline.load_dataset("digits", validation_size=0.1, binarization="dynamic")
+    mean_f = np.clip(data.train.reshape(len(data.train), -1).mean(0, dtype=np.float64) / 16,
+                     1e-3, 1 - 1e-3)
+    expected_f = np.log(mean_f / (1 - mean_f))
+    config = tiny_digits(decoder_bias_init="data_mean")
+    np.testing.assert_allclose(train.initial_output_bias(config, data), expected_f, rtol=1e-5,
+                               atol=1e-6)
+    assert train.initial_output_bias(tiny_digits(), data) is None
+    config = tiny_two_layer_digits(decoder_bias_init="data_mean", learning_rate=0.0,
+                                   num_steps=10, eval_every=10, checkpoint_every=10)
+    result = train.train_and_evaluate(config, tmp_path / "w", quiet=True)
+    bias_f = params_of(result)["decoder"]["params"]["layer_1"]["output"]["bias"]
+    np.testing.assert_allclose(bias_f, expected_f, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(decoder_bias_init="mean"), r"unknown decoder_bias_init 'mean'"),
+    (dict(decoder_bias_init="data_mean", encoder="conv", decoder="conv"),
+     r"'conv' decoder has one bias per channel"),
+    (dict(decoder_bias_init="data_mean", likelihood="discretized_logistic",
+          data=dict(binarization="none")), r"defined for 'bernoulli' and 'gaussian'"),
+])
+def test_output_bias_config_errors(tmp_path, overrides, message):
+    data = overrides.pop("data", {})
+    config = tiny_digits(**overrides)
+    config.data.update(data)
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(config, tmp_path / "w", quiet=True)
+    assert not (tmp_path / "w").exists()

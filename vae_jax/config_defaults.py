@@ -36,6 +36,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.conv_hidden = ()  # dense layers between the conv stack and the latent heads
     config.activation = "relu"
     config.kernel_init = "kaiming_normal"  # or "lecun_normal", "kaiming_uniform", ...
+    # "data_mean": the decoder's output bias starts at the training set's pixel means (logits
+    # for Bernoulli; `losses.data_mean_output_bias`), as in Burda et al.'s code; MLP decoders.
+    config.decoder_bias_init = "zeros"
     # "mlp2": the two-stochastic-layer VAE of Burda et al. 2015 (`models.HierarchicalEncoder`,
     # `models.HierarchicalDecoder`), x -> z1 -> z2. It reads these two fields instead of
     # latent_dim and hidden; pictures and plots show z1 (prior samples are drawn ancestrally).

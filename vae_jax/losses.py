@@ -144,6 +144,53 @@ def log_likelihood(
     return distributions.discretized_logistic_log_likelihood(x, first, second, num_bins=num_bins)
 
 
+OUTPUT_BIAS_INITS = ("zeros", "data_mean")
+
+
+def data_mean_output_bias(likelihood: str, pixel_mean, *, clip: float = 1e-3):
+    """The decoder output that makes p(x | z) have the data's per-pixel mean, [F].
+
+    With the decoder's output bias set to this (`models.set_output_bias`), a decoder whose last
+    hidden layer is zero models every pixel at its marginal mean, so training starts from the
+    best factorised model of the data instead of p = 1/2 everywhere:
+
+        bernoulli:  bias_f = logit(m_f) = -log(1 / m_f - 1),  m_f = clip(mean_f, clip, 1 - clip)
+        gaussian:   bias_f = mean_f   (the decoder outputs the mean; the variance is fixed)
+
+    The Bernoulli form, with clip 0.001, is the initialisation of Burda et al.'s code for
+    "Importance Weighted Autoencoders" (2015; `get_train_bias_np`). The clip keeps the logits of
+    always-black border pixels finite (about -6.9).
+
+    Args:
+      likelihood: "bernoulli" or "gaussian" (the likelihoods with one output per data value
+        whose mean is a function of it alone).
+      pixel_mean: [...] mean of the training data in the likelihood's units (in [0, 1] for
+        Bernoulli), any shape; flattened in C order.
+      clip: Bernoulli only: means are clipped to [clip, 1 - clip].
+
+    Returns:
+      [F] float32 bias, F = pixel_mean.size.
+    """
+    _check_likelihood(likelihood)
+    mean_f = np.asarray(pixel_mean, np.float64).reshape(-1)
+    if not np.all(np.isfinite(mean_f)):
+        raise ValueError("pixel means must be finite")
+    if likelihood == "bernoulli":
+        if mean_f.min() < 0.0 or mean_f.max() > 1.0:
+            raise ValueError(
+                f"Bernoulli pixel means must lie in [0, 1]; got [{mean_f.min()}, {mean_f.max()}]"
+            )
+        mean_f = np.clip(mean_f, clip, 1.0 - clip)
+        return (-np.log(1.0 / mean_f - 1.0)).astype(np.float32)
+    if likelihood == "gaussian":
+        return mean_f.astype(np.float32)
+    raise ValueError(
+        f"a data-mean output bias is defined for the 'bernoulli' and 'gaussian' likelihoods; "
+        f"{likelihood!r} has {likelihood_num_params(likelihood)} output(s) per data value "
+        f"whose mean is not one of them"
+    )
+
+
 def likelihood_mean(likelihood: str, decoder_out):
     """The mean of p(x | z) shaped like the data [B, H, W, C], for pictures.
 

@@ -925,3 +925,41 @@ class HierarchicalDecoder(nn.Module):
         if self.is_initializing():
             self.layer_2(jnp.zeros((z1_nz.shape[0], self.latent_dims[1]), z1_nz.dtype))
         return self.layer_1(z1_nz)
+
+
+def set_output_bias(decoder: nn.Module, variables, bias_f) -> Any:
+    """`variables` of `decoder` with the bias of its output layer replaced by `bias_f`.
+
+    For decoders whose last layer is dense, with one output unit per data value
+    (`MLPDecoder`, and the p(x | z1) half of `HierarchicalDecoder`): that layer computes
+    out_f = sum_j h_j W_jf + bias_f, so `bias_f` [F] (F = prod(output_shape), in the order of
+    `out.reshape(B, -1)`) is what the decoder outputs when its last hidden layer is zero. Used
+    to start the likelihood at the data's pixel means (`losses.data_mean_output_bias`).
+    Every other leaf is returned unchanged. A convolutional decoder has one bias per channel,
+    not per pixel, and is refused.
+    """
+    if isinstance(decoder, HierarchicalDecoder):
+        path = ("params", "layer_1", "output")
+    elif isinstance(decoder, MLPDecoder):
+        path = ("params", "output")
+    else:
+        raise ValueError(
+            f"an output bias per data value needs a dense output layer (MLPDecoder or "
+            f"HierarchicalDecoder); {type(decoder).__name__} has one bias per channel"
+        )
+    layer = variables
+    for name in path:
+        layer = layer[name]
+    bias_f = jnp.asarray(bias_f, layer["bias"].dtype)
+    if bias_f.shape != layer["bias"].shape:
+        raise ValueError(
+            f"output bias of shape {bias_f.shape} for a decoder with {layer['bias'].shape[0]} "
+            f"outputs (output_shape={tuple(decoder.output_shape)})"
+        )
+
+    def replace(tree, names):
+        tree = dict(tree)
+        tree[names[0]] = replace(tree[names[0]], names[1:]) if len(names) > 1 else bias_f
+        return tree
+
+    return replace(variables, path + ("bias",))

@@ -318,13 +318,20 @@ def make_loss_fn(
     raise ValueError(f"unknown objective {objective!r}; valid: ['elbo', 'iwae']")
 
 
-def init_state(init_key, encoder, decoder, image_shape, optimizer, *, ema: bool) -> TrainState:
-    """Initial parameters (from `init_key`), optimiser state and step 0."""
+def init_state(init_key, encoder, decoder, image_shape, optimizer, *, ema: bool,
+               output_bias=None) -> TrainState:
+    """Initial parameters (from `init_key`), optimiser state and step 0.
+
+    `output_bias` [F], if given, replaces the decoder's zero output bias
+    (`models.set_output_bias`; see `initial_output_bias`).
+    """
     enc_key, dec_key = jax.random.split(init_key)
     x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
     enc_params = encoder.init(enc_key, x)
     mean_bz, _ = encoder.apply(enc_params, x)
     dec_params = decoder.init(dec_key, mean_bz)
+    if output_bias is not None:
+        dec_params = models.set_output_bias(decoder, dec_params, output_bias)
     params = {"encoder": enc_params, "decoder": dec_params}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -332,6 +339,32 @@ def init_state(init_key, encoder, decoder, image_shape, optimizer, *, ema: bool)
         opt_state=init_skip_state(optimizer, params),
         ema_params=params if ema else None,
     )
+
+
+def initial_output_bias(config: ml_collections.ConfigDict, data) -> np.ndarray | None:
+    """The decoder's initial output bias named by `config.decoder_bias_init`, or None for zeros.
+
+    "data_mean": `losses.data_mean_output_bias` of the training split's per-pixel mean of
+    `images * scale` (the validation split is not used). For dynamically binarised data this is
+    the probability that each pixel is on, the mean of the binarised pixels.
+    """
+    name = config.decoder_bias_init
+    if name not in losses.OUTPUT_BIAS_INITS:
+        raise ValueError(
+            f"unknown decoder_bias_init {name!r}; valid: {list(losses.OUTPUT_BIAS_INITS)}"
+        )
+    if name == "zeros":
+        return None
+    if len(data.train) == 0:
+        raise ValueError(
+            "decoder_bias_init='data_mean' needs the training set in memory; this data set is "
+            "streamed (data.max_device_bytes): use decoder_bias_init='zeros'"
+        )
+    # Per-pixel sums over the images in float64, without a float copy of the whole set.
+    sum_hwc = np.zeros(data.train.shape[1:], np.float64)
+    for start in range(0, len(data.train), 10_000):
+        sum_hwc += data.train[start:start + 10_000].sum(axis=0, dtype=np.float64)
+    return losses.data_mean_output_bias(config.likelihood, sum_hwc / len(data.train) * data.scale)
 
 
 # --------------------------------------------------------------------------- pure steps
@@ -636,6 +669,20 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
             f"which the two-stochastic-layer model ({HIERARCHICAL!r}) does not have; set "
             "free_bits=0"
         )
+    if config.decoder_bias_init not in losses.OUTPUT_BIAS_INITS:
+        raise ValueError(f"unknown decoder_bias_init {config.decoder_bias_init!r}; "
+                         f"valid: {list(losses.OUTPUT_BIAS_INITS)}")
+    if config.decoder_bias_init == "data_mean":
+        if config.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(
+                f"decoder_bias_init='data_mean' with likelihood={config.likelihood!r}: the "
+                "data-mean output bias is defined for 'bernoulli' and 'gaussian'"
+            )
+        if config.decoder == "conv":
+            raise ValueError(
+                "decoder_bias_init='data_mean' needs an output bias per pixel (decoder 'mlp' or "
+                "'mlp2'); the 'conv' decoder has one bias per channel"
+            )
     if config.data.dequantize and config.data.binarization != "none":
         raise ValueError(
             f"data.dequantize=True with data.binarization={config.data.binarization!r}: "
@@ -719,7 +766,7 @@ def train_and_evaluate(
     dequantize_levels = data.num_levels if config.data.dequantize else 0
 
     state = init_state(init_key, encoder, decoder, data.image_shape, optimizer,
-                       ema=config.ema_decay > 0)
+                       ema=config.ema_decay > 0, output_bias=initial_output_bias(config, data))
     # Only now, with the data found, the model built and any checkpoint restored, does the run
     # write into the workdir: a typo in the config or a checkpoint that does not fit leaves
     # nothing behind to block the corrected command.
