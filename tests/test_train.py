@@ -649,8 +649,9 @@ def test_dequantized_training_end_to_end_on_digits(tmp_path):
 
 def test_data_mean_output_bias_starts_the_decoder_at_the_pixel_means(tmp_path):
     """With decoder_bias_init='data_mean' the run's decoder starts with output logits equal to
-    logit(mean pixel) of the training split (float64 numpy), for both MLP decoders. With a zero
-    learning rate the parameters the run saves are the initial ones."""
+    logit(mean pixel) of the training split (float64 numpy). End to end with the two-layer
+    decoder and a zero learning rate, so the parameters the run saves are the initial ones
+    (`set_output_bias` on both MLP decoders is tested in test_models)."""
     data = input_pipeline.load_dataset("digits", validation_size=0.1, binarization="dynamic")
     mean_f = np.clip(data.train.reshape(len(data.train), -1).mean(0, dtype=np.float64) / 16,
                      1e-3, 1 - 1e-3)
@@ -674,6 +675,7 @@ def test_data_mean_output_bias_starts_the_decoder_at_the_pixel_means(tmp_path):
           data=dict(binarization="none")), r"defined for 'bernoulli' and 'gaussian'"),
 ])
 def test_output_bias_config_errors(tmp_path, overrides, message):
+    overrides = dict(overrides)
     data = overrides.pop("data", {})
     config = tiny_digits(**overrides)
     config.data.update(data)
