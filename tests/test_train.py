@@ -672,7 +672,7 @@ def test_data_mean_output_bias_starts_the_decoder_at_the_pixel_means(tmp_path):
     (dict(decoder_bias_init="data_mean", encoder="conv", decoder="conv"),
      r"'conv' decoder has one bias per channel"),
     (dict(decoder_bias_init="data_mean", likelihood="discretized_logistic",
-          data=dict(binarization="none")), r"defined for 'bernoulli' and 'gaussian'"),
+          data=dict(binarization="none")), r"defined for \['bernoulli', 'gaussian'\]"),
 ])
 def test_output_bias_config_errors(tmp_path, overrides, message):
     overrides = dict(overrides)

@@ -145,6 +145,8 @@ def log_likelihood(
 
 
 OUTPUT_BIAS_INITS = ("zeros", "data_mean")
+# Likelihoods with one decoder output per data value that is a function of the mean alone.
+DATA_MEAN_BIAS_LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 def data_mean_output_bias(likelihood: str, pixel_mean, *, clip: float = 1e-3):
@@ -185,7 +187,7 @@ def data_mean_output_bias(likelihood: str, pixel_mean, *, clip: float = 1e-3):
     if likelihood == "gaussian":
         return mean_f.astype(np.float32)
     raise ValueError(
-        f"a data-mean output bias is defined for the 'bernoulli' and 'gaussian' likelihoods; "
+        f"a data-mean output bias is defined for {list(DATA_MEAN_BIAS_LIKELIHOODS)}; "
         f"{likelihood!r} has {likelihood_num_params(likelihood)} output(s) per data value "
         f"whose mean is not one of them"
     )

@@ -360,11 +360,9 @@ def initial_output_bias(config: ml_collections.ConfigDict, data) -> np.ndarray |
             "decoder_bias_init='data_mean' needs the training set in memory; this data set is "
             "streamed (data.max_device_bytes): use decoder_bias_init='zeros'"
         )
-    # Per-pixel sums over the images in float64, without a float copy of the whole set.
-    sum_hwc = np.zeros(data.train.shape[1:], np.float64)
-    for start in range(0, len(data.train), 10_000):
-        sum_hwc += data.train[start:start + 10_000].sum(axis=0, dtype=np.float64)
-    return losses.data_mean_output_bias(config.likelihood, sum_hwc / len(data.train) * data.scale)
+    # A float64 reduction of the uint8 levels (no float copy of the set; the sums are exact).
+    mean_hwc = data.train.mean(axis=0, dtype=np.float64) * data.scale
+    return losses.data_mean_output_bias(config.likelihood, mean_hwc)
 
 
 # --------------------------------------------------------------------------- pure steps
@@ -673,10 +671,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         raise ValueError(f"unknown decoder_bias_init {config.decoder_bias_init!r}; "
                          f"valid: {list(losses.OUTPUT_BIAS_INITS)}")
     if config.decoder_bias_init == "data_mean":
-        if config.likelihood not in ("bernoulli", "gaussian"):
+        if config.likelihood not in losses.DATA_MEAN_BIAS_LIKELIHOODS:
             raise ValueError(
                 f"decoder_bias_init='data_mean' with likelihood={config.likelihood!r}: the "
-                "data-mean output bias is defined for 'bernoulli' and 'gaussian'"
+                f"data-mean output bias is defined for {list(losses.DATA_MEAN_BIAS_LIKELIHOODS)}"
             )
         if config.decoder == "conv":
             raise ValueError(
