@@ -55,3 +55,21 @@ def test_batch_that_does_not_divide_is_a_clear_error(batch, devices):
 
 def test_batch_that_divides_gives_the_per_device_batch():
     assert parallel.check_batch_divisible(128, 8) == 16
+
+
+@pytest.mark.parametrize("backend, flags, xla_flags, expected", [
+    ("cpu", {"avx2", "avx512f", "fma"}, "", {"xla_cpu_prefer_vector_width": 512}),
+    ("cpu", {"avx2", "fma"}, "", {}),
+    ("gpu", {"avx512f"}, "", {}),
+    ("cpu", {"avx512f"}, "--xla_cpu_prefer_vector_width=256", {}),
+])
+def test_compiler_options_ask_for_512_bit_vectors_only_on_avx512_cpus(backend, flags,
+                                                                        xla_flags, expected):
+    assert parallel.compiler_options(backend, cpu_flags=flags, xla_flags=xla_flags) == expected
+
+
+def test_programs_compiled_with_the_options_compute_the_same_values():
+    x = jnp.linspace(0.0, 4.0, 1000, dtype=jnp.float32)
+    f = lambda x: jnp.sqrt(x) / (1.0 + x)  # noqa: E731
+    got = jax.jit(f, compiler_options=parallel.compiler_options())(x)
+    np.testing.assert_allclose(got, np.sqrt(np.float64(x)) / (1.0 + np.float64(x)), rtol=1e-6)

@@ -264,7 +264,7 @@ def make_nll_program(
         in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED, parallel.SHARDED),
         out_specs=parallel.SHARDED,
     )
-    return jax.jit(mapped)
+    return jax.jit(mapped, compiler_options=parallel.compiler_options())
 
 
 # --------------------------------------------------------------------------- per-example metrics
@@ -342,7 +342,7 @@ def make_per_example_program(fn: Callable, mesh) -> Callable:
         in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED, parallel.SHARDED),
         out_specs=parallel.SHARDED,
     )
-    return jax.jit(mapped)
+    return jax.jit(mapped, compiler_options=parallel.compiler_options())
 
 
 # --------------------------------------------------------------------------- latent diagnostics
