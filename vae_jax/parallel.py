@@ -76,7 +76,7 @@ def compiler_options(backend: str | None = None, cpu_flags=None, xla_flags: str 
     On a CPU with AVX-512 this asks XLA:CPU for 512-bit vector code
     (`xla_cpu_prefer_vector_width=512`); XLA's default of 256 leaves half of every vector
     register unused in the elementwise fusions (the Adam update, the likelihood). On the 2-core
-    AMD EPYC of benchmarks/README.md it made the training step of W2 about 8% faster. Nothing is
+    AMD EPYC of benchmarks/README.md it made the training step of W2 7% faster. Nothing is
     asked on other backends, on CPUs without AVX-512, or when `XLA_FLAGS` already sets the width
     (a user's choice wins).
 
