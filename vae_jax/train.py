@@ -253,7 +253,7 @@ def global_norm(tree) -> jax.Array:
         x = x.astype(jnp.float32)
         if x.ndim >= 2:
             x_rc = x.reshape(-1, x.shape[-1])
-            # The barriers keep XLA from rewriting a product with ones back into a reduce.
+            # Opaque ones: the simplifier may rewrite a product with constant ones as a reduce.
             ones_c = jax.lax.optimization_barrier(jnp.ones(x_rc.shape[1], jnp.float32))
             ones_r = jax.lax.optimization_barrier(jnp.ones(x_rc.shape[0], jnp.float32))
             total = total + jnp.dot(ones_r, jnp.dot(x_rc * x_rc, ones_c))
