@@ -10,8 +10,10 @@ Batch 20; Adam (beta1 0.9, beta2 0.999, eps 1e-4); the paper's schedule (`lr_sch
 starts at the logit of the training set's pixel means (`decoder_bias_init="data_mean"`), as in
 the authors' code (github.com/yburda/iwae, `get_train_bias_np`). Differences from that code:
 5,000 training images are held out for validation (it holds out 400), the initialisation is
-Glorot-normal (theirs Glorot-uniform), and Adam is optax's (their Adam starts the second moment
-at 1, which slowed our two-layer VAE: validation ELBO -108.3 after 10 epochs against -106.2).
+Glorot-normal (theirs Glorot-uniform), and Adam is the standard one of Kingma & Ba (their Adam
+starts the second moment at 1, which slowed our two-layer VAE: validation ELBO -108.3 after 10
+epochs against -106.2). The runs below were trained with `optax.adam`; `train.scale_by_adam`,
+which replaced it, gives the same updates to float32 rounding.
 
 Variants (the part after ":"): "1layer", "2layer" run the paper's 3,280 epochs;
 "1layer_short", "2layer_short" run the same eight learning rates with every stage at 0.3x its
