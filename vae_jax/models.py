@@ -226,24 +226,10 @@ def _axis_plan(n: int, k: int, s: int, pad_lo: int, pad_hi: int) -> _AxisPlan:
     )
 
 
-# From this many output channels on, a convolution is computed as patches times a matrix
-# (`_conv_patches_gemm`) instead of by XLA's convolution. The patch matrix costs memory traffic
-# (prod(kernel_size) copies of the input), which pays off only for wide outputs. Measured in
-# the whole training step of the MNIST conv VAE (benchmark W3, batch 128, 2 CPU cores): with
-# the GEMM form for the 64-channel encoder conv only, 9.7-9.9k images/s against 9.1k with XLA
-# convolutions everywhere; also for the 32-channel layers (encoder conv 1 -> 32, decoder phase
-# convs 64 -> 32) it fell to 5.4k.
-_GEMM_MIN_FEATURES = 64
-
-
-def _conv_lax(
-    x: Array,
-    kernel: Array,
-    strides: Sequence[int],
-    paddings: Sequence[tuple[int, int]],
-    precision: Any,
+def _conv_stride1(
+    x: Array, kernel: Array, paddings: Sequence[tuple[int, int]], precision: Any
 ) -> Array:
-    """Channels-last `lax.conv_general_dilated` with any (also negative) padding.
+    """Stride-1 channels-last convolution with any (also negative) padding.
 
     XLA:CPU returns wrong f32 results for convolutions with negative low padding
     (openxla/xla#48713). The convolution's input gradient pads by (window - 1 - padding), so the
@@ -262,7 +248,7 @@ def _conv_lax(
     return lax.conv_general_dilated(
         x,
         kernel,
-        window_strides=tuple(strides),
+        window_strides=(1,) * nd,
         padding=conv_pads,
         dimension_numbers=lax.ConvDimensionNumbers(
             lhs_spec=(0, nd + 1) + spatial,
@@ -271,88 +257,6 @@ def _conv_lax(
         ),
         precision=precision,
     )
-
-
-def _conv_patches_gemm(
-    x: Array,
-    kernel: Array,
-    strides: Sequence[int],
-    paddings: Sequence[tuple[int, int]],
-    precision: Any,
-) -> Array:
-    """The same convolution as `_conv_lax`, as patches (im2col) times a matrix.
-
-    With T = prod(kernel_size) taps, the padded input's T strided views (one per tap offset)
-    are stacked into patches [B * prod(out), T * C_in] and multiplied by the kernel reshaped to
-    [T * C_in, C_out]:
-
-        y[b, o] = sum_{t, c} x_pad[b, s * o + t, c] w[t, c, :].
-
-    Its gradients are matrix products as well (kernel: patches^T times the output cotangent;
-    input: the cotangent times the kernel^T, added back through the slices), which XLA:CPU
-    runs faster than the gradients of its convolution for wide outputs (`_GEMM_MIN_FEATURES`).
-    """
-    nd = kernel.ndim - 2
-    kernel_size = kernel.shape[:nd]
-    x = lax.pad(
-        x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in paddings] + [(0, 0, 0)]
-    )
-    out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], kernel_size, strides)]
-    if min(out) < 1:
-        raise ValueError(f"convolution output would be empty: input {x.shape}, kernel {kernel.shape}")
-    taps = []
-    for offset in itertools.product(*(range(k) for k in kernel_size)):
-        limit = tuple(t + s * (m - 1) + 1 for t, s, m in zip(offset, strides, out))
-        taps.append(
-            lax.slice(
-                x,
-                (0,) + offset + (0,),
-                (x.shape[0],) + limit + (x.shape[-1],),
-                (1,) + tuple(strides) + (1,),
-            )
-        )
-    patches = jnp.stack(taps, axis=-2)  # [B, *out, T, C_in], taps in the kernel's order
-    batch = x.shape[0]
-    y = jnp.dot(
-        patches.reshape(batch * math.prod(out), -1),
-        kernel.reshape(-1, kernel.shape[-1]),
-        precision=precision,
-    )
-    return y.reshape((batch,) + tuple(out) + (kernel.shape[-1],))
-
-
-def conv(
-    x: Array,
-    kernel: Array,
-    strides: Sequence[int],
-    paddings: Sequence[tuple[int, int]],
-    precision: Any = None,
-    method: str | None = None,
-) -> Array:
-    """Channels-last convolution (cross-correlation), the map of `lax.conv_general_dilated`.
-
-        y[b, o, :] = sum_{t, c} x_pad[b, s * o + t, c] w[t, c, :]
-
-    Args:
-      x: [B, *spatial, C_in].
-      kernel: [*kernel_size, C_in, C_out] (Flax's layout).
-      strides: one per spatial axis.
-      paddings: one (low, high) pair per spatial axis; negative values crop.
-      precision: see `jax.lax.Precision`.
-      method: "gemm" (`_conv_patches_gemm`), "xla" (`lax.conv_general_dilated`), or None:
-        "gemm" when C_out >= 64 (`_GEMM_MIN_FEATURES`), where it measured faster on CPU,
-        else "xla".
-
-    Returns:
-      [B, *out, C_out] with out = (n + lo + hi - k) // s + 1 per axis.
-    """
-    if method is None:
-        method = "gemm" if kernel.shape[-1] >= _GEMM_MIN_FEATURES else "xla"
-    if method == "gemm":
-        return _conv_patches_gemm(x, kernel, strides, paddings, precision)
-    if method == "xla":
-        return _conv_lax(x, kernel, strides, paddings, precision)
-    raise ValueError(f"method must be 'gemm', 'xla' or None, got {method!r}")
 
 
 def _phases_fused(x: Array, kernel: Array, plans: Sequence[_AxisPlan], precision: Any) -> Array:
@@ -382,7 +286,7 @@ def _phases_fused(x: Array, kernel: Array, plans: Sequence[_AxisPlan], precision
     window_kernel = jnp.transpose(window_kernel, order)
     n_phases = math.prod(plan.stride for plan in plans)
     window_kernel = window_kernel.reshape(window_kernel.shape[:nd] + (c_in, n_phases * c_out))
-    y = conv(x, window_kernel, (1,) * nd, paddings, precision)
+    y = _conv_stride1(x, window_kernel, paddings, precision)
     return y.reshape(y.shape[:-1] + (n_phases, c_out))
 
 
@@ -401,7 +305,7 @@ def _phases_separate(x: Array, kernel: Array, plans: Sequence[_AxisPlan], precis
         paddings = [
             plan.conv_padding(plan.offset[r], plan.n_taps[r]) for plan, r in zip(plans, phase)
         ]
-        phases.append(conv(x, sub_kernel, (1,) * len(plans), paddings, precision))
+        phases.append(_conv_stride1(x, sub_kernel, paddings, precision))
     return jnp.stack(phases, axis=-2)
 
 
@@ -428,7 +332,7 @@ def sub_pixel_conv_transpose(
       strides: one upsampling factor per spatial axis.
       padding: 'SAME', 'VALID', or one (low, high) pair per spatial axis, with the meaning
         `lax.conv_transpose` gives them.
-      precision: passed to `conv`.
+      precision: passed to `lax.conv_general_dilated`.
       fused: True computes all prod(strides) phases with one convolution over a common window
         (zero taps included); False with one convolution per phase on its exact sub-kernel.
         None picks fused when prod(strides) * C_out <= 16, where it measured faster on CPU.
@@ -462,77 +366,7 @@ def sub_pixel_conv_transpose(
     return y[(slice(None),) + tuple(slice(0, plan.out_len) for plan in plans)]
 
 
-def _freeze_conv_fields(module: nn.Module) -> None:
-    """Stores a conv module's kernel_size, strides and padding as (nested) tuples."""
-    _as_tuple(module, "kernel_size")
-    if module.strides is not None:
-        _as_tuple(module, "strides")
-    if not isinstance(module.padding, (int, str)):
-        padding = tuple(p if isinstance(p, int) else tuple(p) for p in module.padding)
-        object.__setattr__(module, "padding", padding)
-
-
-def _conv_geometry(module: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...], Any]:
-    """(kernel_size, strides, padding) of a conv module, one entry per spatial axis."""
-    kernel_size = module.kernel_size
-    kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
-    nd = len(kernel_size)
-    if module.strides is None:
-        strides = (1,) * nd
-    elif isinstance(module.strides, int):
-        strides = (module.strides,) * nd
-    else:
-        strides = tuple(module.strides)
-    padding = canonicalize_padding(module.padding, nd)
-    if padding in ("CIRCULAR", "CAUSAL"):
-        raise ValueError(f"{type(module).__name__} does not support {padding!r} padding")
-    return kernel_size, strides, padding
-
-
-def _conv_variables(module: nn.Module, x: Array, kernel_size: tuple[int, ...]):
-    """(x, kernel, bias) of a conv module, promoted to its computation dtype."""
-    kernel = module.param(
-        "kernel", module.kernel_init, kernel_size + (x.shape[-1], module.features),
-        module.param_dtype,
-    )
-    bias = (
-        module.param("bias", module.bias_init, (module.features,), module.param_dtype)
-        if module.use_bias
-        else None
-    )
-    return promote_dtype(x, kernel, bias, dtype=module.dtype)
-
-
-class _ConvLayer(nn.Module):
-    """The attributes of `Conv` and `ConvTranspose`, which are those of their Flax namesakes,
-    and their parameters."""
-
-    features: int
-    kernel_size: int | Sequence[int]
-    strides: int | Sequence[int] | None = None
-    padding: str | int | Sequence[int | tuple[int, int]] = "SAME"
-    use_bias: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
-    kernel_init: Initializer = nn.initializers.lecun_normal()
-    bias_init: Initializer = nn.initializers.zeros_init()
-
-    def __post_init__(self):
-        _freeze_conv_fields(self)
-        super().__post_init__()
-
-    def _geometry_and_variables(self, inputs: Array):
-        """Flattens the batch axes; returns (batch_shape, x, kernel, bias, strides, padding)."""
-        kernel_size, strides, padding = _conv_geometry(self)
-        nd = len(kernel_size)
-        batch_shape = inputs.shape[: inputs.ndim - nd - 1]
-        x = inputs.reshape((-1,) + inputs.shape[len(batch_shape) :])
-        x, kernel, bias = _conv_variables(self, x, kernel_size)
-        return batch_shape, x, kernel, bias, strides, padding
-
-
-class ConvTranspose(_ConvLayer):
+class ConvTranspose(nn.Module):
     """Drop-in replacement for `flax.linen.ConvTranspose` that is fast to differentiate on CPU.
 
     Computes the same function as `nn.ConvTranspose(transpose_kernel=False)` with the same
@@ -591,6 +425,25 @@ class ConvTranspose(_ConvLayer):
       bias_init: initialiser of the bias.
     """
 
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] | None = None
+    padding: str | int | Sequence[int | tuple[int, int]] = "SAME"
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    def __post_init__(self):
+        _as_tuple(self, "kernel_size")
+        if self.strides is not None:
+            _as_tuple(self, "strides")
+        if not isinstance(self.padding, (int, str)):
+            padding = tuple(p if isinstance(p, int) else tuple(p) for p in self.padding)
+            object.__setattr__(self, "padding", padding)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
@@ -602,58 +455,34 @@ class ConvTranspose(_ConvLayer):
         Returns:
           [*batch, *out_spatial, features]; out_spatial = strides * spatial for 'SAME'.
         """
-        batch_shape, x, kernel, bias, strides, padding = self._geometry_and_variables(inputs)
-        y = sub_pixel_conv_transpose(x, kernel, strides, padding, precision=self.precision)
-        if bias is not None:
-            y = y + bias
-        return y.reshape(batch_shape + y.shape[1:])
-
-
-class Conv(_ConvLayer):
-    """Drop-in replacement for `flax.linen.Conv` that is fast to differentiate on CPU.
-
-    The same function with the same parameters (`kernel` [*kernel_size, C_in, features], `bias`
-    [features]) as `nn.Conv` without input or kernel dilation and with one feature group, so
-    parameter trees (and checkpoints) are interchangeable. Computed by `conv`: with 64 or more
-    features as patches times a matrix, whose gradients XLA:CPU computes faster than those of
-    its convolution; with fewer by `lax.conv_general_dilated`, as `nn.Conv`.
-
-    Attributes:
-      features: output channels.
-      kernel_size: one int per spatial axis.
-      strides: int (every axis) or one int per spatial axis; None means 1.
-      padding: 'SAME', 'VALID', an int, or per-axis ints or (low, high) pairs, as in `nn.Conv`.
-        'CIRCULAR' and 'CAUSAL' are not supported.
-      use_bias: add a learned bias [features].
-      dtype: computation dtype (None: inferred from inputs and parameters).
-      param_dtype: parameter dtype.
-      precision: precision of the products, see `jax.lax.Precision`.
-      kernel_init: initialiser of the kernel [*kernel_size, C_in, features].
-      bias_init: initialiser of the bias.
-    """
-
-    def __post_init__(self):
         if isinstance(self.kernel_size, int):
-            raise TypeError(
-                "Expected Conv kernel_size to be a tuple/list of integers (eg.: [3, 3]) but got "
-                f"{self.kernel_size}."
-            )
-        super().__post_init__()
+            kernel_size = (self.kernel_size,)
+        else:
+            kernel_size = tuple(self.kernel_size)
+        nd = len(kernel_size)
+        if self.strides is None:
+            strides = (1,) * nd
+        elif isinstance(self.strides, int):
+            strides = (self.strides,) * nd
+        else:
+            strides = tuple(self.strides)
+        padding = canonicalize_padding(self.padding, nd)
+        if padding == "CIRCULAR":
+            raise ValueError("ConvTranspose does not support 'CIRCULAR' padding")
 
-    @nn.compact
-    def __call__(self, inputs: Array) -> Array:
-        """Applies the convolution.
+        batch_shape = inputs.shape[: inputs.ndim - nd - 1]
+        x = inputs.reshape((-1,) + inputs.shape[len(batch_shape) :])
 
-        Args:
-          inputs: [*batch, *spatial, C_in]; any number of leading batch axes (including none).
-
-        Returns:
-          [*batch, *out_spatial, features]; out_spatial = ceil(spatial / strides) for 'SAME'.
-        """
-        batch_shape, x, kernel, bias, strides, padding = self._geometry_and_variables(inputs)
-        if isinstance(padding, str):
-            padding = lax.padtype_to_pads(x.shape[1:-1], kernel.shape[:-2], strides, padding)
-        y = conv(x, kernel, strides, [tuple(p) for p in padding], precision=self.precision)
+        kernel = self.param(
+            "kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = sub_pixel_conv_transpose(x, kernel, strides, padding, precision=self.precision)
         if bias is not None:
             y = y + bias
         return y.reshape(batch_shape + y.shape[1:])
@@ -860,7 +689,7 @@ class ConvEncoder(nn.Module):
         strides = _per_layer(self.strides, len(self.features), "strides")
         h_bhwc = x_bhwc
         for i, (channels, stride) in enumerate(zip(self.features, strides)):
-            h_bhwc = Conv(
+            h_bhwc = nn.Conv(
                 channels,
                 kernel_size=(self.kernel_size, self.kernel_size),
                 strides=(stride, stride),
