@@ -256,7 +256,9 @@ def global_norm(tree) -> jax.Array:
             # Opaque ones: the simplifier may rewrite a product with constant ones as a reduce.
             ones_c = jax.lax.optimization_barrier(jnp.ones(x_rc.shape[1], jnp.float32))
             ones_r = jax.lax.optimization_barrier(jnp.ones(x_rc.shape[0], jnp.float32))
-            total = total + jnp.dot(ones_r, jnp.dot(x_rc * x_rc, ones_c))
+            # HIGHEST: no bfloat16/TF32 rounding of the squares on GPUs and TPUs.
+            row_sums = jnp.dot(x_rc * x_rc, ones_c, precision=jax.lax.Precision.HIGHEST)
+            total = total + jnp.dot(ones_r, row_sums, precision=jax.lax.Precision.HIGHEST)
         else:
             total = total + jnp.sum(x * x)
     return jnp.sqrt(total)
