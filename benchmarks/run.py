@@ -281,10 +281,11 @@ def main(argv=None):
             print(f"round {r + 1}/{rounds}", flush=True)
             gemm_spec = {"workloads": names, "min_seconds": 0.02 if quick else 0.2,
                          "w4_chunk": chunk}
-            gemm["vae_jax"].append(_run_worker({"kind": "jax_gemm", **gemm_spec}))
+            gemm["vae_jax"].append(_measure({"kind": "jax_gemm", **gemm_spec}, retries=retries))
             if torch_available:
-                gemm["torch"].append(_run_worker({"kind": "torch_gemm", **gemm_spec,
-                                                  "omp_passive": not args.torch_omp_active}))
+                gemm["torch"].append(_measure({"kind": "torch_gemm", **gemm_spec,
+                                               "omp_passive": not args.torch_omp_active},
+                                              retries=retries))
             for name in names:
                 w = workloads.BY_NAME[name]
                 for side in sides:
