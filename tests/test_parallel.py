@@ -1,12 +1,15 @@
 """The data-parallel building blocks on 8 fake CPU devices."""
 
+import os
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import parallel
+from vae_jax import parallel, train
 
 
 def test_mesh_spans_all_devices_on_one_axis():
@@ -66,6 +69,48 @@ def test_batch_that_divides_gives_the_per_device_batch():
 def test_compiler_options_ask_for_512_bit_vectors_only_on_avx512_cpus(backend, flags,
                                                                         xla_flags, expected):
     assert parallel.compiler_options(backend, cpu_flags=flags, xla_flags=xla_flags) == expected
+
+
+NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@pytest.mark.parametrize("backend, flags, xla_flags, expected", [
+    ("cpu", {"avx2"}, "", NO_YNN),
+    ("cpu", {"avx512f"}, "", {"xla_cpu_prefer_vector_width": 512, **NO_YNN}),
+    ("gpu", {"avx512f"}, "", {}),
+    ("cpu", {"avx2"}, "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT", {}),
+])
+def test_compiler_options_turn_off_ynnpack_only_for_conv_programs_on_cpu(backend, flags,
+                                                                         xla_flags, expected):
+    got = parallel.compiler_options(backend, cpu_flags=flags, xla_flags=xla_flags,
+                                    convolutional=True)
+    assert got == expected
+
+
+def test_program_options_follow_the_model():
+    config = ml_collections.ConfigDict({"encoder": "conv", "decoder": "conv"})
+    conv = train.program_options(config)
+    config.encoder = config.decoder = "mlp"
+    mlp = train.program_options(config)
+    if jax.default_backend() == "cpu" and "xla_cpu_experimental_ynn_fusion_type" not in \
+            os.environ.get("XLA_FLAGS", ""):
+        assert conv == {**mlp, **NO_YNN} and "xla_cpu_experimental_ynn_fusion_type" not in mlp
+
+
+def test_conv_program_compiled_without_ynnpack_matches_float64():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 14, 14, 8)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 8, 16)).astype(np.float32)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=dn)
+
+    options = parallel.compiler_options(convolutional=True)
+    got = jax.jit(conv, compiler_options=options)(x, w)
+    with jax.enable_x64(True):
+        want = jax.jit(conv)(x.astype(np.float64), w.astype(np.float64))
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
 
 
 def test_programs_compiled_with_the_options_compute_the_same_values():

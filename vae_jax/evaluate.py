@@ -232,6 +232,7 @@ def make_nll_program(
     chunk_size: int = 100,
     gaussian_logvar: float = 0.0,
     num_bins: int = 256,
+    compiler_options: dict | None = None,
 ) -> Callable:
     """A jitted data-parallel `importance_sampled_log_likelihood` over a 1-D "batch" mesh.
 
@@ -242,6 +243,8 @@ def make_nll_program(
     global id, the values do not depend on the number of devices (up to float summation order).
     B must divide evenly across the mesh. The estimator follows the model
     (`log_likelihood_estimator`: the two-stochastic-layer model has its own).
+    `compiler_options` default `parallel.compiler_options()` (`train.program_options(config)`
+    gives a config's).
     """
     _check_chunking(num_samples, chunk_size)
     estimate = functools.partial(
@@ -264,7 +267,9 @@ def make_nll_program(
         in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED, parallel.SHARDED),
         out_specs=parallel.SHARDED,
     )
-    return jax.jit(mapped, compiler_options=parallel.compiler_options())
+    if compiler_options is None:
+        compiler_options = parallel.compiler_options()
+    return jax.jit(mapped, compiler_options=compiler_options)
 
 
 # --------------------------------------------------------------------------- per-example metrics
@@ -329,7 +334,8 @@ def per_example_metrics(
     return out
 
 
-def make_per_example_program(fn: Callable, mesh) -> Callable:
+def make_per_example_program(fn: Callable, mesh, *, compiler_options: dict | None = None
+                             ) -> Callable:
     """`fn(params, x, key, example_ids)` -> per-example outputs, jitted and data-parallel.
 
     params and key are replicated; x [B, ...] and example_ids [B] are split along "batch",
@@ -342,7 +348,9 @@ def make_per_example_program(fn: Callable, mesh) -> Callable:
         in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED, parallel.SHARDED),
         out_specs=parallel.SHARDED,
     )
-    return jax.jit(mapped, compiler_options=parallel.compiler_options())
+    if compiler_options is None:
+        compiler_options = parallel.compiler_options()
+    return jax.jit(mapped, compiler_options=compiler_options)
 
 
 # --------------------------------------------------------------------------- latent diagnostics
@@ -666,10 +674,13 @@ def evaluate_workdir(
         return run_in_batches(program, replicated_params, x_nhwc, parallel.replicate(key, mesh),
                               mesh, batch_size=batch_size)
 
+    options = train.program_options(config)
     log_px_n = run(make_nll_program(mesh, num_samples=num_importance_samples,
-                                    chunk_size=chunk_size, **likelihood_args), nll_key)
+                                    chunk_size=chunk_size, compiler_options=options,
+                                    **likelihood_args), nll_key)
     per_example = run(make_per_example_program(functools.partial(
-        per_example_metrics, iwae_ks=tuple(iwae_ks), **likelihood_args), mesh), metrics_key)
+        per_example_metrics, iwae_ks=tuple(iwae_ks), **likelihood_args), mesh,
+        compiler_options=options), metrics_key)
     iwae = {str(k): float(np.mean(per_example["iwae"][:, i], dtype=np.float64))
             for i, k in enumerate(iwae_ks)}
     diagnostics = jax.device_get(jax.jit(latent_diagnostics)(

@@ -69,29 +69,40 @@ def _host_cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def compiler_options(backend: str | None = None, cpu_flags=None, xla_flags: str | None = None
-                     ) -> dict[str, Any]:
+def compiler_options(backend: str | None = None, cpu_flags=None, xla_flags: str | None = None,
+                     *, convolutional: bool = False) -> dict[str, Any]:
     """XLA options for the package's jitted programs (`jax.jit(..., compiler_options=...)`).
 
-    On a CPU with AVX-512 this asks XLA:CPU for 512-bit vector code
-    (`xla_cpu_prefer_vector_width=512`); XLA's default of 256 leaves half of every vector
-    register unused in the elementwise fusions (the Adam update, the likelihood). On the 2-core
-    AMD EPYC of benchmarks/README.md it made the training step of W2 7% faster. Nothing is
-    asked on other backends, on CPUs without AVX-512, or when `XLA_FLAGS` already sets the width
-    (a user's choice wins).
+    On a CPU backend:
+    - with AVX-512, 512-bit vector code (`xla_cpu_prefer_vector_width=512`); XLA's default of
+      256 leaves half of every vector register unused in the elementwise fusions (the Adam
+      update, the likelihood). On the 2-core AMD EPYC of benchmarks/README.md it made the
+      training step of W2 7% faster.
+    - for a program with convolutions (`convolutional=True`), no YNNPACK fusions
+      (`xla_cpu_experimental_ynn_fusion_type=""`), so XLA's own (Eigen) kernels run the
+      convolutions and matrix products. On the same machine the conv VAE's training step (W3)
+      ran 1.17-1.20x faster (in one process, interleaved); the MLP steps need YNNPACK's matrix
+      products (W2 lost 28% with them restricted), so this is asked only for conv models.
+    Nothing is asked on other backends, and an option that `XLA_FLAGS` already sets is left to
+    it (a user's choice wins).
 
     Args:
       backend: default `jax.default_backend()`.
       cpu_flags: the CPU's feature flags; default read from /proc/cpuinfo.
       xla_flags: default the `XLA_FLAGS` environment variable.
+      convolutional: whether the program's model has convolutions.
     """
     backend = jax.default_backend() if backend is None else backend
+    if backend != "cpu":
+        return {}
     cpu_flags = _host_cpu_flags() if cpu_flags is None else cpu_flags
     xla_flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
-    if (backend == "cpu" and "avx512f" in cpu_flags
-            and "xla_cpu_prefer_vector_width" not in xla_flags):
-        return {"xla_cpu_prefer_vector_width": 512}
-    return {}
+    options = {}
+    if "avx512f" in cpu_flags and "xla_cpu_prefer_vector_width" not in xla_flags:
+        options["xla_cpu_prefer_vector_width"] = 512
+    if convolutional and "xla_cpu_experimental_ynn_fusion_type" not in xla_flags:
+        options["xla_cpu_experimental_ynn_fusion_type"] = ""
+    return options
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -584,6 +584,15 @@ def validation_summary(totals: dict) -> dict:
 # --------------------------------------------------------------------------- mapped programs
 
 
+def program_options(config: ml_collections.ConfigDict) -> dict:
+    """`parallel.compiler_options` for the programs of this config's model."""
+    return parallel.compiler_options(convolutional="conv" in (config.encoder, config.decoder))
+
+
+def _options(compiler_options: dict | None) -> dict:
+    return parallel.compiler_options() if compiler_options is None else compiler_options
+
+
 def epochs_per_chunk(num_steps: int, steps_per_epoch: int) -> int:
     """How many epochs a chunk of `num_steps` consecutive steps can touch."""
     return (num_steps - 1) // steps_per_epoch + 2
@@ -597,7 +606,8 @@ def epoch_permutations(data_key, epoch, *, num_examples: int, num_epochs: int):
 
 
 def make_train_chunk(
-    step_fn: Callable, mesh, *, num_steps: int, batch_size: int, steps_per_epoch: int
+    step_fn: Callable, mesh, *, num_steps: int, batch_size: int, steps_per_epoch: int,
+    compiler_options: dict | None = None,
 ) -> Callable:
     """A jitted program running `num_steps` training steps on every device of the mesh.
 
@@ -605,7 +615,8 @@ def make_train_chunk(
     `axis_name="batch"`. The program takes `(state, rows, perms, first_epoch, train_key)`:
     `rows` the device-split dataset, `perms` [E, N] the orders of the E =
     `epochs_per_chunk(...)` epochs from `first_epoch` on, and returns the new state and the
-    metrics of every step, stacked [num_steps].
+    metrics of every step, stacked [num_steps]. `compiler_options` default
+    `parallel.compiler_options()` (see `program_options`).
     """
 
     def one_step(state, rows_shard, perms, first_epoch, train_key):
@@ -634,10 +645,11 @@ def make_train_chunk(
                   parallel.REPLICATED),
         out_specs=(parallel.REPLICATED, parallel.REPLICATED),
     )
-    return jax.jit(mapped, donate_argnums=(0,), compiler_options=parallel.compiler_options())
+    return jax.jit(mapped, donate_argnums=(0,), compiler_options=_options(compiler_options))
 
 
-def make_stream_step(step_fn: Callable, mesh) -> Callable:
+def make_stream_step(step_fn: Callable, mesh, *, compiler_options: dict | None = None
+                     ) -> Callable:
     """A jitted program for one step on a global batch streamed from the host."""
 
     def per_device(state, batch, train_key):
@@ -650,10 +662,11 @@ def make_stream_step(step_fn: Callable, mesh) -> Callable:
         in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
         out_specs=(parallel.REPLICATED, parallel.REPLICATED),
     )
-    return jax.jit(mapped, donate_argnums=(0,), compiler_options=parallel.compiler_options())
+    return jax.jit(mapped, donate_argnums=(0,), compiler_options=_options(compiler_options))
 
 
-def make_eval_program(eval_fn: Callable, mesh, *, batch_size: int) -> Callable:
+def make_eval_program(eval_fn: Callable, mesh, *, batch_size: int,
+                      compiler_options: dict | None = None) -> Callable:
     """A jitted program: ELBO sums over the rows `start .. start + batch_size` of a split."""
 
     def per_device(params, rows_shard, num_valid, start, eval_key):
@@ -671,7 +684,7 @@ def make_eval_program(eval_fn: Callable, mesh, *, batch_size: int) -> Callable:
         in_specs=(parallel.REPLICATED,) + (parallel.SHARDED,) + (parallel.REPLICATED,) * 3,
         out_specs=parallel.REPLICATED,
     )
-    return jax.jit(mapped, compiler_options=parallel.compiler_options())
+    return jax.jit(mapped, compiler_options=_options(compiler_options))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -863,11 +876,13 @@ def train_and_evaluate(
         scale=data.scale, binarize=binarize, dequantize_levels=dequantize_levels,
         axis_name=parallel.AXIS,
     )
-    eval_program = make_eval_program(eval_fn, mesh, batch_size=config.eval_batch_size)
+    options = program_options(config)
+    eval_program = make_eval_program(eval_fn, mesh, batch_size=config.eval_batch_size,
+                                     compiler_options=options)
     val_rows = _device_rows(data.validation, mesh)
 
     if streaming:
-        stream_program = make_stream_step(step_fn, mesh)
+        stream_program = make_stream_step(step_fn, mesh, compiler_options=options)
         batches = input_pipeline.stream_batches(
             config.data.name,
             split=data.train_split,
@@ -883,7 +898,7 @@ def train_and_evaluate(
         k = config.steps_per_dispatch
         chunk_program = make_train_chunk(
             step_fn, mesh, num_steps=k, batch_size=config.batch_size,
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=steps_per_epoch, compiler_options=options,
         )
         rows = _device_rows(data.train, mesh)
         perms_fn = jax.jit(
