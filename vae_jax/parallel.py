@@ -9,7 +9,7 @@ top of `shard_map` and recommends `shard_map` directly. Arrays are placed with
 deprecated `jax.device_put_replicated` or `flax.jax_utils.replicate`.
 
 The training, evaluation and NLL programs are compiled with `compiler_options()` (512-bit vector code
-on CPUs with AVX-512).
+on CPUs with AVX-512; for conv models, no YNNPACK fusions on CPU).
 
 Multi-host: `initialize_distributed` calls `jax.distributed.initialize` first; afterwards the
 mesh spans the devices of every process, each process feeds only its own rows, and
