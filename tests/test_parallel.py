@@ -1,7 +1,5 @@
 """The data-parallel building blocks on 8 fake CPU devices."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -87,14 +85,16 @@ def test_compiler_options_turn_off_ynnpack_only_for_conv_programs_on_cpu(backend
     assert got == expected
 
 
-def test_program_options_follow_the_model():
-    config = ml_collections.ConfigDict({"encoder": "conv", "decoder": "conv"})
-    conv = train.program_options(config)
-    config.encoder = config.decoder = "mlp"
-    mlp = train.program_options(config)
-    if jax.default_backend() == "cpu" and "xla_cpu_experimental_ynn_fusion_type" not in \
-            os.environ.get("XLA_FLAGS", ""):
-        assert conv == {**mlp, **NO_YNN} and "xla_cpu_experimental_ynn_fusion_type" not in mlp
+@pytest.mark.parametrize("encoder, decoder, convolutional", [
+    ("conv", "conv", True), ("mlp", "conv", True), ("conv", "mlp", True), ("mlp", "mlp", False),
+])
+def test_program_options_follow_the_model(monkeypatch, encoder, decoder, convolutional):
+    assert jax.default_backend() == "cpu"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    config = ml_collections.ConfigDict({"encoder": encoder, "decoder": decoder})
+    got = train.program_options(config)
+    assert ("xla_cpu_experimental_ynn_fusion_type" in got) == convolutional
+    assert got == parallel.compiler_options(convolutional=convolutional)
 
 
 def test_conv_program_compiled_without_ynnpack_matches_float64():

@@ -267,9 +267,7 @@ def make_nll_program(
         in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED, parallel.SHARDED),
         out_specs=parallel.SHARDED,
     )
-    if compiler_options is None:
-        compiler_options = parallel.compiler_options()
-    return jax.jit(mapped, compiler_options=compiler_options)
+    return jax.jit(mapped, compiler_options=parallel.options_or_default(compiler_options))
 
 
 # --------------------------------------------------------------------------- per-example metrics
@@ -348,9 +346,7 @@ def make_per_example_program(fn: Callable, mesh, *, compiler_options: dict | Non
         in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED, parallel.SHARDED),
         out_specs=parallel.SHARDED,
     )
-    if compiler_options is None:
-        compiler_options = parallel.compiler_options()
-    return jax.jit(mapped, compiler_options=compiler_options)
+    return jax.jit(mapped, compiler_options=parallel.options_or_default(compiler_options))
 
 
 # --------------------------------------------------------------------------- latent diagnostics

@@ -8,8 +8,8 @@ top of `shard_map` and recommends `shard_map` directly. Arrays are placed with
 `jax.device_put` / `jax.make_array_from_process_local_data` and a `NamedSharding`, never with the
 deprecated `jax.device_put_replicated` or `flax.jax_utils.replicate`.
 
-The training, evaluation and NLL programs are compiled with `compiler_options()` (512-bit vector code
-on CPUs with AVX-512; for conv models, no YNNPACK fusions on CPU).
+The training, evaluation and NLL programs are compiled with `compiler_options()` (512-bit vector
+code on CPUs with AVX-512; for conv models, no YNNPACK fusions on CPU).
 
 Multi-host: `initialize_distributed` calls `jax.distributed.initialize` first; afterwards the
 mesh spans the devices of every process, each process feeds only its own rows, and
@@ -103,6 +103,11 @@ def compiler_options(backend: str | None = None, cpu_flags=None, xla_flags: str 
     if convolutional and "xla_cpu_experimental_ynn_fusion_type" not in xla_flags:
         options["xla_cpu_experimental_ynn_fusion_type"] = ""
     return options
+
+
+def options_or_default(options: dict | None) -> dict:
+    """`options`, or `compiler_options()` when None (the program makers' default)."""
+    return compiler_options() if options is None else options
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -277,12 +277,13 @@ def init_skip_state(optimizer: optax.GradientTransformation, params) -> optax.Ap
 
 
 def apply_finite_update(optimizer: optax.GradientTransformation, grads, params,
-                        opt_state: optax.ApplyIfFiniteState, *, branch: bool = True):
+                        opt_state: optax.ApplyIfFiniteState, *, branch: bool = True,
+                        grad_norm: jax.Array | None = None):
     """One optimiser update if every gradient is finite; otherwise parameters and moments stay
     exactly as they were and the skip is counted. Returns `(params, opt_state)`.
 
     Finiteness is read from the global norm (one reduction: it is NaN or inf iff some gradient
-    is). This is the behaviour of `optax.apply_if_finite` (the run stops after
+    is); pass `grad_norm` when the caller has computed it already. This is the behaviour of `optax.apply_if_finite` (the run stops after
     `max_consecutive_skips`, see `train_and_evaluate`), restructured for speed, in one of two
     forms that XLA:CPU favours in different programs (measured through the real entry point):
       branch=True: the whole update, `optimizer.update` and `optax.apply_updates`, in one
@@ -294,7 +295,9 @@ def apply_finite_update(optimizer: optax.GradientTransformation, grads, params,
         `optax.apply_if_finite` and 5.9k with the `lax.cond`.
     `where` selects and does not blend, so NaNs in the discarded update never reach the state.
     """
-    finite = jnp.isfinite(global_norm(grads))
+    if grad_norm is None:
+        grad_norm = global_norm(grads)
+    finite = jnp.isfinite(grad_norm)
 
     def update(_):
         updates, inner_state = optimizer.update(grads, opt_state.inner_state, params)
@@ -514,8 +517,9 @@ def train_step(
     if axis_name is not None and jax.lax.axis_size(axis_name) > 1:
         grads = jax.lax.pmean(grads, axis_name)
         metrics = jax.lax.pmean(metrics, axis_name)
+    grad_norm = global_norm(grads)
     params, opt_state = apply_finite_update(optimizer, grads, state.params, state.opt_state,
-                                            branch=scanned)
+                                            branch=scanned, grad_norm=grad_norm)
     ema_params = state.ema_params
     if ema_params is not None:
         new_ema = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
@@ -525,7 +529,7 @@ def train_step(
     metrics.update(
         beta=jnp.asarray(beta, jnp.float32),
         learning_rate=jnp.asarray(lr_schedule(state.step), jnp.float32),
-        grad_norm=global_norm(grads),
+        grad_norm=grad_norm,
         skipped_updates=opt_state.total_notfinite,
         consecutive_skips=opt_state.notfinite_count,
     )
@@ -589,10 +593,6 @@ def program_options(config: ml_collections.ConfigDict) -> dict:
     return parallel.compiler_options(convolutional="conv" in (config.encoder, config.decoder))
 
 
-def _options(compiler_options: dict | None) -> dict:
-    return parallel.compiler_options() if compiler_options is None else compiler_options
-
-
 def epochs_per_chunk(num_steps: int, steps_per_epoch: int) -> int:
     """How many epochs a chunk of `num_steps` consecutive steps can touch."""
     return (num_steps - 1) // steps_per_epoch + 2
@@ -645,7 +645,7 @@ def make_train_chunk(
                   parallel.REPLICATED),
         out_specs=(parallel.REPLICATED, parallel.REPLICATED),
     )
-    return jax.jit(mapped, donate_argnums=(0,), compiler_options=_options(compiler_options))
+    return jax.jit(mapped, donate_argnums=(0,), compiler_options=parallel.options_or_default(compiler_options))
 
 
 def make_stream_step(step_fn: Callable, mesh, *, compiler_options: dict | None = None
@@ -662,7 +662,7 @@ def make_stream_step(step_fn: Callable, mesh, *, compiler_options: dict | None =
         in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
         out_specs=(parallel.REPLICATED, parallel.REPLICATED),
     )
-    return jax.jit(mapped, donate_argnums=(0,), compiler_options=_options(compiler_options))
+    return jax.jit(mapped, donate_argnums=(0,), compiler_options=parallel.options_or_default(compiler_options))
 
 
 def make_eval_program(eval_fn: Callable, mesh, *, batch_size: int,
@@ -684,7 +684,7 @@ def make_eval_program(eval_fn: Callable, mesh, *, batch_size: int,
         in_specs=(parallel.REPLICATED,) + (parallel.SHARDED,) + (parallel.REPLICATED,) * 3,
         out_specs=parallel.REPLICATED,
     )
-    return jax.jit(mapped, compiler_options=_options(compiler_options))
+    return jax.jit(mapped, compiler_options=parallel.options_or_default(compiler_options))
 
 
 # --------------------------------------------------------------------------- the loop
