@@ -50,6 +50,74 @@ def test_image_grid_size_and_pixels(tmp_path):
         plots.image_grid(tmp_path / "bad.png", images(4), scale=SCALE)
 
 
+def levels(n, channels=1, seed=0):
+    """[n, H, W, channels] random images at exact 8-bit levels k / 255, so every PNG pixel
+    is known exactly."""
+    k = np.random.default_rng(seed).integers(0, 256, size=(n, H, W, channels))
+    return (k / 255).astype(np.float32)
+
+
+def as_pixels(image_hwc):
+    """The upscaled uint8 pixels one [H, W, C] image of `levels` should draw ([.., C] dropped
+    for grayscale, as PIL reads it back)."""
+    k = np.round(np.asarray(image_hwc, np.float64) * 255).astype(np.uint8)
+    k = k.repeat(SCALE, axis=0).repeat(SCALE, axis=1)
+    return k[..., 0] if k.shape[-1] == 1 else k
+
+
+def reference_canvas(images_rchwc, label_width=0):
+    """The grid pixel by pixel from the layout rule: pixel (y, x) lies in cell (r, c) at offset
+    (dy, dx) when y = PAD + r * CELL_H + dy, x = label_width + PAD + c * CELL_W + dx, with
+    dy < H * SCALE and dx < W * SCALE; everything else (and a NaN cell) is white."""
+    rows, cols, _, _, channels = images_rchwc.shape
+    width, height = grid_size(rows, cols, label_width)
+    canvas = np.full((height, width, channels), 255, np.uint8)
+    for y in range(height):
+        for x in range(label_width, width):
+            r, dy = divmod(y - PAD, CELL_H)
+            c, dx = divmod(x - label_width - PAD, CELL_W)
+            if (y < PAD or x < label_width + PAD or r >= rows or c >= cols
+                    or dy >= H * SCALE or dx >= W * SCALE):
+                continue
+            value = images_rchwc[r, c, dy // SCALE, dx // SCALE]
+            if not np.isnan(value).all():
+                canvas[y, x] = np.round(value.astype(np.float64) * 255)
+    return canvas[..., 0] if channels == 1 else canvas
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_grid_draws_every_pixel_where_the_layout_says(tmp_path, channels):
+    grid = levels(6, channels).reshape(2, 3, H, W, channels)
+    grid[1, 2] = np.nan  # a blank cell
+    grid[0, 1, 0, 0] = 0.0  # a black top-left pixel, then a white bottom-right one
+    grid[0, 1, H - 1, W - 1] = 1.0
+    _, pixels = open_png(plots.image_grid(tmp_path / "g.png", grid, scale=SCALE, pad=PAD))
+    np.testing.assert_array_equal(pixels, reference_canvas(grid))
+    # The same corners by hand: cell (0, 1) starts at (PAD, PAD + CELL_W).
+    top, left = PAD, PAD + CELL_W
+    assert (pixels[top : top + SCALE, left : left + SCALE] == 0).all()
+    bottom, right = top + H * SCALE, left + W * SCALE
+    assert (pixels[bottom - SCALE : bottom, right - SCALE : right] == 255).all()
+    assert (pixels[bottom, left:right] == 255).all()  # the white separator below the cell
+
+
+def test_reconstructions_and_traversals_put_known_images_in_known_cells(tmp_path):
+    inputs, recons = levels(5, seed=1), levels(5, seed=2)
+    path = plots.reconstructions(tmp_path / "r.png", inputs, recons, columns=3, scale=SCALE)
+    _, pixels = open_png(path)
+    for i in range(5):  # example i: column i % 3 of row pair i // 3, input above its output
+        pair, col = divmod(i, 3)
+        np.testing.assert_array_equal(cell(pixels, 2 * pair, col), as_pixels(inputs[i]))
+        np.testing.assert_array_equal(cell(pixels, 2 * pair + 1, col), as_pixels(recons[i]))
+
+    traversal = levels(3 * 4, seed=3).reshape(3, 4, H, W, 1)
+    path = plots.latent_traversals(tmp_path / "t.png", traversal, dims=[2, 0, 1],
+                                   kl_per_dim=[1.0, 0.5, 0.0], scale=SCALE)
+    _, pixels = open_png(path)
+    np.testing.assert_array_equal(pixels[:, 72:], reference_canvas(traversal, 72)[:, 72:])
+    np.testing.assert_array_equal(cell(pixels, 2, 3, label_width=72), as_pixels(traversal[2, 3]))
+
+
 def test_reconstructions_put_inputs_above_their_reconstructions(tmp_path):
     inputs, recons = images(10, 1.0), images(10, 0.0)
     path = plots.reconstructions(tmp_path / "r.png", inputs, recons, columns=4, scale=SCALE)
