@@ -252,10 +252,21 @@ def test_uniform_dequantize_depends_only_on_the_key():
 # ---------------------------------------------------------------------------- pixel checks
 
 
-def test_validate_pixels_accepts_data_in_range():
-    input_pipeline.validate_pixels(np.array([0.0, 0.5, 1.0]))
-    input_pipeline.validate_pixels(jnp.array([0, 255]), high=255, name="levels")
-    input_pipeline.validate_pixels(np.zeros((0, 3)))
+def test_validate_pixels_accepts_the_closed_range_and_nothing_past_it():
+    # Both ends of [low, high] pass (the check returns None); the next float past either fails.
+    for dtype in (np.float32, np.float64):
+        assert input_pipeline.validate_pixels(np.array([0.0, 0.5, 1.0], dtype)) is None
+        for outside in (np.nextafter(dtype(0), dtype(-1)), np.nextafter(dtype(1), dtype(2))):
+            with pytest.raises(ValueError, match="values must be finite and in"):
+                input_pipeline.validate_pixels(np.array([0.5, outside], dtype))
+    assert input_pipeline.validate_pixels(jnp.array([0, 255]), high=255, name="levels") is None
+    for outside in (-1, 256):
+        with pytest.raises(ValueError, match=r"levels: .*\[0\.0, 255\]"):
+            input_pipeline.validate_pixels(jnp.array([0, outside]), high=255, name="levels")
+    assert input_pipeline.validate_pixels(np.array([-1.0, 1.0]), low=-1.0) is None
+    with pytest.raises(ValueError, match="min=-1.5"):
+        input_pipeline.validate_pixels(np.array([-1.5, 1.0]), low=-1.0)
+    assert input_pipeline.validate_pixels(np.zeros((0, 3))) is None  # nothing to check
 
 
 def test_validate_pixels_reports_min_and_max():
