@@ -168,6 +168,22 @@ def test_a_flipped_bit_is_caught_quarantined_and_the_older_checkpoint_restored(t
     checkpoints.close()
 
 
+def test_a_reader_can_skip_corrupt_checkpoints_without_moving_them(tmp_path):
+    directory = tmp_path / "checkpoints"
+    save_steps(directory, [1, 2, 3])
+    flip_a_payload_bit(directory / "2")
+    flip_a_payload_bit(directory / "3")
+    checkpoints = workdir_lib.Checkpoints(directory, keep=5)
+    restored = checkpoints.restore(small_state(0), move_corrupt=False)
+    checkpoints.close()
+    assert restored.step == 1
+    assert_state_equal(restored.state, small_state(1))
+    assert [w.split(" at ")[0] for w in restored.warnings[:2]] == ["checkpoint 3", "checkpoint 2"]
+    assert all(w.endswith("left it in place") for w in restored.warnings[:2])
+    assert sorted(p.name for p in directory.iterdir()) == ["1", "2", "3"]
+    assert not (tmp_path / "checkpoints_corrupt").exists()
+
+
 def test_when_every_checkpoint_is_corrupt_nothing_is_restored_or_moved(tmp_path):
     directory = tmp_path / "checkpoints"
     save_steps(directory, [1, 2])

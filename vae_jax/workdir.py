@@ -401,18 +401,20 @@ class Checkpoints:
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
         return "; ".join(problems[:3]) + more
 
-    def restore(self, state, step: int | None = None) -> Restored:
+    def restore(self, state, step: int | None = None, *, move_corrupt: bool = True) -> Restored:
         """Checkpoint `step`, or the newest intact one, restored into `state`'s structure and
         shardings; `state` itself when there is none.
 
         Without `step`, checkpoints are verified newest first: a corrupt one is moved to
-        `checkpoints_corrupt/` (with a warning) once an older one has restored; if none is
-        intact nothing is moved and `CheckpointRestoreError` names each. A checkpoint without
-        checksums restores with a warning that it is unverified. An explicit `step` is
-        restored only if it verifies; otherwise, or if it does not exist (`CheckpointNotFound`,
-        also a FileNotFoundError), the error says so and nothing moves. A checkpoint that does
-        not fit the model (a changed config) raises `CheckpointRestoreError` and stays. Every
-        `CheckpointRestoreError` closes this object first.
+        `checkpoints_corrupt/` (with a warning) once an older one has restored, or only named
+        with `move_corrupt=False` (for a reader of a workdir that another process may be
+        training in); if none is intact nothing is moved and `CheckpointRestoreError` names
+        each. A checkpoint without checksums restores with a warning that it is unverified.
+        An explicit `step` is restored only if it verifies; otherwise, or if it does not exist
+        (`CheckpointNotFound`, also a FileNotFoundError), the error says so and nothing moves.
+        A checkpoint that does not fit the model (a changed config) raises
+        `CheckpointRestoreError` and stays. Every `CheckpointRestoreError` closes this object
+        first. Warnings are logged and returned.
         """
         self.wait()
         steps = self.steps()
@@ -457,16 +459,19 @@ class Checkpoints:
                 "afresh."
             )
         restored = self._restore_step(candidate, state)
-        if corrupt and jax.process_count() > 1:  # every process has verified before any moves
+        moving = bool(corrupt) and move_corrupt
+        if moving and jax.process_count() > 1:  # every process has verified before any moves
             ocp.multihost.sync_global_processes("vae_jax_checkpoints_verified")
-        for bad_step, problem in corrupt:
-            where = self._quarantine(bad_step)
+        for bad_step, problem in corrupt[::-1]:
+            where = (f"moved it to {self._quarantine(bad_step)}" if move_corrupt
+                     else "left it in place")
             warnings.insert(0, f"checkpoint {bad_step} at {self.step_directory(bad_step)} is "
-                               f"corrupt ({problem}); moved it to {where}")
-        if corrupt and jax.process_count() > 1:
+                               f"corrupt ({problem}); {where}")
+        if moving and jax.process_count() > 1:
             ocp.multihost.sync_global_processes("vae_jax_checkpoints_quarantined")
-        if corrupt:
+        if moving:
             self.manager.reload()
+        if corrupt:
             warnings.append(f"restored checkpoint {candidate} instead")
         for warning in warnings:
             absl_logging.warning("%s", warning)
