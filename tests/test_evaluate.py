@@ -142,20 +142,63 @@ def test_small_k_is_biased_low_and_its_spread_shrinks_with_k(ppca):
 def test_estimate_does_not_depend_on_chunk_size(ppca):
     params, x, _ = ppca
     key = jax.random.key(3)
-    got = [np.asarray(_estimator(500, c)(params, x, key)) for c in (50, 100, 500)]
-    np.testing.assert_allclose(got[0], got[2], rtol=1e-4)
-    np.testing.assert_allclose(got[1], got[2], rtol=1e-4)
+    # 7 and 300 do not divide K = 500 (72 chunks of 7 and 2 of 250: 4 and 0 samples masked).
+    got = [np.asarray(_estimator(500, c)(params, x, key)) for c in (7, 50, 300, 500)]
+    for other in got[:-1]:
+        np.testing.assert_allclose(other, got[-1], rtol=1e-4)
+
+
+def _reference_log_weights(ppca, key, num_samples):
+    """[K, B] float64 log w_bk of the linear-Gaussian model, with the documented noise
+    eps_bk = normal(fold_in(fold_in(key, b), k)) drawn by `jax.random` itself."""
+    params, x, _ = ppca
+    f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    enc, dec = params["encoder"]["params"], params["decoder"]["params"]
+    x_bd = f64(x).reshape(_BATCH, _DATA_DIM)
+    mean_bz = x_bd @ f64(enc["Dense_0"]["kernel"]) + f64(enc["Dense_0"]["bias"])
+    logvar_z = f64(enc["logvar"])
+    draw = lambda b, k: jax.random.normal(  # noqa: E731
+        jax.random.fold_in(jax.random.fold_in(key, b), k), (_LATENT_DIM,))
+    eps_kbz = f64(jax.vmap(jax.vmap(draw, (0, None)), (None, 0))(
+        jnp.arange(_BATCH), jnp.arange(num_samples)))
+    z_kbz = mean_bz + np.exp(0.5 * logvar_z) * eps_kbz
+    mean_kbd = z_kbz @ f64(dec["Dense_0"]["kernel"]) + f64(dec["Dense_0"]["bias"])
+    log_px_z = stats.norm.logpdf(x_bd, mean_kbd, math.sqrt(_NOISE_VAR)).sum(-1)
+    log_pz = stats.norm.logpdf(z_kbz).sum(-1)
+    log_qz = stats.norm.logpdf(z_kbz, mean_bz, np.exp(0.5 * logvar_z)).sum(-1)
+    return log_px_z + log_pz - log_qz
+
+
+@pytest.mark.parametrize("num_samples, chunk_size", [(1, 100), (5, 2), (777, 100)])
+def test_any_k_equals_a_float64_logsumexp_over_its_k_log_weights(ppca, num_samples,
+                                                                  chunk_size):
+    params, x, _ = ppca
+    key = jax.random.key(8)
+    got_b = np.asarray(_estimator(num_samples, chunk_size)(params, x, key), np.float64)
+    log_w_kb = _reference_log_weights(ppca, key, num_samples)
+    want_b = special.logsumexp(log_w_kb, axis=0) - math.log(num_samples)
+    np.testing.assert_allclose(got_b, want_b, rtol=0, atol=2e-5)
+    # The check sees a wrong normaliser or mask: K = 5 and 777 run as 3 chunks of 2 and 8 of
+    # 98; log(6 / 5) and log(784 / 777) are far above the tolerance, and so is the weight of
+    # the masked draws (the reference's next samples).
+    num_chunks = -(-num_samples // chunk_size)
+    padded = num_chunks * -(-num_samples // num_chunks)
+    if padded > num_samples:
+        assert np.all(np.abs(got_b + math.log(num_samples) - math.log(padded) - want_b) > 1e-3)
+        log_w_kb = _reference_log_weights(ppca, key, padded)
+        unmasked_b = special.logsumexp(log_w_kb, axis=0) - math.log(num_samples)
+        assert np.all(np.abs(unmasked_b - want_b) > 1e-4), unmasked_b - want_b
 
 
 def test_one_and_eight_devices_agree(ppca):
     params, x, _ = ppca
     key = jax.random.key(4)
     example_ids = np.arange(_BATCH, dtype=np.int32)
-    single = np.asarray(_estimator(200, 100)(params, x, key, example_ids=example_ids))
+    single = np.asarray(_estimator(210, 100)(params, x, key, example_ids=example_ids))
     for num_devices in (1, 8):
         mesh = parallel.make_mesh(jax.devices()[:num_devices])
         program = evaluate.make_nll_program(
-            mesh, encoder=ENCODER, decoder=DECODER, likelihood="gaussian", num_samples=200,
+            mesh, encoder=ENCODER, decoder=DECODER, likelihood="gaussian", num_samples=210,
             chunk_size=100, gaussian_logvar=math.log(_NOISE_VAR))
         got = program(parallel.replicate(params, mesh), parallel.shard_rows(x, mesh),
                       parallel.replicate(key, mesh), parallel.shard_rows(example_ids, mesh))
@@ -163,15 +206,18 @@ def test_one_and_eight_devices_agree(ppca):
         np.testing.assert_allclose(np.asarray(got), single, rtol=1e-5)
 
 
-def test_chunk_size_that_does_not_divide_k_is_a_clear_error(ppca):
+@pytest.mark.parametrize("num_samples, chunk_size", [(0, 10), (-5, 10), (10, 0), (10, -1)])
+def test_non_positive_k_or_chunk_size_is_a_clear_error(ppca, num_samples, chunk_size):
     params, x, _ = ppca
-    with pytest.raises(ValueError, match="num_samples=500 .* chunk_size=300"):
+    message = f"num_samples={num_samples} and chunk_size={chunk_size} must both be positive"
+    with pytest.raises(ValueError, match=message):
         evaluate.importance_sampled_log_likelihood(
             params, x, jax.random.key(0), encoder=ENCODER, decoder=DECODER,
-            likelihood="gaussian", num_samples=500, chunk_size=300)
-    with pytest.raises(ValueError, match="chunk_size"):
+            likelihood="gaussian", num_samples=num_samples, chunk_size=chunk_size)
+    with pytest.raises(ValueError, match=message):
         evaluate.make_nll_program(parallel.make_mesh(), encoder=ENCODER, decoder=DECODER,
-                                  likelihood="gaussian", num_samples=10, chunk_size=4)
+                                  likelihood="gaussian", num_samples=num_samples,
+                                  chunk_size=chunk_size)
 
 
 def test_nll_summary_matches_numpy():
@@ -230,6 +276,31 @@ def test_latent_diagnostics_counts_active_units_and_matches_float64_kl():
     mean_nz[:, 3] = np.sqrt(0.005) * np.where(np.arange(len(mean_nz)) % 2, 1.0, -1.0)
     got = evaluate.latent_diagnostics(mean_nz, logvar_nz, jax.random.key(0))
     assert int(got["active_units"]) == 3
+
+
+# Posterior means whose variances over examples straddle both 0.01 (Burda et al.'s threshold)
+# and 0.1: +-sqrt(v) on alternate examples has variance v exactly (ddof = 0).
+_VARIANCES = np.array([1.0, 0.15, 0.05, 0.02, 0.011, 0.009, 0.0])
+
+
+def _means_with_variances(n=40):
+    signs_n = np.where(np.arange(n) % 2, 1.0, -1.0)
+    return (signs_n[:, None] * np.sqrt(_VARIANCES)[None] + 0.3).astype(np.float32)
+
+
+def test_active_units_count_variances_above_0_01():
+    mean_nz = _means_with_variances()
+    want = int(np.sum(np.var(mean_nz.astype(np.float64), axis=0) > 0.01))
+    assert want == 5 and int(np.sum(_VARIANCES > 0.1)) == 2  # the thresholds disagree here
+    got = jax.jit(evaluate.latent_diagnostics)(mean_nz, np.zeros_like(mean_nz),
+                                               jax.random.key(0))
+    assert int(got["active_units"]) == want
+    # The two-layer path of evaluate_workdir: Monte Carlo means and KL terms of [z1, z2].
+    kl_nz = np.random.default_rng(0).uniform(size=mean_nz.shape)
+    got = evaluate.latent_mean_diagnostics(mean_nz, kl_nz)
+    assert got["active_units"] == want
+    np.testing.assert_allclose(got["mean_variance_per_dim"], _VARIANCES, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got["kl_per_dim"], kl_nz.mean(axis=0), rtol=1e-12)
 
 
 def test_mutual_information_matches_the_he_et_al_reference():
@@ -434,6 +505,84 @@ def test_restore_uses_the_ema_parameters_when_the_run_kept_them(tmp_path):
     chex.assert_trees_all_close(params, ema)
 
 
+@pytest.fixture(scope="module")
+def two_checkpoint_run(tmp_path_factory):
+    """A digits workdir with untrained checkpoints at steps 3 and 7 (different parameters)."""
+    workdir = tmp_path_factory.mktemp("evaluate") / "two_checkpoints"
+    config = _write_config(workdir, hidden=(16,), latent_dim=2)
+    encoder, decoder = train.make_models(config, (8, 8, 1))
+    state = train.init_state(jax.random.key(0), encoder, decoder, (8, 8, 1),
+                             train.make_optimizer(config), ema=False)
+    checkpoints = workdir_lib.Checkpoints(workdir / "checkpoints", keep=3)
+    params_by_step = {}
+    for step, shift in ((3, 0.0), (7, 0.05)):
+        params = jax.tree.map(lambda p, s=shift: p + s, state.params)
+        checkpoints.save(step, state.replace(step=jnp.asarray(step, jnp.int32), params=params))
+        params_by_step[step] = params
+    checkpoints.close()
+    return workdir, config, params_by_step
+
+
+def test_restore_picks_the_step_asked_for_and_names_the_steps_there_are(two_checkpoint_run):
+    workdir, config, params_by_step = two_checkpoint_run
+    encoder, decoder = train.make_models(config, (8, 8, 1))
+    restore = functools.partial(evaluate.restore_eval_params, config, workdir, encoder, decoder,
+                                (8, 8, 1))
+    for step, want in ((None, 7), (7, 7), (3, 3)):
+        params, got_step = restore(step=step)
+        assert got_step == want
+        chex.assert_trees_all_close(params, params_by_step[want])
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 5 .*\[3, 7\]"):
+        restore(step=5)
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 5 .*\[3, 7\]"):
+        evaluate.evaluate_workdir(workdir, step=5, num_importance_samples=3, chunk_size=2)
+
+
+def _read_only_command(workdir, *args):
+    """`python -m vae_jax.evaluate --workdir workdir *args` with workdir read-only: a read-only
+    bind mount of it onto itself in a private mount namespace (`unshare --mount`), so writes
+    fail with EROFS as on a read-only file system, also for root (who ignores chmod), and the
+    mount ends with the process. Skips where mount namespaces are not allowed."""
+    mount = ('mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && '
+             'if touch "$0/probe" 2>/dev/null; then echo not-read-only >&2; exit 97; fi && ')
+    probe = subprocess.run(["unshare", "--mount", "sh", "-c", mount + "exit 0", str(workdir)],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no read-only bind mount here: {probe.stderr.strip()[:200]}")
+    return subprocess.run(
+        ["unshare", "--mount", "sh", "-c", mount + 'exec "$@"', str(workdir), sys.executable,
+         "-m", "vae_jax.evaluate", "--workdir", str(workdir), *args],
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_a_read_only_workdir_still_prints_the_numbers_and_out_writes_elsewhere(
+        two_checkpoint_run, tmp_path):
+    workdir, _, _ = two_checkpoint_run
+    args = ["--num_importance_samples", "3", "--chunk_size", "2", "--max_examples", "16",
+            "--batch_size", "8"]
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    proc = _read_only_command(workdir, *args, "--noplots")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "test (16 examples, step 7): nll_nats=" in proc.stdout
+    assert "iwae_bounds: L_1=" in proc.stdout
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: could not write the evaluation into {workdir}")
+    assert "Read-only file system" in last_line and "--out" in last_line
+    assert "Traceback" not in proc.stderr
+
+    out = tmp_path / "elsewhere"
+    proc = _read_only_command(workdir, *args, "--step", "3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 3): nll_nats=" in proc.stdout and f"written: {out / 'eval.json'}" in proc.stdout
+    result = json.loads((out / "eval.json").read_text())
+    assert result["checkpoint_step"] == 3 and result["workdir"] == str(workdir)
+    assert result["num_importance_samples"] == 3 and result["num_examples"] == 16
+    assert result["plots"] and all((out / name).is_file() for name in result["plots"])
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+
+
 EVAL_KEYS = ("nll_nats", "nll_stderr_nats", "bits_per_dim", "elbo_nats", "iwae_bounds",
              "kl_per_dim", "active_units", "mutual_information_nats", "num_importance_samples",
              "split", "num_examples", "checkpoint_step", "binarization_seed")
@@ -545,18 +694,21 @@ def _two_layer_estimator(encoder, decoder, num_samples, chunk_size):
         decoder=decoder, likelihood="bernoulli", num_samples=num_samples, chunk_size=chunk_size))
 
 
-def test_two_layer_estimate_matches_one_big_logsumexp_and_ignores_chunk_size():
-    """Chunked logaddexp == logsumexp over all K log weights drawn at once (float64)."""
+@pytest.mark.parametrize("num_samples, chunk_sizes", [(77, (10, 40, 77, 100)), (1, (1, 100))])
+def test_two_layer_estimate_matches_one_big_logsumexp_and_ignores_chunk_size(num_samples,
+                                                                             chunk_sizes):
+    """Chunked logaddexp == logsumexp over all K log weights drawn at once (float64), for
+    chunk sizes that do and do not divide K (77 = 8 x 10 - 3 = 2 x 39 - 1)."""
     encoder, decoder, params, x = _two_layer_model()
     key = jax.random.key(5)
     log_w_kb = np.asarray(losses.hierarchical_log_weights(
-        params, x, key, encoder=encoder, decoder=decoder, num_samples=120), np.float64)
-    reference_b = special.logsumexp(log_w_kb, axis=0) - math.log(120)
-    for chunk_size in (10, 40, 120):
-        got = _two_layer_estimator(encoder, decoder, 120, chunk_size)(params, x, key)
+        params, x, key, encoder=encoder, decoder=decoder, num_samples=num_samples), np.float64)
+    reference_b = special.logsumexp(log_w_kb, axis=0) - math.log(num_samples)
+    for chunk_size in chunk_sizes:
+        got = _two_layer_estimator(encoder, decoder, num_samples, chunk_size)(params, x, key)
         np.testing.assert_allclose(np.asarray(got), reference_b, rtol=1e-5)
-    with pytest.raises(ValueError, match="num_samples=120 .* chunk_size=50"):
-        _two_layer_estimator(encoder, decoder, 120, 50)(params, x, key)
+    with pytest.raises(ValueError, match="must both be positive"):
+        _two_layer_estimator(encoder, decoder, num_samples, 0)(params, x, key)
 
 
 def test_two_layer_estimate_on_one_and_eight_devices_agree():
@@ -608,6 +760,8 @@ def test_evaluate_workdir_on_a_two_layer_run(trained_two_layer_digits):
     result = check_eval_json(workdir, num_examples=64, num_importance_samples=50, step=20,
                              latent_dim=6 + 3)
     assert result["latent_dims"] == [6, 3]
+    variances = np.asarray(result["mean_variance_per_dim"])
+    assert result["active_units"] == int(np.sum(variances > 0.01)), variances
     assert result["kl_nats"] == pytest.approx(sum(result["kl_per_dim"]), rel=1e-4)
     # One-Gaussian-layer pictures (traversals, manifold) are not drawn for this model.
     written = {p.name for p in (workdir / "plots").glob("*.png")}

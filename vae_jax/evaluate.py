@@ -2,8 +2,11 @@
 
     python -m vae_jax.evaluate --workdir runs/x [--num_importance_samples 5000]
         [--chunk_size 100] [--split test|validation] [--max_examples N] [--batch_size B]
+        [--step N] [--out DIR]
 
-writes `runs/x/eval.json` and `runs/x/plots/*.png` from the run's latest checkpoint.
+prints the numbers, then writes `runs/x/eval.json` and `runs/x/plots/*.png` (or into
+`--out DIR`) from the run's latest checkpoint (or that of `--step N`). Any K >= 1 works; the
+chunk size only bounds memory.
 
 Pure functions (the caller jits them after binding static arguments with `functools.partial`):
 `importance_sampled_log_likelihood`, `per_example_metrics` (posterior, ELBO, IWAE-k bounds),
@@ -32,19 +35,47 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from vae_jax import (config_defaults, distributions, input_pipeline, losses, models, parallel,
                      plots, threefry, train)
 from vae_jax import workdir as workdir_lib
 
 
-def _check_chunking(num_samples: int, chunk_size: int) -> int:
-    """Returns the number of chunks; a clear error unless chunk_size divides num_samples."""
-    if num_samples <= 0 or chunk_size <= 0 or num_samples % chunk_size:
-        raise ValueError(
-            f"num_samples={num_samples} must be a positive multiple of chunk_size={chunk_size}"
-        )
-    return num_samples // chunk_size
+def _chunking(num_samples: int, chunk_size: int) -> tuple[int, int]:
+    """(num_chunks, chunk): K samples in the fewest chunks of at most `chunk_size`, balanced.
+
+    num_chunks = ceil(K / chunk_size) and chunk = ceil(K / num_chunks), so num_chunks * chunk
+    exceeds K by fewer than num_chunks samples, which the estimators mask out (K = 777 with
+    chunk_size 100: 8 chunks of 98, the last 7 samples masked).
+    """
+    if num_samples <= 0 or chunk_size <= 0:
+        raise ValueError(f"num_samples={num_samples} and chunk_size={chunk_size} must both be "
+                         "positive")
+    num_chunks = -(-num_samples // chunk_size)
+    return num_chunks, -(-num_samples // num_chunks)
+
+
+def _chunked_log_mean_exp(log_weights, num_samples: int, chunk_size: int, batch: int, dtype):
+    """logsumexp_k(log w_bk) - log K over k < K, computed chunk by chunk in a `lax.scan`.
+
+    `log_weights(first_sample, chunk)` returns the [chunk, B] log weights of samples
+    first_sample .. first_sample + chunk - 1 (a traced first_sample, a static chunk). The
+    running logsumexp is carried with `logaddexp`; samples k >= K of the last chunk (see
+    `_chunking`) are set to -inf, so they add nothing, and the normaliser is log K.
+    """
+    num_chunks, chunk = _chunking(num_samples, chunk_size)
+
+    def add_chunk(log_sum_b, chunk_index):
+        first = chunk_index * chunk
+        log_w_cb = log_weights(first, chunk)
+        valid_c = first + jnp.arange(chunk) < num_samples
+        log_w_cb = jnp.where(valid_c[:, None], log_w_cb, -jnp.inf)
+        return jnp.logaddexp(log_sum_b, jax.nn.logsumexp(log_w_cb, axis=0)), None
+
+    init_b = jnp.full((batch,), -jnp.inf, dtype=dtype)
+    log_sum_b, _ = jax.lax.scan(add_chunk, init_b, jnp.arange(num_chunks))
+    return log_sum_b - math.log(num_samples)
 
 
 def importance_sampled_log_likelihood(
@@ -71,9 +102,11 @@ def importance_sampled_log_likelihood(
     biased low on average for finite K; it is the IWAE bound L_K evaluated with large K
     (K = 5000 in Burda et al. 2016, Sec. 5.1).
 
-    Memory is bounded for any K: the K samples are processed in K / chunk_size chunks by a
-    `lax.scan` that carries a running logsumexp (accumulated with `logaddexp`), so at most
-    [chunk_size * B] decoder evaluations are live at once.
+    Memory is bounded for any K: the K samples are processed in ceil(K / chunk_size) chunks
+    of equal size (at most chunk_size) by a `lax.scan` that carries a running logsumexp
+    (accumulated with `logaddexp`), so at most [chunk_size * B] decoder evaluations are live
+    at once. Any K >= 1 works: the few samples past K in the last chunk are masked out
+    (`_chunked_log_mean_exp`), and the normaliser is log K.
 
     Noise: draw k of example b is eps_bk ~ N(0, I) from `fold_in(per_example_key_b, k)`, with
     `per_example_key_b = losses.per_example_keys(key, example_ids)[b]`. Every chunk size and
@@ -87,7 +120,7 @@ def importance_sampled_log_likelihood(
       encoder, decoder: Flax modules (static).
       likelihood: a name from `losses.LIKELIHOODS`.
       num_samples: K importance samples per example (static).
-      chunk_size: samples per scan step (static); must divide `num_samples`.
+      chunk_size: the most samples per scan step (static); need not divide `num_samples`.
       gaussian_logvar: fixed log-variance for the `gaussian` likelihood.
       num_bins: intensity levels for `discretized_logistic`.
       example_ids: [B] global positions of the examples; default arange(B).
@@ -95,7 +128,7 @@ def importance_sampled_log_likelihood(
     Returns:
       [B] estimates of log p(x_b) in nats.
     """
-    num_chunks = _check_chunking(num_samples, chunk_size)
+    _chunking(num_samples, chunk_size)  # Validates K and the chunk size.
     losses.likelihood_num_params(likelihood)  # Validates the name.
     if not isinstance(x, jax.core.Tracer):
         losses.check_data_support(x, likelihood, num_bins=num_bins)
@@ -106,9 +139,6 @@ def importance_sampled_log_likelihood(
     keys_b = losses.per_example_keys(key, example_ids)
     std_bz = jnp.exp(0.5 * logvar_bz)
     zeros_bz = jnp.zeros_like(mean_bz)
-    x_cb = jnp.broadcast_to(x[None], (chunk_size,) + x.shape).reshape(
-        (chunk_size * batch,) + x.shape[1:]
-    )
 
     def draw(key_b, sample_index):
         return threefry.normal(threefry.fold_in(key_b, sample_index), mean_bz.shape[1:],
@@ -117,22 +147,20 @@ def importance_sampled_log_likelihood(
     draw_bz = jax.vmap(draw, in_axes=(0, None))  # One draw for every example.
     draw_cbz = jax.vmap(draw_bz, in_axes=(None, 0))  # [C] sample indices -> [C, B, Z].
 
-    def chunk_log_sum(log_sum_b, chunk_index):
-        sample_indices = chunk_index * chunk_size + jnp.arange(chunk_size)
-        z_cbz = mean_bz + std_bz * draw_cbz(keys_b, sample_indices)
-        z_flat = z_cbz.reshape((chunk_size * batch,) + z_cbz.shape[2:])
+    def log_weights(first_sample, chunk):
+        z_cbz = mean_bz + std_bz * draw_cbz(keys_b, first_sample + jnp.arange(chunk))
+        z_flat = z_cbz.reshape((chunk * batch,) + z_cbz.shape[2:])
+        x_flat = jnp.broadcast_to(x[None], (chunk,) + x.shape).reshape(
+            (chunk * batch,) + x.shape[1:])
         out = decoder.apply(params["decoder"], z_flat)
         ll_cb = losses.log_likelihood(
-            likelihood, out, x_cb, gaussian_logvar=gaussian_logvar, num_bins=num_bins
-        ).reshape(chunk_size, batch)
+            likelihood, out, x_flat, gaussian_logvar=gaussian_logvar, num_bins=num_bins
+        ).reshape(chunk, batch)
         log_prior_cb = distributions.gaussian_log_density(z_cbz, zeros_bz, zeros_bz)
         log_q_cb = distributions.gaussian_log_density(z_cbz, mean_bz, logvar_bz)
-        log_w_cb = ll_cb + log_prior_cb - log_q_cb
-        return jnp.logaddexp(log_sum_b, jax.nn.logsumexp(log_w_cb, axis=0)), None
+        return ll_cb + log_prior_cb - log_q_cb
 
-    init_b = jnp.full((batch,), -jnp.inf, dtype=mean_bz.dtype)
-    log_sum_b, _ = jax.lax.scan(chunk_log_sum, init_b, jnp.arange(num_chunks))
-    return log_sum_b - math.log(num_samples)
+    return _chunked_log_mean_exp(log_weights, num_samples, chunk_size, batch, mean_bz.dtype)
 
 
 def hierarchical_importance_sampled_log_likelihood(
@@ -156,32 +184,28 @@ def hierarchical_importance_sampled_log_likelihood(
                    - log q(z1_bk | x_b) - log q(z2_bk | z1_bk)
         log p(x_b) ~= logsumexp_k(log w_bk) - log K       (Burda et al. 2016, eq. 8; K = 5000)
 
-    A `lax.scan` over the K / chunk_size chunks calls `losses.hierarchical_log_weights` with
-    `num_samples=chunk_size, first_sample=c * chunk_size` and carries a running logsumexp
-    (`logaddexp`). Draw k of example b depends only on (example_ids[b], k) (see
-    `hierarchical_log_weights`), so the estimate does not depend on the chunk size or on the
-    device count, up to floating-point summation order. Args and returns ([B] nats) as in
-    `importance_sampled_log_likelihood`, with `models.HierarchicalEncoder` / `Decoder`.
+    A `lax.scan` over ceil(K / chunk_size) equal chunks of at most chunk_size samples calls
+    `losses.hierarchical_log_weights` with `num_samples=chunk, first_sample=c * chunk` and
+    carries a running logsumexp (`logaddexp`); any K >= 1 works, as there. Draw k of example
+    b depends only on (example_ids[b], k) (see `hierarchical_log_weights`), so the estimate
+    does not depend on the chunk size or on the device count, up to floating-point summation
+    order. Args and returns ([B] nats) as in `importance_sampled_log_likelihood`, with
+    `models.HierarchicalEncoder` / `Decoder`.
     """
-    num_chunks = _check_chunking(num_samples, chunk_size)
+    _chunking(num_samples, chunk_size)  # Validates K and the chunk size.
     losses.likelihood_num_params(likelihood)  # Validates the name.
     if not isinstance(x, jax.core.Tracer):
         losses.check_data_support(x, likelihood, num_bins=num_bins)
     if example_ids is None:
         example_ids = jnp.arange(x.shape[0])
-    log_weights = functools.partial(
-        losses.hierarchical_log_weights, encoder=encoder, decoder=decoder,
-        likelihood=likelihood, num_samples=chunk_size, gaussian_logvar=gaussian_logvar,
-        num_bins=num_bins, example_ids=example_ids,
-    )
 
-    def chunk_log_sum(log_sum_b, chunk_index):
-        log_w_cb = log_weights(params, x, key, first_sample=chunk_index * chunk_size)
-        return jnp.logaddexp(log_sum_b, jax.nn.logsumexp(log_w_cb, axis=0)), None
+    def log_weights(first_sample, chunk):
+        return losses.hierarchical_log_weights(
+            params, x, key, encoder=encoder, decoder=decoder, likelihood=likelihood,
+            num_samples=chunk, gaussian_logvar=gaussian_logvar, num_bins=num_bins,
+            example_ids=example_ids, first_sample=first_sample)
 
-    init_b = jnp.full((x.shape[0],), -jnp.inf, dtype=jnp.float32)
-    log_sum_b, _ = jax.lax.scan(chunk_log_sum, init_b, jnp.arange(num_chunks))
-    return log_sum_b - math.log(num_samples)
+    return _chunked_log_mean_exp(log_weights, num_samples, chunk_size, x.shape[0], jnp.float32)
 
 
 def log_likelihood_estimator(encoder) -> Callable:
@@ -246,7 +270,7 @@ def make_nll_program(
     `compiler_options` default `parallel.compiler_options()` (`train.program_options(config)`
     gives a config's).
     """
-    _check_chunking(num_samples, chunk_size)
+    _chunking(num_samples, chunk_size)  # Validates K and the chunk size.
     estimate = functools.partial(
         log_likelihood_estimator(encoder),
         encoder=encoder,
@@ -395,7 +419,11 @@ def mutual_information(mean_bz, logvar_bz, z_bz, *, chunk_size: int = 64):
     return neg_entropy - jnp.mean(log_qz_b)
 
 
-def latent_diagnostics(mean_bz, logvar_bz, key, *, active_threshold: float = 0.01,
+ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016, Sec. 5.2
+
+
+def latent_diagnostics(mean_bz, logvar_bz, key, *,
+                       active_threshold: float = ACTIVE_THRESHOLD,
                        chunk_size: int = 64) -> dict:
     """Posterior-collapse diagnostics of a set of N encoded examples.
 
@@ -427,6 +455,26 @@ def latent_diagnostics(mean_bz, logvar_bz, key, *, active_threshold: float = 0.0
         "active_units": jnp.sum(mean_variance_z > active_threshold).astype(jnp.int32),
         "mutual_information_nats": mutual_information(mean_bz, logvar_bz, z_bz,
                                                       chunk_size=chunk_size),
+    }
+
+
+def latent_mean_diagnostics(latent_mean_nz, kl_nz, *,
+                            active_threshold: float = ACTIVE_THRESHOLD) -> dict:
+    """Per-dimension diagnostics from estimates of E_q[z | x_n] and of each KL term (numpy).
+
+        kl_per_dim [Z]             mean_n kl_nz
+        mean_variance_per_dim [Z]  Var_n(latent_mean_nz) (ddof = 0, float64)
+        active_units               #{i : mean_variance_per_dim_i > active_threshold}
+
+    For posteriors without a closed form, e.g. both layers [z1, z2] of the two-stochastic-layer
+    model (`per_example_metrics`' `latent_mean` and `kl_per_dim`); `latent_diagnostics` is
+    the closed-form counterpart for one Gaussian layer.
+    """
+    variance_z = np.var(np.asarray(latent_mean_nz, np.float64), axis=0)
+    return {
+        "kl_per_dim": np.mean(np.asarray(kl_nz, np.float64), axis=0),
+        "mean_variance_per_dim": variance_z,
+        "active_units": int(np.sum(variance_z > active_threshold)),
     }
 
 
@@ -527,11 +575,15 @@ def dequantize_once(levels_nhwc: np.ndarray, num_levels: int, seed: int) -> np.n
     return np.asarray(draw(keys_n, levels_nhwc, num_levels))
 
 
-def restore_eval_params(config, workdir, encoder, decoder, image_shape):
-    """(params, step) of the latest checkpoint in `workdir/checkpoints`, on one device: its
-    EMA parameters when the run kept them (config.ema_decay > 0), else its parameters.
+def restore_eval_params(config, workdir, encoder, decoder, image_shape, *, step=None):
+    """(params, step) of a checkpoint in `workdir/checkpoints`, on one device: its EMA
+    parameters when the run kept them (config.ema_decay > 0), else its parameters.
 
-    Raises FileNotFoundError when there is no checkpoint (and creates no directory).
+    `step` None restores the latest checkpoint; an int restores exactly that step's (e.g. an
+    older one when the latest cannot be read). Raises FileNotFoundError when there is no
+    checkpoint, or none of `step` (the message lists the steps there are), and creates no
+    directory; a checkpoint that cannot be restored raises
+    `workdir_lib.CheckpointRestoreError`, naming the other steps.
     """
     workdir = pathlib.Path(workdir)
     directory = workdir / "checkpoints"
@@ -542,8 +594,12 @@ def restore_eval_params(config, workdir, encoder, decoder, image_shape):
         raise missing
     checkpoints = workdir_lib.Checkpoints(directory, keep=config.keep_checkpoints)
     try:
-        if checkpoints.manager.latest_step() is None:
+        steps = sorted(checkpoints.manager.all_steps())
+        if not steps:
             raise missing
+        if step is not None and step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} in {directory}; the steps there are {steps}")
         # Only the structure is needed: shapes from eval_shape, placed on one device.
         abstract = jax.eval_shape(functools.partial(
             train.init_state, encoder=encoder, decoder=decoder, image_shape=image_shape,
@@ -554,7 +610,16 @@ def restore_eval_params(config, workdir, encoder, decoder, image_shape):
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
-        state = checkpoints.restore_latest(abstract)
+        chosen = steps[-1] if step is None else step
+        try:
+            state = checkpoints.manager.restore(chosen, args=ocp.args.StandardRestore(abstract))
+        except Exception as err:  # orbax raises many types; all mean the same to the user
+            others = [s for s in steps if s != chosen]
+            raise workdir_lib.CheckpointRestoreError(
+                f"could not restore the checkpoint at {directory / str(chosen)} "
+                f"({type(err).__name__}: {str(err)[:500]})"
+                + (f"; --step evaluates another of the steps {others}" if others else "")
+            ) from err
     finally:
         checkpoints.close()
     return train.eval_params(state), int(jax.device_get(state.step))
@@ -598,12 +663,16 @@ def evaluate_workdir(
     iwae_ks=IWAE_KS,
     devices=None,
     write_plots: bool = True,
+    step: int | None = None,
+    out_dir=None,
+    report: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Evaluates the latest checkpoint of a training run and writes `workdir/eval.json`.
+    """Evaluates a checkpoint of a training run and writes `eval.json` (into `out_dir`).
 
     Reads `workdir/config.json`, loads `split` with the training run's data arguments,
-    restores the latest checkpoint (EMA parameters when the run kept them), and computes on
-    every device of `devices` (default: all):
+    restores the checkpoint of `step` (default: the latest; `restore_eval_params`; EMA
+    parameters when the run kept them), and computes on every device of `devices` (default:
+    all):
 
       nll_nats (+ stderr, bits_per_dim)  -log p(x) by importance sampling with K =
                                          `num_importance_samples` (`make_nll_program`)
@@ -624,15 +693,23 @@ def evaluate_workdir(
     density's values minus D log L, recon_nats plus D log L (recorded as
     `dequantization_offset_nats`), so bits_per_dim = -E log p(y) / (D ln 2) + log2 L, an upper
     bound on the bits/dim of the levels (Theis et al. 2016). The NLL, IWAE and ELBO noise come
-    from `seed`. Pictures go to `workdir/plots/` (see `save_plots`). Single-process only.
+    from `seed`. Single-process only.
+
+    Output: `report(result)`, when given, is called with the numbers before anything is
+    written, so they survive a directory that cannot be written (e.g. a read-only workdir).
+    Then `out_dir` (default: the workdir; created if missing) receives eval.json and, with
+    `write_plots`, the pictures in `plots/` (see `save_plots`). eval.json is written first, so
+    the numbers also survive a plotting error; written elsewhere than the workdir, it records
+    the workdir it evaluated (`workdir`). A failed write raises OSError naming the directory.
 
     Returns:
       the dict written to eval.json (every number finite).
     """
     if split not in ("test", "validation"):
         raise ValueError(f"split must be 'test' or 'validation'; got {split!r}")
-    _check_chunking(num_importance_samples, chunk_size)
+    _chunking(num_importance_samples, chunk_size)  # Validates K and the chunk size.
     workdir = pathlib.Path(workdir)
+    out_dir = workdir if out_dir is None else pathlib.Path(out_dir)
     config = _load_config(workdir)
     if jax.process_count() > 1:
         raise NotImplementedError("the evaluation command runs in a single process")
@@ -654,7 +731,8 @@ def evaluate_workdir(
     losses.check_data_support(x_nhwc, config.likelihood, num_bins=data.num_levels)
 
     encoder, decoder = train.make_models(config, data.image_shape)
-    params, step = restore_eval_params(config, workdir, encoder, decoder, data.image_shape)
+    params, step = restore_eval_params(config, workdir, encoder, decoder, data.image_shape,
+                                       step=step)
 
     mesh = parallel.make_mesh(devices)
     num_devices = mesh.devices.size
@@ -687,13 +765,8 @@ def evaluate_workdir(
         # Both layers, [z1, z2]: the Monte Carlo KL per dimension of `hierarchical_elbo` and the
         # variance of E_q[z | x] (Burda et al.'s active units). The mutual information stays
         # that of z1 (q(z1 | x) is the only Gaussian posterior with a closed form).
-        latent_mean_nz = np.asarray(per_example["latent_mean"], np.float64)
-        variance_z = np.var(latent_mean_nz, axis=0)
-        diagnostics.update(
-            kl_per_dim=np.mean(np.asarray(per_example["kl_per_dim"], np.float64), axis=0),
-            mean_variance_per_dim=variance_z,
-            active_units=int(np.sum(variance_z > 0.01)),
-        )
+        diagnostics.update(latent_mean_diagnostics(per_example["latent_mean"],
+                                                   per_example["kl_per_dim"]))
         latent_dim = int(sum(config.latent_dims))
 
     num_dims = math.prod(data.image_shape)
@@ -739,14 +812,24 @@ def evaluate_workdir(
     bad = sorted(k for k, v in numbers.items() if not _finite(v))
     if bad:
         raise FloatingPointError(f"non-finite evaluation results: {bad}")
-    workdir_lib.write_json(workdir / EVAL_JSON, result)  # the numbers survive a plotting error
-    if write_plots:
-        result["plots"] = sorted(str(p.relative_to(workdir)) for p in save_plots(
-            workdir / PLOTS_DIR, params, x_nhwc, plot_key, encoder=encoder, decoder=decoder,
-            likelihood=config.likelihood,
-            kl_per_dim=np.asarray(diagnostics["kl_per_dim"])[: per_example["mean"].shape[-1]],
-            mean_nz=per_example["mean"], labels=labels, workdir=workdir))
-        workdir_lib.write_json(workdir / EVAL_JSON, result)
+    if out_dir.absolute() != workdir.absolute():
+        result["workdir"] = str(workdir.absolute())
+    if report is not None:
+        report(result)
+    # The pictures decode z1: its KL per dimension orders the traversals.
+    decoder_kl_per_dim = np.asarray(diagnostics["kl_per_dim"])[: per_example["mean"].shape[-1]]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        workdir_lib.write_json(out_dir / EVAL_JSON, result)  # survives a plotting error
+        if write_plots:
+            result["plots"] = sorted(str(p.relative_to(out_dir)) for p in save_plots(
+                out_dir / PLOTS_DIR, params, x_nhwc, plot_key, encoder=encoder,
+                decoder=decoder, likelihood=config.likelihood, kl_per_dim=decoder_kl_per_dim,
+                mean_nz=per_example["mean"], labels=labels, workdir=workdir))
+            workdir_lib.write_json(out_dir / EVAL_JSON, result)
+    except OSError as err:
+        raise type(err)(f"could not write the evaluation into {out_dir} ({err}); choose "
+                        "another directory with out_dir (--out)") from err
     return result
 
 
@@ -813,6 +896,18 @@ def save_plots(directory, params, x_nhwc, key, *, encoder, decoder, likelihood, 
     return [pathlib.Path(p) for p in paths]
 
 
+def summary_lines(result: dict) -> list[str]:
+    """The lines the command prints: the main numbers of an evaluation and its IWAE bounds."""
+    keys = ("nll_nats", "nll_stderr_nats", "bits_per_dim", "elbo_nats", "active_units",
+            "mutual_information_nats")
+    bounds = result["iwae_bounds"]
+    return [
+        f"{result['split']} ({result['num_examples']} examples, step "
+        f"{result['checkpoint_step']}): " + ", ".join(f"{k}={result[k]:.4g}" for k in keys),
+        "iwae_bounds: " + ", ".join(f"L_{k}={v:.4g}" for k, v in bounds.items()),
+    ]
+
+
 def _define_flags():
     """The command's flags, defined only when it runs (so importing this module never does)."""
     from absl import flags
@@ -820,9 +915,11 @@ def _define_flags():
     return dict(
         workdir=flags.DEFINE_string("workdir", None, "A training run's directory."),
         num_importance_samples=flags.DEFINE_integer(
-            "num_importance_samples", 5000, "K importance samples per example for the NLL."),
+            "num_importance_samples", 5000, "K importance samples per example for the NLL.",
+            lower_bound=1),
         chunk_size=flags.DEFINE_integer(
-            "chunk_size", 100, "Importance samples per scan step (divides K; bounds memory)."),
+            "chunk_size", 100, "The most importance samples per scan step (bounds memory; "
+            "need not divide K).", lower_bound=1),
         split=flags.DEFINE_enum("split", "test", ["test", "validation"], "Split to evaluate."),
         max_examples=flags.DEFINE_integer("max_examples", None, "Evaluate the first N only."),
         batch_size=flags.DEFINE_integer(
@@ -834,7 +931,12 @@ def _define_flags():
         dequantization_seed=flags.DEFINE_integer(
             "dequantization_seed", 0,
             "Seed of the one dequantisation of the data of a run trained with data.dequantize."),
-        plots=flags.DEFINE_bool("plots", True, "Write pictures into <workdir>/plots/."),
+        step=flags.DEFINE_integer(
+            "step", None, "Evaluate the checkpoint of this step (default: the latest).",
+            lower_bound=0),
+        out_dir=flags.DEFINE_string(
+            "out", None, "Directory for eval.json and plots/ (default: the workdir)."),
+        plots=flags.DEFINE_bool("plots", True, "Write pictures into <out>/plots/."),
     )
 
 
@@ -856,17 +958,17 @@ def run() -> None:
             logging.set_verbosity(logging.WARNING)
         values = {name: flag.value for name, flag in defined.items()}
         workdir = values.pop("workdir")
+        out_dir = pathlib.Path(values["out_dir"] or workdir)
+
+        def report(result):  # before anything is written: the numbers outlive a failed write
+            print("\n".join(summary_lines(result)), flush=True)
+
         try:
-            result = evaluate_workdir(workdir, write_plots=values.pop("plots"), **values)
-        except FileNotFoundError as err:  # no run, no checkpoint, or no data: say which
+            evaluate_workdir(workdir, write_plots=values.pop("plots"), report=report, **values)
+        # No run, checkpoint, step or data; an unreadable checkpoint; an unwritable directory.
+        except (OSError, workdir_lib.CheckpointRestoreError) as err:
             sys.exit(f"error: {err}")
-        keys = ("nll_nats", "nll_stderr_nats", "bits_per_dim", "elbo_nats", "active_units",
-                "mutual_information_nats")
-        print(f"{result['split']} ({result['num_examples']} examples, step "
-              f"{result['checkpoint_step']}): " + ", ".join(f"{k}={result[k]:.4g}" for k in keys))
-        bounds = result["iwae_bounds"]
-        print("iwae_bounds: " + ", ".join(f"L_{k}={v:.4g}" for k, v in bounds.items()))
-        print(f"written: {pathlib.Path(workdir) / EVAL_JSON}")
+        print(f"written: {out_dir / EVAL_JSON}")
 
     app.run(main)
 
