@@ -1,5 +1,6 @@
 """Tests of the training system: end to end, device-count invariance, resume, guards, errors."""
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -226,6 +227,11 @@ def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
 
     resumed = run_main(workdir, *flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The steps logged after the last checkpoint before the kill are dropped on resume: each
+    # step appears once, in order, as in the uninterrupted run.
+    steps = [row["step"] for row in read_jsonl(workdir / "metrics.jsonl")]
+    assert steps == [row["step"] for row in read_jsonl(tmp_path / "reference" / "metrics.jsonl")]
+    assert steps == list(range(50, 3001, 50))
 
     def final_params(path):
         config = tiny_digits(hidden=(256, 256))
@@ -295,10 +301,10 @@ def test_non_finite_gradients_are_skipped_and_counted(scanned):
 
 @pytest.mark.parametrize("log_every", [10, 40])
 def test_run_stops_after_too_many_non_finite_updates(tmp_path, log_every):
-    # A NaN learning rate poisons the parameters at the first update; every gradient after it
+    # A learning rate of 1e30 poisons the parameters at the first update; every gradient after it
     # is NaN. With log_every=40 the first checkpoint (step 20) comes before any log line: the
     # guard must stop the run there too, before the poisoned parameters are saved.
-    config = tiny_digits(learning_rate=float("nan"), max_consecutive_skips=3, log_every=log_every)
+    config = tiny_digits(learning_rate=1e30, max_consecutive_skips=3, log_every=log_every)
     with pytest.raises(FloatingPointError, match="consecutive updates had non-finite"):
         train.train_and_evaluate(config, tmp_path / "nan", quiet=True, devices=jax.devices()[:1])
     assert not list((tmp_path / "nan" / "checkpoints").glob("[0-9]*"))
@@ -372,7 +378,9 @@ def test_corrupt_checkpoint_is_a_clear_error_and_left_in_place(tmp_path):
         if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f.parent.name) + f.name:
             f.write_bytes(b"garbage")
     files_before = sorted(p.relative_to(workdir) for p in ckpt.rglob("*"))
-    with pytest.raises(workdir_lib.CheckpointRestoreError, match="left in place"):
+    with pytest.raises(workdir_lib.CheckpointRestoreError,
+                       match="corrupt.*checkpoints/20.*differs from its checksum.*nothing was "
+                             "moved"):
         train.train_and_evaluate(tiny_digits(num_steps=40), workdir, quiet=True,
                                  devices=jax.devices()[:1], allow_config_change=True)
     assert sorted(p.relative_to(workdir) for p in ckpt.rglob("*")) == files_before
@@ -746,3 +754,202 @@ def test_global_norm_matches_float64():
     for bad in (np.inf, np.nan):
         tree_bad = dict(tree, kernel=tree["kernel"].at[7, 3].set(bad))
         assert not np.isfinite(float(norm(tree_bad)))
+
+
+# ---------------------------------------------------------------------------- failing early
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"learning_rate": -1.0}, r"learning_rate=-1.0 is out of range: it must be >= 0"),
+    ({"learning_rate": float("nan")}, r"learning_rate=nan is out of range"),
+    ({"num_steps": -50}, r"num_steps=-50 is out of range: it must be >= 0"),
+    ({"num_steps": -5}, r"num_steps=-5 is out of range"),
+    ({"ema_decay": 1.0}, r"ema_decay=1.0 is out of range: it must be in \[0, 1\)"),
+    ({"adam_b2": 1.5}, r"adam_b2=1.5 is out of range"),
+    ({"hidden": (64, 0)}, r"hidden=\(64, 0\) is out of range: it must be widths >= 1"),
+    ({"kl_cycle_ratio": 0.0}, r"kl_cycle_ratio=0.0 is out of range: it must be in \(0, 1\]"),
+    ({"keep_checkpoints": 0}, r"keep_checkpoints=0 is out of range"),
+    ({"data.validation_size": -0.1}, r"data.validation_size=-0.1 is out of range"),
+    ({"num_steps": 0, "num_epochs": 0}, r"num_steps=0 and num_epochs=0"),
+])
+def test_numeric_fields_out_of_range_are_refused_before_anything_is_written(
+        tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(tiny_digits(**overrides), tmp_path / "w", quiet=True)
+    assert not (tmp_path / "w").exists()
+
+
+def test_every_numeric_default_is_in_range():
+    from vae_jax import config_defaults
+
+    train.check_numeric_ranges(config_defaults.default_config())
+    for name in train.NUMERIC_RANGES:  # every entry names a real field
+        value = config_defaults.default_config()
+        for part in name.split("."):
+            value = value[part]
+
+
+def test_run_that_diverged_before_its_first_checkpoint_does_not_block_the_fix(tmp_path):
+    workdir = tmp_path / "w"
+    diverging = tiny_digits(learning_rate=1e30, max_consecutive_skips=2,
+                            steps_per_dispatch=1, log_every=20, eval_every=40,
+                            checkpoint_every=40)
+    with pytest.raises(FloatingPointError) as failure:
+        train.train_and_evaluate(diverging, workdir, quiet=True, devices=jax.devices()[:1])
+    message = str(failure.value)
+    # The message names no checkpoint folder, since none exists.
+    assert "No checkpoint was written" in message and "checkpoints/" not in message
+    assert not train.has_checkpoint(workdir)
+    # The corrected command runs, and the failed run's config is kept beside the new one.
+    train.train_and_evaluate(tiny_digits(), workdir, quiet=True, devices=jax.devices()[:1])
+    assert json.loads((workdir / "config.json").read_text())["learning_rate"] == 1e-3
+    previous = list(workdir.glob("config.previous-*.json"))
+    assert len(previous) == 1 and json.loads(previous[0].read_text())["learning_rate"] == 1e30
+
+
+def test_divergence_stops_within_the_limit_and_is_recorded(tmp_path):
+    # A learning rate of 1e30 makes the activations overflow after step 1, so steps 2, 3, ...
+    # have non-finite gradients: the 4th skip in a row (step 5) exceeds the limit of 3. The
+    # logging boundary (step 40) is far away; the run must not wait for it.
+    workdir = tmp_path / "w"
+    config = tiny_digits(learning_rate=1e30, max_consecutive_skips=3,
+                         steps_per_dispatch=1, log_every=40, eval_every=40, checkpoint_every=40)
+    with pytest.raises(FloatingPointError, match=r"at step 5; stopping"):
+        train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
+    rows = read_jsonl(workdir / "metrics.jsonl")
+    assert len(rows) == 1 and rows[0]["diverged_at_step"] == 5
+    # Checked one dispatch behind: at most one step past the limit ran.
+    assert rows[0]["step"] <= 6 and rows[0]["consecutive_skips"] >= 4
+
+
+def test_divergence_inside_a_scanned_chunk_names_the_step(tmp_path):
+    workdir = tmp_path / "w"
+    config = tiny_digits(learning_rate=1e30, max_consecutive_skips=3,
+                         steps_per_dispatch=10, log_every=40, eval_every=40, checkpoint_every=40)
+    with pytest.raises(FloatingPointError, match=r"at step 5; stopping"):
+        train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
+    assert read_jsonl(workdir / "metrics.jsonl")[-1]["diverged_at_step"] == 5
+
+
+def test_bernoulli_on_grey_levels_needs_the_named_opt_in(tmp_path):
+    grey = dict(**{"data.binarization": "none"}, num_steps=20)
+    with pytest.raises(ValueError, match=r"17 grey levels.*allow_grey_level_bernoulli=True"):
+        train.train_and_evaluate(tiny_digits(**grey), tmp_path / "w", quiet=True)
+    assert not (tmp_path / "w").exists()
+    workdir = tmp_path / "opt_in"
+    result = train.train_and_evaluate(tiny_digits(**grey, allow_grey_level_bernoulli=True),
+                                      workdir, quiet=True, devices=jax.devices()[:1])
+    assert result.validation["normalised_likelihood"] == 0.0
+    assert all(row["normalised_likelihood"] == 0.0
+               for name in ("metrics.jsonl", "eval_metrics.jsonl")
+               for row in read_jsonl(workdir / name))
+    final = json.loads((workdir / "final_metrics.json").read_text())
+    assert final["normalised_likelihood"] == 0.0
+    # Binarised data keep the plain metrics.
+    plain = train.train_and_evaluate(tiny_digits(num_steps=20), tmp_path / "binary", quiet=True,
+                                     devices=jax.devices()[:1])
+    assert "normalised_likelihood" not in plain.validation
+
+
+def test_support_violations_count_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.5, 1.5, (4, 5, 5, 1)).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan
+    outside = ~np.isfinite(x) | (x < 0) | (x > 1)
+    for likelihood in ("bernoulli", "continuous_bernoulli"):
+        assert int(losses.support_violations(x, likelihood)) == int(outside.sum())
+    assert int(losses.support_violations(x, "gaussian")) == 1  # only the NaN
+    grid = np.arange(17, dtype=np.float32) / 16
+    assert int(losses.support_violations(grid, "discretized_logistic", num_bins=17)) == 0
+    assert int(losses.support_violations(grid + 0.01, "discretized_logistic", num_bins=17)) == 17
+    assert int(jax.jit(functools.partial(losses.support_violations, likelihood="bernoulli"))(
+        np.clip(x, 0, 1))) == 1
+
+
+def test_training_batch_outside_the_support_stops_the_run(tmp_path, monkeypatch):
+    # A data set whose scale does not fit its levels (here: training rows of 255 with the
+    # digits' scale 1/16) passes the start-up check on the validation split; inside the jitted
+    # step a Bernoulli would train on intensities near 16. The on-device check stops it.
+    load = input_pipeline.load_dataset
+
+    def bad_train_rows(*args, **kwargs):
+        data = load(*args, **kwargs)
+        train_rows = data.train.copy()
+        train_rows[:] = 255
+        return dataclasses.replace(data, train=train_rows)
+
+    monkeypatch.setattr(input_pipeline, "load_dataset", bad_train_rows)
+    workdir = tmp_path / "w"
+    with pytest.raises(train.DataSupportError, match=r"training batch of step 1 had \d+ pixel"):
+        train.train_and_evaluate(tiny_digits(), workdir, quiet=True, devices=jax.devices()[:1])
+    assert not train.has_checkpoint(workdir)
+    assert read_jsonl(workdir / "metrics.jsonl")[-1]["support_violation_at_step"] == 1
+
+
+def test_preprocess_binarizes_afresh_with_the_intensity_as_frequency():
+    # Every pixel of 2,000 examples at intensity 3/16: each key binarises them afresh, and the
+    # frequency of ones is the intensity (a fixed key would make static binarisation).
+    levels = np.full((2000, 4, 4, 1), 3, np.uint8)
+    binarize = functools.partial(train.preprocess, scale=1 / 16, binarize=True,
+                                 example_ids=jnp.arange(2000))
+    a = np.asarray(binarize(levels, jax.random.key(1)))
+    b = np.asarray(binarize(levels, jax.random.key(2)))
+    assert set(np.unique(a)) <= {0.0, 1.0}
+    assert np.mean(a != b) > 0.2  # P(differ) = 2 p (1 - p) = 0.30
+    for sample in (a, b):  # 32,000 pixels: the standard error of the frequency is 0.0022
+        assert abs(sample.mean() - 3 / 16) < 0.01
+    np.testing.assert_array_equal(a, binarize(levels, jax.random.key(1)))
+
+
+def test_ema_update_weights_the_new_parameters_by_one_minus_decay():
+    optimizer = optax.sgd(1.0)
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             opt_state=train.init_skip_state(optimizer, params), ema_params=params)
+
+    def loss_fn(params, x, key, *, beta, example_ids, axis_name):
+        loss = jnp.sum(params["w"] * jnp.array([1.0, 2.0, -1.0]))
+        return loss, {"loss": loss}
+
+    step = jax.jit(lambda s: train.train_step(
+        s, jnp.zeros((2, 2, 2, 1), jnp.uint8), jax.random.key(0), loss_fn=loss_fn,
+        optimizer=optimizer, beta_schedule=optax.constant_schedule(1.0),
+        lr_schedule=optax.constant_schedule(1.0), scale=1 / 255, binarize=False, ema_decay=0.9))
+    w = np.array([1.0, -2.0, 3.0])
+    ema = w.copy()
+    for _ in range(3):
+        state, _ = step(state)
+        w = w - np.array([1.0, 2.0, -1.0])  # SGD with learning rate 1
+        ema = 0.9 * ema + 0.1 * w  # float64 reference
+    np.testing.assert_allclose(state.params["w"], w, rtol=1e-6)
+    np.testing.assert_allclose(state.ema_params["w"], ema, rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_save_the_current_step_and_exit_with_one_line(tmp_path, signum):
+    flags = ("--config.num_steps=100000", "--config.steps_per_dispatch=10",
+             "--config.log_every=1000", "--config.eval_every=100000",
+             "--config.checkpoint_every=100000", "--config.hidden=(64,)")
+    workdir = tmp_path / "w"
+    cmd = [sys.executable, "-m", "vae_jax.main", "--config", str(REPO / "experiments/digits.py"),
+           "--workdir", str(workdir), "--quiet", *flags]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not (workdir / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(rf"{signal.Signals(signum).name} at step (\d+): saved checkpoint \d+ to "
+                         r"\S+; rerun the same command to resume", last)
+    assert match, stderr[-3000:]
+    step = int(match.group(1))
+    assert step >= 1000 and step % 10 == 0 and (workdir / "checkpoints" / str(step)).is_dir()
+    assert "Traceback" not in stderr
+    # The window since the last log line is recorded up to the saved step.
+    assert read_jsonl(workdir / "metrics.jsonl")[-1]["step"] == step

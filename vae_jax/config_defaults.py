@@ -47,6 +47,11 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Objective (`vae_jax.losses`).
     config.likelihood = "bernoulli"
+    # True lets likelihood="bernoulli" train on grey levels (data.binarization="none" on data
+    # with more than 2 levels): a cross-entropy loss but not a likelihood, so its ELBO and
+    # bits/dim mean nothing (pytorch/examples#460). Refused unless set; metrics rows then carry
+    # normalised_likelihood=0.
+    config.allow_grey_level_bernoulli = False
     config.gaussian_logvar = 0.0  # fixed log-variance of the "gaussian" likelihood
     config.objective = "elbo"  # "elbo" or "iwae"
     config.num_samples = 1  # latent samples per example (K for IWAE)

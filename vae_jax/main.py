@@ -10,6 +10,7 @@ JAX_NUM_PROCESSES / JAX_PROCESS_ID variables); the same command then trains acro
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -41,16 +42,32 @@ def main(argv):
 
     logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
                  jax.process_count())
-    result = train.train_and_evaluate(
-        _CONFIG.value,
-        _WORKDIR.value,
-        allow_config_change=_ALLOW_CONFIG_CHANGE.value,
-        quiet=_QUIET.value,
-    )
+    from vae_jax import input_pipeline
+    from vae_jax import workdir as workdir_lib
+
+    try:
+        result = train.train_and_evaluate(
+            _CONFIG.value,
+            _WORKDIR.value,
+            allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+            quiet=_QUIET.value,
+        )
+    except train.TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    # Failures a user can act on end with one line that names the cause (the last line printed),
+    # not a traceback; anything else is a bug and keeps its traceback.
+    except (FloatingPointError, train.DataSupportError, input_pipeline.DatasetNotFoundError,
+            workdir_lib.WorkdirLocked, workdir_lib.WorkdirConfigMismatch,
+            workdir_lib.CheckpointRestoreError, workdir_lib.CheckpointSaveError) as err:
+        sys.exit(f"error: {err}")
     if jax.process_index() == 0:
         summary = {**result.last_metrics, **result.validation}
         keys = ("step", "loss", "recon_nats", "kl_nats", "val_elbo_nats", "examples_per_sec")
         print("final: " + ", ".join(f"{k}={summary[k]:.4g}" for k in keys if k in summary))
+        if "normalised_likelihood" in summary:
+            print("note: a Bernoulli cross-entropy of grey levels (allow_grey_level_bernoulli): "
+                  "a non-normalised loss, not a likelihood; its ELBO is not a bound on log p(x)")
         print(f"pictures: {os.path.join(_WORKDIR.value, 'images')}")
 
 

@@ -21,8 +21,12 @@ folded with the example's position in the global batch. Nothing depends on the d
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import functools
+import math
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -484,6 +488,7 @@ def train_step(
     binarize: bool,
     dequantize_levels: int = 0,
     ema_decay: float = 0.0,
+    support: Callable | None = None,
     axis_name: str | None = None,
     scanned: bool = False,
 ):
@@ -494,6 +499,10 @@ def train_step(
       batch: [b, H, W, C] uint8 levels (b = B / D examples on this device).
       key: this step's key, `fold_in(train_key, step)`.
       loss_fn: `(params, x, key, *, beta, example_ids, axis_name) -> (loss, metrics)`.
+      support: `x -> int32 count of elements outside the likelihood's support`
+        (`losses.support_violations` bound to the likelihood), reported as the metric
+        `support_violations` of the global batch (the intensities before dynamic binarisation
+        are checked); the training loop stops the run when it is not 0.
       axis_name: the device axis; gradients and metrics are averaged over it with `pmean`.
       scanned: whether the step runs inside a `lax.scan` of several steps (picks the faster
         form of `apply_finite_update`).
@@ -526,6 +535,11 @@ def train_step(
         ema_params = jax.tree.map(
             lambda new, old: jnp.where(opt_state.last_finite, new, old), new_ema, ema_params
         )
+    if support is not None:
+        violations = support(batch.astype(jnp.float32) * scale if binarize else x)
+        if axis_name is not None:
+            violations = jax.lax.psum(violations, axis_name)
+        metrics["support_violations"] = violations
     metrics.update(
         beta=jnp.asarray(beta, jnp.float32),
         learning_rate=jnp.asarray(lr_schedule(state.step), jnp.float32),
@@ -540,13 +554,14 @@ def train_step(
 
 
 def eval_step(params, batch, mask, key, *, loss_fn, scale, binarize, dequantize_levels=0,
-              axis_name=None):
+              support=None, axis_name=None):
     """Sums over the valid (mask = 1) examples of a batch, for the validation pass.
 
     Returns, summed over the global batch (psum): the ELBO terms `elbo`, `recon`, `kl`; per
     latent dimension `kl_per_dim` [Z], `mean` [Z] and `mean_sq` [Z] of the posterior means (for
-    the active-unit count; Z = Z1 + Z2, z1 first, for the two-layer model); and `count`. The
-    caller divides by the count at the end of the pass.
+    the active-unit count; Z = Z1 + Z2, z1 first, for the two-layer model); `count`; and, with
+    `support` (as in `train_step`), `support_violations`. The caller divides by the count at
+    the end of the pass.
     """
     binarize_key, latent_key = threefry.split(key)
     example_ids = local_example_ids(batch.shape[0], axis_name)
@@ -560,6 +575,8 @@ def eval_step(params, batch, mask, key, *, loss_fn, scale, binarize, dequantize_
         for name in ("elbo", "recon", "kl", "kl_per_dim", "mean", "mean_sq")
     }
     sums["count"] = jnp.sum(mask)
+    if support is not None:  # padding rows repeat a valid row: a zero count stays zero
+        sums["support_violations"] = support(batch.astype(jnp.float32) * scale if binarize else x)
     if axis_name is not None:
         sums = jax.lax.psum(sums, axis_name)
     return sums
@@ -729,8 +746,87 @@ def resolve_num_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
     return int(config.num_epochs) * (num_train // config.batch_size)
 
 
+def _positive(v):
+    return v > 0
+
+
+def _non_negative(v):
+    return v >= 0
+
+
+def _unit_open(v):  # [0, 1)
+    return 0 <= v < 1
+
+
+# The range of every numeric field: (predicate, what it says). A value outside its range is an
+# error before anything is written (a negative learning rate trains until it diverges; a
+# negative num_steps would "finish" at once and write empty metrics).
+NUMERIC_RANGES = {
+    "data.max_device_bytes": (_non_negative, ">= 0"),
+    "data.validation_size": (_positive, "> 0 (a fraction in (0, 1) or a count >= 1)"),
+    "latent_dim": (_positive, ">= 1"),
+    "hidden": (_positive, "widths >= 1"),
+    "features": (_positive, "channels >= 1"),
+    "kernel_size": (_positive, ">= 1"),
+    "strides": (_positive, ">= 1"),
+    "conv_hidden": (_positive, "widths >= 1"),
+    "latent_dims": (_positive, "sizes >= 1"),
+    "hierarchical_hidden": (_positive, "widths >= 1"),
+    "num_samples": (_positive, ">= 1"),
+    "beta": (_non_negative, ">= 0"),
+    "kl_warmup_steps": (_non_negative, ">= 0"),
+    "kl_cycle_steps": (_non_negative, ">= 0"),
+    "kl_cycle_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "kl_num_cycles": (_non_negative, ">= 0"),
+    "free_bits": (_non_negative, ">= 0"),
+    "learning_rate": (_non_negative, ">= 0"),
+    "burda_epoch_scale": (_positive, "> 0"),
+    "lr_warmup_steps": (_non_negative, ">= 0"),
+    "adam_b1": (_unit_open, "in [0, 1)"),
+    "adam_b2": (_unit_open, "in [0, 1)"),
+    "adam_eps": (_non_negative, ">= 0"),
+    "weight_decay": (_non_negative, ">= 0"),
+    "grad_clip_norm": (_non_negative, ">= 0 (0 disables clipping)"),
+    "max_consecutive_skips": (_non_negative, ">= 0"),
+    "ema_decay": (_unit_open, "in [0, 1) (0 disables the EMA)"),
+    "batch_size": (_positive, ">= 1"),
+    "eval_batch_size": (_positive, ">= 1"),
+    "num_steps": (_non_negative, ">= 0 (0: num_epochs epochs)"),
+    "num_epochs": (_non_negative, ">= 0"),
+    "steps_per_dispatch": (_positive, ">= 1"),
+    "log_every": (_positive, ">= 1"),
+    "eval_every": (_positive, ">= 1"),
+    "checkpoint_every": (_positive, ">= 1"),
+    "keep_checkpoints": (_positive, ">= 1"),
+    "num_image_examples": (_non_negative, ">= 0"),
+}
+
+
+def _leaves(value):
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
+
+
+def check_numeric_ranges(config: ml_collections.ConfigDict) -> None:
+    """A clear error naming the first numeric field outside its range (NaN is outside every
+    range; tuple fields are checked element by element)."""
+    for name, (ok, valid) in NUMERIC_RANGES.items():
+        value = config
+        for part in name.split("."):
+            value = value[part]
+        values = list(_leaves(value))
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and ok(v) for v in values):
+            raise ValueError(f"{name}={value!r} is out of range: it must be {valid}")
+    if not config.num_steps and not config.num_epochs:
+        raise ValueError("num_steps=0 and num_epochs=0: the run would train no step; set one")
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     """Clear errors for settings that cannot work, before anything is compiled or written."""
+    check_numeric_ranges(config)
     parallel.check_batch_divisible(config.batch_size, num_devices)
     parallel.check_batch_divisible(config.eval_batch_size, num_devices, "eval_batch_size")
     k = config.steps_per_dispatch
@@ -834,6 +930,17 @@ def train_and_evaluate(
         data.validation[:256].astype(np.float32) * data.scale, config.likelihood,
         num_bins=data.num_levels,
     )
+    grey_bernoulli = is_grey_level_bernoulli(config, data.num_levels)
+    if grey_bernoulli and not config.allow_grey_level_bernoulli:
+        raise ValueError(
+            f"likelihood='bernoulli' with data.binarization='none' on {config.data.name!r}, "
+            f"whose pixels have {data.num_levels} grey levels: the Bernoulli cross-entropy of "
+            "grey levels is not a likelihood (the ELBO and bits/dim it reports mean nothing). "
+            "Binarise the data (data.binarization='dynamic' or 'static'), use a density of "
+            "intensities ('continuous_bernoulli', 'gaussian'), or set "
+            "allow_grey_level_bernoulli=True to train on this loss anyway (its metrics are then "
+            "labelled normalised_likelihood=0)"
+        )
 
     root_key = jax.random.key(config.seed)
     init_key, train_key, eval_key, data_key = jax.random.split(root_key, 4)
@@ -844,38 +951,124 @@ def train_and_evaluate(
     beta_schedule = make_kl_schedule(config)
     binarize = config.data.binarization == "dynamic"
     dequantize_levels = data.num_levels if config.data.dequantize else 0
+    support = functools.partial(losses.support_violations, likelihood=config.likelihood,
+                                num_bins=data.num_levels)
 
     state = init_state(init_key, encoder, decoder, data.image_shape, optimizer,
                        ema=config.ema_decay > 0, output_bias=initial_output_bias(config, data))
-    # Only now, with the data found, the model built and any checkpoint restored, does the run
-    # write into the workdir: a typo in the config or a checkpoint that does not fit leaves
-    # nothing behind to block the corrected command.
-    workdir_lib.check_workdir_config(workdir, config, allow_config_change=allow_config_change)
-    state = parallel.replicate(state, mesh)
-    checkpoints = workdir_lib.Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints)
-    state = checkpoints.restore_latest(state)
-    workdir_lib.record_config(workdir, config)
-    start_step = int(jax.device_get(state.step))
+    # Only now, with the data found and the model built, does the run touch the workdir: a typo
+    # in the config leaves nothing behind to block the corrected command. The lock comes first,
+    # so a second run on the same workdir is refused before it reads or writes anything else.
+    lock = (workdir_lib.WorkdirLock(workdir, purpose="training") if is_chief
+            else contextlib.nullcontext())
+    with lock:
+        # A workdir without a checkpoint holds no trained state: a differing config.json there
+        # (a run that failed before its first checkpoint) is replaced, not a reason to refuse.
+        workdir_lib.check_workdir_config(
+            workdir, config,
+            allow_config_change=allow_config_change or not has_checkpoint(workdir))
+        state = parallel.replicate(state, mesh)
+        checkpoints = workdir_lib.Checkpoints(workdir / "checkpoints",
+                                              keep=config.keep_checkpoints)
+        try:
+            state = checkpoints.restore_latest(state)
+        except BaseException:
+            checkpoints.close()
+            raise
+        workdir_lib.record_config(workdir, config)
+        return _train_loop(
+            config, workdir, mesh, data, state, checkpoints,
+            step_fn=functools.partial(
+                train_step,
+                loss_fn=loss_fn,
+                optimizer=optimizer,
+                beta_schedule=beta_schedule,
+                lr_schedule=lr_schedule,
+                scale=data.scale,
+                binarize=binarize,
+                dequantize_levels=dequantize_levels,
+                ema_decay=config.ema_decay,
+                support=support,
+                axis_name=parallel.AXIS,
+                scanned=not streaming and config.steps_per_dispatch > 1,
+            ),
+            eval_fn=functools.partial(
+                eval_step,
+                loss_fn=make_loss_fn(config, encoder, decoder, data.num_levels,
+                                     objective="elbo"),
+                scale=data.scale, binarize=binarize, dequantize_levels=dequantize_levels,
+                support=support, axis_name=parallel.AXIS,
+            ),
+            pictures=workdir_lib.Pictures(
+                workdir, encoder=encoder, decoder=decoder, likelihood=config.likelihood,
+                image_shape=data.image_shape, sample_prior=make_prior_sampler(encoder, decoder),
+                examples=(data.validation[: config.num_image_examples].astype(np.float32)
+                          * data.scale),
+                enabled=is_chief,
+            ),
+            keys=(train_key, eval_key, data_key),
+            streaming=streaming, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
+            labels={"normalised_likelihood": 0.0} if grey_bernoulli else {},
+            quiet=quiet,
+        )
 
-    step_fn = functools.partial(
-        train_step,
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        beta_schedule=beta_schedule,
-        lr_schedule=lr_schedule,
-        scale=data.scale,
-        binarize=binarize,
-        dequantize_levels=dequantize_levels,
-        ema_decay=config.ema_decay,
-        axis_name=parallel.AXIS,
-        scanned=not streaming and config.steps_per_dispatch > 1,
-    )
-    eval_fn = functools.partial(
-        eval_step,
-        loss_fn=make_loss_fn(config, encoder, decoder, data.num_levels, objective="elbo"),
-        scale=data.scale, binarize=binarize, dequantize_levels=dequantize_levels,
-        axis_name=parallel.AXIS,
-    )
+
+def is_grey_level_bernoulli(config: ml_collections.ConfigDict, num_levels: int) -> bool:
+    """Whether the run would fit a Bernoulli to grey levels (pytorch/examples#460): a binary
+    likelihood on non-binary data, which is a cross-entropy loss but not a likelihood."""
+    return (config.likelihood == "bernoulli" and config.data.binarization == "none"
+            and num_levels > 2)
+
+
+def has_checkpoint(workdir) -> bool:
+    """Whether `workdir/checkpoints` holds a finished checkpoint (orbax's temporary folders of
+    an interrupted save are named `<step>.orbax-checkpoint-tmp-*`, not `<step>`)."""
+    directory = pathlib.Path(workdir) / "checkpoints"
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run after it saved a checkpoint of its current step."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class DataSupportError(ValueError):
+    """A batch held values outside the likelihood's support."""
+
+
+@contextlib.contextmanager
+def _signals_recorded(signums):
+    """Inside the block, SIGINT/SIGTERM are appended to the yielded list instead of acting, so
+    the loop can save the current step first. Handlers can only be set in the main thread;
+    elsewhere nothing is caught."""
+    caught = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in signums}
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eval_fn, pictures,
+                keys, streaming, num_steps, steps_per_epoch, labels, quiet) -> TrainResult:
+    """The loop of `train_and_evaluate` from the restored `state` to `num_steps`.
+
+    After every dispatch the previous dispatch's guards are read (one behind, so the devices
+    stay busy): more than `max_consecutive_skips` non-finite updates in a row, or data outside
+    the likelihood's support, stop the run at once, after the window up to that point is
+    written to metrics.jsonl; no checkpoint is saved after either.
+    """
+    train_key, eval_key, data_key = keys
+    is_chief = jax.process_index() == 0
+    start_step = int(jax.device_get(state.step))
     options = program_options(config)
     eval_program = make_eval_program(eval_fn, mesh, batch_size=config.eval_batch_size,
                                      compiler_options=options)
@@ -904,7 +1097,7 @@ def train_and_evaluate(
         perms_fn = jax.jit(
             functools.partial(
                 epoch_permutations,
-                num_examples=num_train,
+                num_examples=data.num_train,
                 num_epochs=epochs_per_chunk(k, steps_per_epoch),
             ),
             out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED),
@@ -918,65 +1111,112 @@ def train_and_evaluate(
         for start in range(0, len(data.validation), config.eval_batch_size):
             sums = eval_program(params, val_rows, len(data.validation), start, eval_key)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        summary = validation_summary(jax.device_get(totals))
-        if dequantize_levels:
+        totals = jax.device_get(totals)
+        outside = int(totals.pop("support_violations", 0))
+        if outside:
+            raise DataSupportError(
+                f"the validation split has {outside} pixel values outside the support of the "
+                f"{config.likelihood!r} likelihood (see losses.support_violations); stopping")
+        summary = validation_summary(totals)
+        if config.data.dequantize:
             # The ELBO on y = (k + u) / L bounds the code length of the levels.
             num_dims = int(np.prod(data.image_shape))
             log_mass = losses.dequantized_log_mass_bound(
-                summary["val_elbo_nats"], num_dims, dequantize_levels)
+                summary["val_elbo_nats"], num_dims, data.num_levels)
             summary["val_bits_per_dim"] = float(-log_mass / (num_dims * np.log(2.0)))
-        return summary
+        return {**summary, **labels}
 
     logger = workdir_lib.MetricsLogger(workdir, enabled=is_chief, quiet=quiet,
                                        total_steps=num_steps, initial_step=start_step)
-    pictures = workdir_lib.Pictures(
-        workdir, encoder=encoder, decoder=decoder, likelihood=config.likelihood,
-        image_shape=data.image_shape, sample_prior=make_prior_sampler(encoder, decoder),
-        examples=data.validation[: config.num_image_examples].astype(np.float32) * data.scale,
-        enabled=is_chief,
-    )
-    def stop_if_diverged(consecutive_skips, step):
-        if consecutive_skips > config.max_consecutive_skips:
-            raise FloatingPointError(
-                f"{int(consecutive_skips)} consecutive updates had non-finite gradients (limit "
-                f"max_consecutive_skips={config.max_consecutive_skips}) at step {step}; "
-                f"stopping. The last good checkpoint is in {workdir / 'checkpoints'}."
-            )
+
+    def checkpoint_note():
+        latest = checkpoints.latest_step()
+        if latest is None:
+            return ("No checkpoint was written, so the workdir holds no trained state; the "
+                    "corrected command starts afresh.")
+        return (f"The last checkpoint is step {latest} ({checkpoints.directory / str(latest)}); "
+                "rerunning the command resumes from it.")
+
+    pending, window_start, window_steps = [], time.perf_counter(), 0
+
+    def log_window(step, **extra):
+        nonlocal pending, window_start, window_steps
+        summary = workdir_lib.summarise(jax.device_get(pending), step,
+                                        time.perf_counter() - window_start,
+                                        window_steps * config.batch_size)
+        summary.update(labels, **extra)
+        logger.log(summary, step)
+        pending, window_start, window_steps = [], time.perf_counter(), 0
+        return summary
+
+    inflight = []  # (per-step metrics [n] of a dispatch, the step it ended at), not yet checked
+
+    def check_guards(upto: int):
+        """Reads the guards of the oldest dispatches, leaving `upto` unread; stops on failure."""
+        while len(inflight) > upto:
+            metrics, end_step = inflight.pop(0)
+            guards = jax.device_get({k: metrics[k] for k in metrics
+                                     if k in ("consecutive_skips", "support_violations")})
+            first = end_step - len(guards["consecutive_skips"]) + 1  # step of element 0
+            over = np.flatnonzero(guards["consecutive_skips"] > config.max_consecutive_skips)
+            if over.size:
+                at = first + int(over[0])
+                log_window(end_step, diverged_at_step=at)
+                raise FloatingPointError(
+                    f"{config.max_consecutive_skips + 1} consecutive updates had non-finite "
+                    f"gradients (limit max_consecutive_skips={config.max_consecutive_skips}) at "
+                    f"step {at}; stopping. {checkpoint_note()}")
+            outside = np.flatnonzero(guards.get("support_violations", np.zeros(1)))
+            if outside.size:
+                at = first + int(outside[0])
+                log_window(end_step, support_violation_at_step=at)
+                raise DataSupportError(
+                    f"the training batch of step {at} had "
+                    f"{int(guards['support_violations'][outside[0]])} pixel values outside the "
+                    f"support of the {config.likelihood!r} likelihood (see "
+                    f"losses.support_violations); stopping. {checkpoint_note()}")
 
     last_metrics, validation = {}, {}
-    pending, window_start, window_steps = [], time.perf_counter(), 0
     cached_epoch, perms = None, None
     step = start_step
     try:
-        while step < num_steps:
-            if streaming:
-                batch = parallel.shard_rows(next(batches), mesh)
-                state, metrics = stream_program(state, batch, train_key)
-                step += 1
-            else:
-                epoch = step // steps_per_epoch
-                if epoch != cached_epoch:
-                    perms, cached_epoch = perms_fn(data_key, epoch), epoch
-                state, metrics = chunk_program(state, rows, perms, epoch, train_key)
-                step += k
-            pending.append(metrics)
-            window_steps += 1 if streaming else k
-            if step % config.log_every == 0 or step >= num_steps:
-                host = jax.device_get(pending)
-                elapsed = time.perf_counter() - window_start
-                last_metrics = workdir_lib.summarise(host, step, elapsed, window_steps * config.batch_size)
-                stop_if_diverged(last_metrics["consecutive_skips"], step)
-                logger.log(last_metrics, step)
-                pending, window_start, window_steps = [], time.perf_counter(), 0
-            if step % config.eval_every == 0 or step >= num_steps:
-                validation = evaluate(state)
-                logger.log_eval(validation, step)
-                pictures.write(eval_params(state), step, jax.random.fold_in(eval_key, step))
-                logger.log_images(pictures.last_images, step)
-            if step % config.checkpoint_every == 0 or step >= num_steps:
-                # Never checkpoint parameters that the skip guard gave up on.
-                stop_if_diverged(int(jax.device_get(metrics["consecutive_skips"])[-1]), step)
-                checkpoints.save(step, state)
+        with _signals_recorded((signal.SIGINT, signal.SIGTERM)) as caught:
+            while step < num_steps:
+                if streaming:
+                    batch = parallel.shard_rows(next(batches), mesh)
+                    state, metrics = stream_program(state, batch, train_key)
+                    step += 1
+                else:
+                    epoch = step // steps_per_epoch
+                    if epoch != cached_epoch:
+                        perms, cached_epoch = perms_fn(data_key, epoch), epoch
+                    state, metrics = chunk_program(state, rows, perms, epoch, train_key)
+                    step += k
+                pending.append(metrics)
+                inflight.append((metrics, step))
+                window_steps += 1 if streaming else k
+                check_guards(upto=1)
+                last = step >= num_steps
+                if step % config.log_every == 0 or last:
+                    check_guards(upto=0)
+                    last_metrics = log_window(step)
+                if step % config.eval_every == 0 or last:
+                    validation = evaluate(state)
+                    logger.log_eval(validation, step)
+                    pictures.write(eval_params(state), step, jax.random.fold_in(eval_key, step))
+                    logger.log_images(pictures.last_images, step)
+                if step % config.checkpoint_every == 0 or last or caught:
+                    check_guards(upto=0)  # never checkpoint what the guards give up on
+                    checkpoints.save(step, state)
+                if caught and not last:
+                    if pending:
+                        log_window(step)
+                    name = signal.Signals(caught[0]).name
+                    # The `finally` below waits for the save: a failed one replaces this.
+                    raise TrainingInterrupted(
+                        f"{name} at step {step}: saved checkpoint {step} to "
+                        f"{checkpoints.directory / str(step)}; rerun the same command to resume",
+                        caught[0])
     finally:
         checkpoints.close()
         logger.close()
