@@ -953,3 +953,48 @@ def test_sigint_and_sigterm_save_the_current_step_and_exit_with_one_line(tmp_pat
     assert "Traceback" not in stderr
     # The window since the last log line is recorded up to the saved step.
     assert read_jsonl(workdir / "metrics.jsonl")[-1]["step"] == step
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_busy_workdir_is_refused_at_once(tmp_path):
+    workdir = tmp_path / "w"
+    flags = ("--config.num_steps=100000", "--config.steps_per_dispatch=10",
+             "--config.log_every=1000", "--config.eval_every=100000",
+             "--config.checkpoint_every=100000", "--config.hidden=(64,)")
+    cmd = [sys.executable, "-m", "vae_jax.main", "--config", str(REPO / "experiments/digits.py"),
+           "--workdir", str(workdir), "--quiet", *flags]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (workdir / "metrics.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None
+        rows_before = (workdir / "metrics.jsonl").read_text()
+        second = run_main(workdir, *flags)
+        assert second.returncode == 1
+        last = second.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and f"process {first.pid} on " in last, last
+        assert (workdir / "metrics.jsonl").read_text().startswith(rows_before)
+    finally:
+        first.kill()
+        first.wait()
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_the_run_with_the_cause_as_its_last_line(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120k", "tmpfs", str(mount)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root); "
+                    "tests/test_workdir.py injects the write error instead")
+    try:
+        result = run_main(mount / "w", *SMALL_FLAGS)
+        assert result.returncode == 1
+        last = result.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(r"error: No space left on device while writing checkpoint 20 to "
+                            r"\S+/checkpoints/20", last), result.stderr[-2000:]
+        assert not train.has_checkpoint(mount / "w")
+    finally:
+        subprocess.run(["umount", str(mount)])

@@ -53,14 +53,13 @@ def main(argv):
             quiet=_QUIET.value,
         )
     except train.TrainingInterrupted as stop:
-        print(stop, file=sys.stderr)
-        sys.exit(128 + stop.signum)
+        _exit_with(str(stop), 128 + stop.signum)
     # Failures a user can act on end with one line that names the cause (the last line printed),
     # not a traceback; anything else is a bug and keeps its traceback.
     except (FloatingPointError, train.DataSupportError, input_pipeline.DatasetNotFoundError,
             workdir_lib.WorkdirLocked, workdir_lib.WorkdirConfigMismatch,
             workdir_lib.CheckpointRestoreError, workdir_lib.CheckpointSaveError) as err:
-        sys.exit(f"error: {err}")
+        _exit_with(f"error: {err}", 1)
     if jax.process_index() == 0:
         summary = {**result.last_metrics, **result.validation}
         keys = ("step", "loss", "recon_nats", "kl_nats", "val_elbo_nats", "examples_per_sec")
@@ -69,6 +68,15 @@ def main(argv):
             print("note: a Bernoulli cross-entropy of grey levels (allow_grey_level_bernoulli): "
                   "a non-normalised loss, not a likelihood; its ELBO is not a bound on log p(x)")
         print(f"pictures: {os.path.join(_WORKDIR.value, 'images')}")
+
+
+def _exit_with(message: str, code: int):
+    """Prints `message` as the last line and exits at once. The run's files are closed by now;
+    skipping the interpreter's teardown keeps orbax's asyncio tasks of a failed save (a full
+    disk) from printing "Task exception was never retrieved" tracebacks after the cause."""
+    sys.stdout.flush()
+    print(message, file=sys.stderr, flush=True)
+    os._exit(code)
 
 
 def run():
