@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -532,10 +533,72 @@ def test_restore_picks_the_step_asked_for_and_names_the_steps_there_are(two_chec
         params, got_step = restore(step=step)
         assert got_step == want
         chex.assert_trees_all_close(params, params_by_step[want])
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 5 .*\[3, 7\]"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint 5 .*it has 3, 7"):
         restore(step=5)
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 5 .*\[3, 7\]"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint 5 .*it has 3, 7"):
         evaluate.evaluate_workdir(workdir, step=5, num_importance_samples=3, chunk_size=2)
+
+
+def test_a_corrupt_latest_checkpoint_is_skipped_and_left_in_place(two_checkpoint_run, tmp_path):
+    source, config, params_by_step = two_checkpoint_run
+    workdir = tmp_path / "copy"
+    shutil.copytree(source, workdir)
+    victim = max((p for p in (workdir / "checkpoints" / "7").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:-1] + bytes([victim.read_bytes()[-1] ^ 1]))
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    encoder, decoder = train.make_models(config, (8, 8, 1))
+    restore = functools.partial(evaluate.restore_eval_params, config, workdir, encoder, decoder,
+                                (8, 8, 1))
+    params, step = restore()
+    assert step == 3
+    chex.assert_trees_all_close(params, params_by_step[3])
+    with pytest.raises(workdir_lib.CheckpointRestoreError, match="checkpoint 7 is corrupt"):
+        restore(step=7)
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before  # nothing moved
+
+
+_SMALL_EVALUATION = dict(num_importance_samples=3, chunk_size=2, max_examples=16, batch_size=8,
+                         write_plots=False)
+
+
+def test_an_evaluation_writing_into_a_workdir_in_use_is_refused(two_checkpoint_run, tmp_path):
+    workdir, _, _ = two_checkpoint_run
+    reported = []
+    with workdir_lib.WorkdirLock(workdir, purpose="training"):
+        # At once, before the computation: nothing is reported.
+        for out_dir in (None, workdir / "evaluations"):
+            with pytest.raises(workdir_lib.WorkdirLocked, match=f"process {os.getpid()} on"):
+                evaluate.evaluate_workdir(workdir, out_dir=out_dir, report=reported.append,
+                                          devices=jax.devices()[:1], **_SMALL_EVALUATION)
+        assert not reported and not (workdir / "evaluations").exists()
+        # Written elsewhere, the evaluation does not need the workdir.
+        result = evaluate.evaluate_workdir(workdir, out_dir=tmp_path / "out",
+                                           devices=jax.devices()[:1], **_SMALL_EVALUATION)
+        assert json.loads((tmp_path / "out" / "eval.json").read_text()) == result
+    # A training run that starts while the numbers are computed: refused at the writing, and
+    # the numbers have been reported.
+    training = workdir_lib.WorkdirLock(workdir, purpose="training")
+    try:
+        with pytest.raises(workdir_lib.WorkdirLocked, match="this evaluation did not start"):
+            evaluate.evaluate_workdir(workdir, report=lambda r: (reported.append(r),
+                                                                 training.acquire()),
+                                      devices=jax.devices()[:1], **_SMALL_EVALUATION)
+    finally:
+        training.release()
+    assert reported[0]["checkpoint_step"] == 7 and not (workdir / "eval.json").exists()
+
+
+@pytest.mark.slow
+def test_the_command_refuses_a_workdir_in_use_in_one_line(two_checkpoint_run):
+    workdir, _, _ = two_checkpoint_run
+    with workdir_lib.WorkdirLock(workdir, purpose="training"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "vae_jax.evaluate", "--workdir", str(workdir)],
+            capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: {workdir} is in use by process {os.getpid()}")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not proc.stdout
 
 
 def _read_only_command(workdir, *args):

@@ -24,6 +24,7 @@ fits the model, so the programs and the command work for both kinds.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -35,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from vae_jax import (config_defaults, distributions, input_pipeline, losses, models, parallel,
                      plots, threefry, train)
@@ -579,11 +579,12 @@ def restore_eval_params(config, workdir, encoder, decoder, image_shape, *, step=
     """(params, step) of a checkpoint in `workdir/checkpoints`, on one device: its EMA
     parameters when the run kept them (config.ema_decay > 0), else its parameters.
 
-    `step` None restores the latest checkpoint; an int restores exactly that step's (e.g. an
-    older one when the latest cannot be read). Raises FileNotFoundError when there is no
-    checkpoint, or none of `step` (the message lists the steps there are), and creates no
-    directory; a checkpoint that cannot be restored raises
-    `workdir_lib.CheckpointRestoreError`, naming the other steps.
+    `step` None restores the newest intact checkpoint, an int exactly that step's, each
+    verified against its checksums (`workdir_lib.Checkpoints.restore`). A reader: corrupt
+    checkpoints are skipped with a warning but never moved, and no directory is created.
+    Raises FileNotFoundError when there is no checkpoint, `workdir_lib.CheckpointNotFound`
+    (a FileNotFoundError naming the steps there are) when there is none of `step`, and
+    `workdir_lib.CheckpointRestoreError` when the checkpoint cannot be restored.
     """
     workdir = pathlib.Path(workdir)
     directory = workdir / "checkpoints"
@@ -594,12 +595,8 @@ def restore_eval_params(config, workdir, encoder, decoder, image_shape, *, step=
         raise missing
     checkpoints = workdir_lib.Checkpoints(directory, keep=config.keep_checkpoints)
     try:
-        steps = sorted(checkpoints.manager.all_steps())
-        if not steps:
+        if not checkpoints.steps():
             raise missing
-        if step is not None and step not in steps:
-            raise FileNotFoundError(
-                f"no checkpoint of step {step} in {directory}; the steps there are {steps}")
         # Only the structure is needed: shapes from eval_shape, placed on one device.
         abstract = jax.eval_shape(functools.partial(
             train.init_state, encoder=encoder, decoder=decoder, image_shape=image_shape,
@@ -610,19 +607,10 @@ def restore_eval_params(config, workdir, encoder, decoder, image_shape, *, step=
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
-        chosen = steps[-1] if step is None else step
-        try:
-            state = checkpoints.manager.restore(chosen, args=ocp.args.StandardRestore(abstract))
-        except Exception as err:  # orbax raises many types; all mean the same to the user
-            others = [s for s in steps if s != chosen]
-            raise workdir_lib.CheckpointRestoreError(
-                f"could not restore the checkpoint at {directory / str(chosen)} "
-                f"({type(err).__name__}: {str(err)[:500]})"
-                + (f"; --step evaluates another of the steps {others}" if others else "")
-            ) from err
+        restored = checkpoints.restore(abstract, step, move_corrupt=False)
     finally:
         checkpoints.close()
-    return train.eval_params(state), int(jax.device_get(state.step))
+    return train.eval_params(restored.state), int(restored.step)
 
 
 def run_in_batches(program, params, x_nhwc, key, mesh, *, batch_size: int):
@@ -647,6 +635,21 @@ def run_in_batches(program, params, x_nhwc, key, mesh, *, batch_size: int):
 
 def _finite(value) -> bool:
     return bool(np.all(np.isfinite(np.asarray(value, np.float64))))
+
+
+def _inside(path: pathlib.Path, directory: pathlib.Path) -> bool:
+    path, directory = path.resolve(), directory.resolve()
+    return path == directory or directory in path.parents
+
+
+def _refuse_if_in_use(workdir: pathlib.Path) -> None:
+    """Raises `workdir_lib.WorkdirLocked` at once when another process (a training run) holds
+    the workdir, rather than after the evaluation; the lock is taken again for the writing.
+    A workdir where the lock file cannot be written (read-only) is not refused here: its
+    numbers are still computed and reported, and writing there fails later."""
+    with contextlib.suppress(OSError):
+        with workdir_lib.WorkdirLock(workdir, purpose="evaluation"):
+            pass
 
 
 def evaluate_workdir(
@@ -702,6 +705,12 @@ def evaluate_workdir(
     the numbers also survive a plotting error; written elsewhere than the workdir, it records
     the workdir it evaluated (`workdir`). A failed write raises OSError naming the directory.
 
+    An `out_dir` inside the workdir is written holding `workdir_lib.WorkdirLock(workdir,
+    purpose="evaluation")`, so an evaluation never writes beside a training run: one that
+    holds the workdir raises `workdir_lib.WorkdirLocked` at once (before the computation),
+    and again at the writing if one has started meanwhile. Reading the checkpoints needs no
+    lock.
+
     Returns:
       the dict written to eval.json (every number finite).
     """
@@ -711,6 +720,9 @@ def evaluate_workdir(
     workdir = pathlib.Path(workdir)
     out_dir = workdir if out_dir is None else pathlib.Path(out_dir)
     config = _load_config(workdir)
+    into_workdir = _inside(out_dir, workdir)
+    if into_workdir:
+        _refuse_if_in_use(workdir)
     if jax.process_count() > 1:
         raise NotImplementedError("the evaluation command runs in a single process")
     levels, labels, data = _load_split(config, split)
@@ -818,15 +830,19 @@ def evaluate_workdir(
         report(result)
     # The pictures decode z1: its KL per dimension orders the traversals.
     decoder_kl_per_dim = np.asarray(diagnostics["kl_per_dim"])[: per_example["mean"].shape[-1]]
+    lock = (workdir_lib.WorkdirLock(workdir, purpose="evaluation") if into_workdir
+            else contextlib.nullcontext())
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        workdir_lib.write_json(out_dir / EVAL_JSON, result)  # survives a plotting error
-        if write_plots:
-            result["plots"] = sorted(str(p.relative_to(out_dir)) for p in save_plots(
-                out_dir / PLOTS_DIR, params, x_nhwc, plot_key, encoder=encoder,
-                decoder=decoder, likelihood=config.likelihood, kl_per_dim=decoder_kl_per_dim,
-                mean_nz=per_example["mean"], labels=labels, workdir=workdir))
-            workdir_lib.write_json(out_dir / EVAL_JSON, result)
+        with lock:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            workdir_lib.write_json(out_dir / EVAL_JSON, result)  # survives a plotting error
+            if write_plots:
+                result["plots"] = sorted(str(p.relative_to(out_dir)) for p in save_plots(
+                    out_dir / PLOTS_DIR, params, x_nhwc, plot_key, encoder=encoder,
+                    decoder=decoder, likelihood=config.likelihood,
+                    kl_per_dim=decoder_kl_per_dim, mean_nz=per_example["mean"],
+                    labels=labels, workdir=workdir))
+                workdir_lib.write_json(out_dir / EVAL_JSON, result)
     except OSError as err:
         raise type(err)(f"could not write the evaluation into {out_dir} ({err}); choose "
                         "another directory with out_dir (--out)") from err
@@ -965,8 +981,9 @@ def run() -> None:
 
         try:
             evaluate_workdir(workdir, write_plots=values.pop("plots"), report=report, **values)
-        # No run, checkpoint, step or data; an unreadable checkpoint; an unwritable directory.
-        except (OSError, workdir_lib.CheckpointRestoreError) as err:
+        # No run, checkpoint, step or data; an unreadable checkpoint; an unwritable directory;
+        # a training run in the workdir.
+        except (OSError, workdir_lib.CheckpointRestoreError, workdir_lib.WorkdirLocked) as err:
             sys.exit(f"error: {err}")
         print(f"written: {out_dir / EVAL_JSON}")
 
