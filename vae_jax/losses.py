@@ -14,13 +14,10 @@ Parameters are a dict `{"encoder": encoder_params, "decoder": decoder_params}`.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable
 
-import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from vae_jax import distributions, threefry
