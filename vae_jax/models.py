@@ -574,6 +574,17 @@ def _mirror_crop_start(n_in: int, kernel_size: int, stride: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+def _gaussian_heads(h_bf: Array, latent_dim: int, extra_dim: int, kernel_init: str):
+    """The linear heads of a Gaussian encoder: (mean_bz, logvar_bz), plus extra_be when
+    extra_dim > 0. The heads use the "linear" gain: no nonlinearity follows them."""
+    head_init = get_kernel_init(kernel_init, "linear")
+    mean_bz = nn.Dense(latent_dim, kernel_init=head_init, name="mean")(h_bf)
+    logvar_bz = nn.Dense(latent_dim, kernel_init=head_init, name="logvar")(h_bf)
+    if not extra_dim:
+        return mean_bz, logvar_bz
+    return mean_bz, logvar_bz, nn.Dense(extra_dim, kernel_init=head_init, name="extra")(h_bf)
+
+
 class MLPEncoder(nn.Module):
     """Fully connected Gaussian encoder: x [B, ...] -> (mean_bz, logvar_bz), each [B, Z].
 
@@ -586,12 +597,16 @@ class MLPEncoder(nn.Module):
       hidden: widths of the hidden layers, input side first.
       activation: name for `get_activation`.
       kernel_init: name for `get_kernel_init`.
+      extra_dim: E > 0 adds a third linear head [B, E] that a posterior family reads
+        (`posteriors.Posterior.extra_dim`: a Cholesky factor's off-diagonal, an IAF context);
+        the output is then (mean_bz, logvar_bz, extra_be).
     """
 
     latent_dim: int
     hidden: Sequence[int] = (512, 512)
     activation: str = "relu"
     kernel_init: str = "lecun_normal"
+    extra_dim: int = 0
 
     def __post_init__(self):
         _as_tuple(self, "hidden")
@@ -604,10 +619,7 @@ class MLPEncoder(nn.Module):
         init = get_kernel_init(self.kernel_init, self.activation)
         for i, width in enumerate(self.hidden):
             h_bf = act(nn.Dense(width, kernel_init=init, name=f"hidden_{i}")(h_bf))
-        head_init = get_kernel_init(self.kernel_init, "linear")
-        mean_bz = nn.Dense(self.latent_dim, kernel_init=head_init, name="mean")(h_bf)
-        logvar_bz = nn.Dense(self.latent_dim, kernel_init=head_init, name="logvar")(h_bf)
-        return mean_bz, logvar_bz
+        return _gaussian_heads(h_bf, self.latent_dim, self.extra_dim, self.kernel_init)
 
 
 class MLPDecoder(nn.Module):
@@ -664,6 +676,7 @@ class ConvEncoder(nn.Module):
       activation: name for `get_activation`.
       kernel_init: name for `get_kernel_init` (heads use the "linear" gain).
       hidden: widths of dense layers between the flattened feature map and the heads.
+      extra_dim: as in `MLPEncoder`.
     """
 
     latent_dim: int
@@ -673,6 +686,7 @@ class ConvEncoder(nn.Module):
     activation: str = "relu"
     kernel_init: str = "lecun_normal"
     hidden: Sequence[int] = ()
+    extra_dim: int = 0
 
     def __post_init__(self):
         _as_tuple(self, "features", "strides", "hidden")
@@ -701,10 +715,7 @@ class ConvEncoder(nn.Module):
         h_bf = h_bhwc.reshape((h_bhwc.shape[0], -1))
         for i, width in enumerate(self.hidden):
             h_bf = act(nn.Dense(width, kernel_init=init, name=f"hidden_{i}")(h_bf))
-        head_init = get_kernel_init(self.kernel_init, "linear")
-        mean_bz = nn.Dense(self.latent_dim, kernel_init=head_init, name="mean")(h_bf)
-        logvar_bz = nn.Dense(self.latent_dim, kernel_init=head_init, name="logvar")(h_bf)
-        return mean_bz, logvar_bz
+        return _gaussian_heads(h_bf, self.latent_dim, self.extra_dim, self.kernel_init)
 
 
 class ConvDecoder(nn.Module):

@@ -1,0 +1,158 @@
+"""Tests of vae_jax.model: the one log-weight function and its reductions, against float64."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import logsumexp
+
+from vae_jax import likelihoods, model as model_lib, models, posteriors, priors
+
+IMAGE = (3, 3, 1)
+
+
+def make_model(num_layers=1, latent=3, prior="standard_normal", posterior="diagonal"):
+    post = posteriors.make_posterior(posterior)
+    dims = (latent,) + tuple(2 for _ in range(num_layers - 1))
+    prior_obj = (priors.make_prior(prior, num_components=4, posterior=post) if prior == "vamp"
+                 else priors.make_prior(prior))
+    return model_lib.VAE(
+        encoder=models.MLPEncoder(dims[0], hidden=(5,), activation="tanh",
+                                  extra_dim=post.extra_dim(dims[0])),
+        decoder=models.MLPDecoder(IMAGE, hidden=(5,), activation="tanh"),
+        likelihood=likelihoods.make_likelihood("bernoulli"),
+        prior=prior_obj,
+        posterior=post,
+        latent_dims=dims,
+        upper_encoders=tuple(models.MLPEncoder(d, hidden=(4,), activation="tanh")
+                             for d in dims[1:]),
+        upper_priors=tuple(models.MLPEncoder(d, hidden=(4,), activation="tanh")
+                           for d in dims[:-1]),
+    )
+
+
+def data(batch=4, seed=0):
+    return (np.random.default_rng(seed).uniform(size=(batch,) + IMAGE) > 0.5).astype(np.float32)
+
+
+def reference_noise(key, example_ids, num_samples, layer, dim):
+    """The documented scheme with jax.random (threefry is bit-identical to it): [K, B, dim]."""
+    out = np.zeros((num_samples, len(example_ids), dim))
+    for b, i in enumerate(example_ids):
+        key_b = jax.random.fold_in(key, i)
+        for j in range(num_samples):
+            key_l = jax.random.fold_in(jax.random.fold_in(key_b, j), layer)
+            out[j, b] = np.asarray(jax.random.normal(key_l, (dim,)), np.float64)
+    return out
+
+
+def bernoulli_log_prob(logits, x):
+    logits = np.asarray(logits, np.float64).reshape(len(x), -1)
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    return np.sum(x * logits - np.logaddexp(0.0, logits), axis=-1)
+
+
+def test_log_weights_of_one_layer_match_a_float64_recomputation():
+    vae = make_model()
+    params = vae.init(jax.random.key(0), IMAGE)
+    x = data()
+    key = jax.random.key(7)
+    draw = jax.jit(lambda p, x: vae.log_weights(p, x, key, num_samples=5))(params, x)
+    chex.assert_shape([draw.weights.log_px_z, draw.weights.log_pz, draw.weights.log_qz], (5, 4))
+    mean, logvar = (np.asarray(a, np.float64) for a in vae.encode(params, x)[:2])
+    eps = reference_noise(key, range(4), 5, layer=0, dim=3)
+    z = mean + np.exp(0.5 * logvar) * eps
+    np.testing.assert_allclose(draw.z[0], z, rtol=1e-5, atol=1e-5)
+    log_q = stats.norm.logpdf(z, mean, np.exp(0.5 * logvar)).sum(-1)
+    log_p = stats.norm.logpdf(z).sum(-1)
+    logits = vae.decode(params, jnp.asarray(z.reshape(20, 3), jnp.float32))
+    log_px = bernoulli_log_prob(logits, np.broadcast_to(x, (5,) + x.shape).reshape(20, -1))
+    np.testing.assert_allclose(draw.weights.log_qz, log_q, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(draw.weights.log_pz, log_p, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(draw.weights.log_px_z, log_px.reshape(5, 4), rtol=1e-5, atol=1e-4)
+
+
+def test_log_weights_of_two_layers_match_a_float64_recomputation():
+    vae = make_model(num_layers=2)
+    params = vae.init(jax.random.key(1), IMAGE)
+    x = data(batch=3)
+    key = jax.random.key(3)
+    draw = vae.log_weights(params, x, key, num_samples=2)
+    mean1, logvar1 = (np.asarray(a, np.float64) for a in vae.encode(params, x)[:2])
+    z1 = mean1 + np.exp(0.5 * logvar1) * reference_noise(key, range(3), 2, 0, 3)
+    z1_32 = jnp.asarray(z1.reshape(6, 3), jnp.float32)
+    mean2, logvar2 = (np.asarray(a, np.float64).reshape(2, 3, 2) for a in
+                      vae.upper_encoders[0].apply(params["upper_encoders"][0], z1_32))
+    z2 = mean2 + np.exp(0.5 * logvar2) * reference_noise(key, range(3), 2, 1, 2)
+    pm, plv = (np.asarray(a, np.float64).reshape(2, 3, 3) for a in vae.upper_priors[0].apply(
+        params["upper_priors"][0], jnp.asarray(z2.reshape(6, 2), jnp.float32)))
+    log_q = (stats.norm.logpdf(z1, mean1, np.exp(0.5 * logvar1)).sum(-1)
+             + stats.norm.logpdf(z2, mean2, np.exp(0.5 * logvar2)).sum(-1))
+    log_p = stats.norm.logpdf(z2).sum(-1) + stats.norm.logpdf(z1, pm, np.exp(0.5 * plv)).sum(-1)
+    np.testing.assert_allclose(draw.z[1], z2, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(draw.weights.log_qz, log_q, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(draw.weights.log_pz, log_p, rtol=1e-4, atol=1e-3)
+
+
+def test_noise_depends_on_the_example_id_not_the_batch_layout():
+    vae = make_model()
+    params = vae.init(jax.random.key(0), IMAGE)
+    x = data(batch=6)
+    key = jax.random.key(2)
+    whole = vae.log_weights(params, x, key, num_samples=3).weights.log_w
+    halves = [vae.log_weights(params, x[i:i + 3], key, num_samples=3,
+                              example_ids=jnp.arange(i, i + 3)).weights.log_w for i in (0, 3)]
+    np.testing.assert_allclose(whole, np.concatenate(halves, axis=1), rtol=1e-6)
+    # The draws for K are the first K of those for a larger K.
+    more = vae.log_weights(params, x, key, num_samples=7).weights.log_w
+    np.testing.assert_allclose(whole, more[:3], rtol=1e-6)
+    later = vae.log_weights(params, x, key, num_samples=4, first_sample=3).weights.log_w
+    np.testing.assert_allclose(later, more[3:], rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_samples, chunk_size", [(7, 3), (1, 100), (6, 2), (5, 5)])
+def test_log_likelihood_estimate_equals_one_pass_for_any_k(num_samples, chunk_size):
+    vae = make_model(num_layers=2)
+    params = vae.init(jax.random.key(0), IMAGE)
+    x = data(batch=3)
+    key = jax.random.key(4)
+    estimate = jax.jit(lambda p, x: model_lib.log_likelihood_estimate(
+        vae, p, x, key, num_samples=num_samples, chunk_size=chunk_size))(params, x)
+    log_w = np.asarray(vae.log_weights(params, x, key, num_samples=num_samples).weights.log_w,
+                       np.float64)
+    np.testing.assert_allclose(estimate, logsumexp(log_w, axis=0) - np.log(num_samples),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="num_samples=0"):
+        model_lib.log_likelihood_estimate(vae, params, x, key, num_samples=0)
+
+
+def test_closed_form_kl_agrees_with_the_sampled_one():
+    vae = make_model()
+    params = vae.init(jax.random.key(5), IMAGE)
+    x = data(batch=2)
+    draw = vae.log_weights(params, x, jax.random.key(6), num_samples=20000)
+    kl_b, kl_bz = vae.analytic_kl(params, draw.encoded)
+    sampled = np.mean(np.asarray(draw.weights.log_qz - draw.weights.log_pz, np.float64), 0)
+    np.testing.assert_allclose(kl_b, sampled, atol=0.05)
+    np.testing.assert_allclose(np.sum(kl_bz, -1), kl_b, rtol=1e-6)
+    assert make_model(num_layers=2).analytic_kl(params, draw.encoded) is None
+
+
+def test_two_layer_prior_samples_are_ancestral():
+    vae = make_model(num_layers=2)
+    params = vae.init(jax.random.key(0), IMAGE)
+    z1 = vae.sample_prior(params, jax.random.key(1), 20000)
+    chex.assert_shape(z1, (20000, 3))
+    # E[z1] = E_{z2 ~ N(0, I)} [mean(z2)], estimated independently from fresh z2 draws.
+    z2 = jax.random.normal(jax.random.key(9), (20000, 2))
+    mean, _ = vae.upper_priors[0].apply(params["upper_priors"][0], z2)
+    np.testing.assert_allclose(np.mean(z1, 0), np.mean(mean, 0), atol=0.05)
+
+
+def test_layer_counts_must_match():
+    vae = make_model(num_layers=2)
+    with pytest.raises(ValueError, match="2 latent layers need 1 upper encoders"):
+        model_lib.VAE(encoder=vae.encoder, decoder=vae.decoder, likelihood=vae.likelihood,
+                      prior=vae.prior, posterior=vae.posterior, latent_dims=(3, 2))
