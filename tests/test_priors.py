@@ -3,11 +3,11 @@
 References are written out here in float64 (scipy.stats densities, scipy.special.logsumexp,
 the closed-form marginal of a linear-Gaussian model); the code under test runs in float32.
 Monte Carlo checks state their tolerance in standard errors (SE) and use fixed seeds, so they
-are deterministic.
+are deterministic. The VampPrior is tested with the real `posteriors` classes and small
+hand-written encoders (linear, or a one-hidden-layer tanh MLP) whose float64 twins are here.
 """
 
 import functools
-from typing import NamedTuple
 
 import chex
 import jax
@@ -16,30 +16,12 @@ import numpy as np
 from absl.testing import absltest, parameterized
 from scipy import special, stats
 
-from vae_jax import distributions, priors
+from vae_jax import distributions, posteriors, priors
 
 # A correct implementation fails a NUM_SE-standard-error check with probability ~6e-7.
 NUM_SE = 5.0
 
-
-class _Encoded(NamedTuple):
-    """Stand-in for posteriors.Encoded (being written in parallel)."""
-
-    mean: jax.Array
-    logvar: jax.Array
-    extra: jax.Array | None
-
-
-class _DiagonalPosterior:
-    """Stand-in for the diagonal posterior's Gaussian part, q0 = N(mean, diag exp(logvar))."""
-
-    def base_log_prob(self, enc, z_kbz):
-        chex.assert_rank(z_kbz, 3)
-        return distributions.gaussian_log_density(z_kbz, enc.mean, enc.logvar)
-
-    def base_sample(self, enc, eps_kbz):
-        chex.assert_rank(eps_kbz, 3)
-        return enc.mean + jnp.exp(0.5 * enc.logvar) * eps_kbz
+DIAGONAL = posteriors.make_posterior("diagonal")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +44,7 @@ def _linear_encode(enc_params, u_nhwc):
     """encode(u) = Encoded(mean = u_flat A + a, logvar = const): a Gaussian mixture VampPrior."""
     u_nd = u_nhwc.reshape(u_nhwc.shape[0], -1)
     mean_nz = u_nd @ enc_params["A"] + enc_params["a"]
-    return _Encoded(mean_nz, jnp.broadcast_to(enc_params["logvar"], mean_nz.shape), None)
+    return posteriors.Encoded(mean_nz, jnp.broadcast_to(enc_params["logvar"], mean_nz.shape), None)
 
 
 def _linear_components_ref(enc_params, pseudo_inputs):
@@ -77,7 +59,7 @@ def _mlp_encode(enc_params, u_nhwc):
     """A small nonlinear encoder: h = tanh(u W1 + b1), mean = h W2 + b2, logvar = h W3 + b3."""
     h = jnp.tanh(u_nhwc.reshape(u_nhwc.shape[0], -1) @ enc_params["w1"] + enc_params["b1"])
     mean_nz = h @ enc_params["w2"] + enc_params["b2"]
-    return _Encoded(mean_nz, h @ enc_params["w3"] + enc_params["b3"], None)
+    return posteriors.Encoded(mean_nz, h @ enc_params["w3"] + enc_params["b3"], None)
 
 
 def _mlp_components_ref(enc_params, u_chwc):
@@ -110,7 +92,7 @@ class RegistryTest(absltest.TestCase):
         self.assertIsInstance(priors.make_prior("standard_normal"), priors.StandardNormal)
         self.assertEqual(priors.make_prior("mixture").num_components, 10)
         self.assertEqual(priors.make_prior("mixture", num_components=3).num_components, 3)
-        posterior = _DiagonalPosterior()
+        posterior = DIAGONAL
         vamp = priors.make_prior("vamp", posterior=posterior)
         self.assertIsInstance(vamp, priors.Vamp)
         self.assertEqual((vamp.num_components, vamp.init_mean, vamp.init_std), (500, 0.05, 0.01))
@@ -128,7 +110,7 @@ class RegistryTest(absltest.TestCase):
         self.assertTrue(standard.kl_closed_form_with("full_covariance"))
         self.assertFalse(standard.kl_closed_form_with("iaf"))
         self.assertFalse(priors.make_prior("mixture").kl_closed_form_with("diagonal"))
-        vamp = priors.make_prior("vamp", posterior=_DiagonalPosterior())
+        vamp = priors.make_prior("vamp", posterior=DIAGONAL)
         self.assertFalse(vamp.kl_closed_form_with("diagonal"))
 
 
@@ -267,7 +249,7 @@ class MixtureTest(chex.TestCase):
 class VampTest(chex.TestCase):
 
     def _prior(self, c):
-        return priors.make_prior("vamp", num_components=c, posterior=_DiagonalPosterior())
+        return priors.make_prior("vamp", num_components=c, posterior=DIAGONAL)
 
     def test_init_follows_the_authors(self):
         # N(0.05, 0.01^2) i.i.d.: over 2000 entries the mean has SE 2.2e-4, the std ~1.6e-4.
@@ -369,6 +351,36 @@ class VampTest(chex.TestCase):
         for path, grad in jax.tree_util.tree_leaves_with_path(grads):
             self.assertGreater(float(jnp.max(jnp.abs(grad))), 1e-5, jax.tree_util.keystr(path))
 
+    def test_log_prob_with_a_full_covariance_posterior(self):
+        # Z = 2, C = 3: component c is N(A^T u_c, L_c L_c^T) with L_c = [[s_0, 0], [g . u_c, s_1]],
+        # the off-diagonal from the encoder's extra head (E = 1).
+        c = 3
+        rng = np.random.default_rng(11)
+        u_cd = rng.uniform(0.0, 1.0, size=(c, 4)).astype(np.float32).astype(np.float64)
+        a_dz, g_d, std_z = rng.normal(size=(4, 2)), rng.normal(size=4), np.array([0.7, 0.9])
+        a32, g32, logvar32 = _to_jax((a_dz, g_d, 2 * np.log(std_z)))
+
+        def encode(u_nhwc):
+            u_nd = u_nhwc.reshape(u_nhwc.shape[0], -1)
+            mean_nz = u_nd @ a32
+            return posteriors.Encoded(mean_nz, jnp.broadcast_to(logvar32, mean_nz.shape),
+                                      (u_nd @ g32)[:, None])
+
+        prior = priors.make_prior("vamp", num_components=c,
+                                  posterior=posteriors.make_posterior("full_covariance"))
+        params = {"pseudo_inputs": jnp.asarray(u_cd.reshape(c, 2, 2, 1), jnp.float32)}
+        z_nz = rng.normal(size=(5, 2)).astype(np.float32) * 2.0
+        got = jax.jit(functools.partial(prior.log_prob, encode=encode))(params, z_nz)
+        chex.assert_shape(got, (5,))
+        chex.assert_shape(prior.sample(params, jax.random.key(0), 7, encode=encode), (7, 2))
+
+        log_comp_nc = []
+        for u_d in u_cd:
+            scale = np.array([[std_z[0], 0.0], [u_d @ g_d, std_z[1]]])
+            log_comp_nc.append(stats.multivariate_normal.logpdf(z_nz, u_d @ a_dz, scale @ scale.T))
+        want = special.logsumexp(np.stack(log_comp_nc, -1), axis=-1) - np.log(c)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
     def test_needs_encode(self):
         prior = self._prior(2)
         params = prior.init(jax.random.key(0), 2, (1, 1, 1))
@@ -438,7 +450,7 @@ def _vamp_case():
                           "a": np.array([-1.0, 0.3]), "logvar": np.log([0.4, 0.3])})
     u = np.array([[0.0, 0.2, 0.4, 0.3], [1.3, 0.5, 0.0, 0.2], [0.5, -0.4, 0.9, 1.0]])
     params = {"pseudo_inputs": jnp.asarray(u.reshape(3, 2, 1, 2), jnp.float32)}
-    prior = priors.make_prior("vamp", num_components=3, posterior=_DiagonalPosterior())
+    prior = priors.make_prior("vamp", num_components=3, posterior=DIAGONAL)
     mean_cz, var_cz = _linear_components_ref(enc_params, params["pseudo_inputs"])
     encode = functools.partial(_linear_encode, enc_params)
     return prior, params, encode, (np.full(3, 1 / 3), mean_cz, var_cz)
