@@ -46,21 +46,21 @@ def train_windows(w: workloads.Workload, data_dir: str, *, window_steps: int, nu
                   steps_per_dispatch: int | None = None) -> dict:
     """One `train_and_evaluate` run of 1 + num_windows logging windows."""
     config = load_config(w, data_dir)
-    k = steps_per_dispatch or config.steps_per_dispatch
+    k = steps_per_dispatch or config.run.steps_per_dispatch
     window_steps = max(k, window_steps // k * k)
     num_steps = window_steps * (1 + num_windows)
-    config.steps_per_dispatch = k
-    config.num_steps = num_steps
-    config.log_every = window_steps
-    config.eval_every = num_steps
-    config.checkpoint_every = num_steps
+    config.run.steps_per_dispatch = k
+    config.run.num_steps = num_steps
+    config.run.log_every = window_steps
+    config.run.eval_every = num_steps
+    config.run.checkpoint_every = num_steps
     with tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
         train.train_and_evaluate(config, workdir, quiet=True)
         total = time.perf_counter() - start
         rows = [json.loads(line) for line in open(pathlib.Path(workdir) / "metrics.jsonl")]
     rows = [r for r in rows if "examples_per_sec" in r]
-    images = window_steps * config.batch_size
+    images = window_steps * config.run.batch_size
     if any(not np.isfinite(r["loss"]) for r in rows):
         raise FloatingPointError(f"non-finite loss in the vae_jax {w.name} run")
     return {
@@ -84,7 +84,7 @@ def nll_windows(w: workloads.Workload, data_dir: str, cache_path: str, *, start:
                              ema=False)
     mesh = parallel.make_mesh()
     program = evaluate.make_nll_program(mesh, encoder=encoder, decoder=decoder,
-                                        likelihood=config.likelihood, num_samples=num_samples,
+                                        likelihood=config.model.likelihood, num_samples=num_samples,
                                         chunk_size=chunk_size)
     params = parallel.replicate(state.params, mesh)
     key = parallel.replicate(jax.random.key(1), mesh)

@@ -4,8 +4,8 @@ Purpose: the speed comparison with PyTorch in `benchmarks/run.py` on a small mod
 batch, where per-step overhead dominates. Model of Burda, Grosse & Salakhutdinov, "Importance
 Weighted Autoencoders" (ICLR 2016), Sec. 5, one stochastic layer: encoder 784-200-200 (tanh)
 then heads of 50, decoder 50-200-200 (tanh)-784 (Bernoulli logits); Adam 1e-3, batch 20,
-dynamic binarisation. Trained as a VAE (objective "elbo", K = 1); `--config.objective=iwae
---config.num_samples=50` gives the IWAE of the paper. 100 steps run per dispatch.
+dynamic binarisation. Trained as a VAE (objective "elbo", K = 1); `--config.objective.name=iwae
+--config.objective.num_samples=50` gives the IWAE of the paper. 100 steps run per dispatch.
 
 Command:
     python -m vae_jax.main --config experiments/bench_burda.py --workdir runs/bench_burda \
@@ -25,20 +25,20 @@ def get_config():
     config.data.name = "mnist"
     config.data.validation_size = 5000
     config.data.binarization = "dynamic"
-    config.encoder = "mlp"
-    config.decoder = "mlp"
-    config.hidden = (200, 200)
-    config.latent_dim = 50
-    config.activation = "tanh"
-    config.kernel_init = "glorot_normal"
-    config.likelihood = "bernoulli"
-    config.optimizer = "adam"
-    config.learning_rate = 1e-3
-    config.batch_size = 20
-    config.num_epochs = 10
-    config.num_steps = 0
-    config.steps_per_dispatch = 100
-    config.log_every = 1000
-    config.eval_every = 5000
-    config.checkpoint_every = 5000
+    config.model.encoder = "mlp"
+    config.model.decoder = "mlp"
+    config.model.hidden = (200, 200)
+    config.model.latent_dim = 50
+    config.model.activation = "tanh"
+    config.model.kernel_init = "glorot_normal"
+    config.model.likelihood = "bernoulli"
+    config.optim.name = "adam"
+    config.optim.learning_rate = 1e-3
+    config.run.batch_size = 20
+    config.run.num_epochs = 10
+    config.run.num_steps = 0
+    config.run.steps_per_dispatch = 100
+    config.run.log_every = 1000
+    config.run.eval_every = 5000
+    config.run.checkpoint_every = 5000
     return config

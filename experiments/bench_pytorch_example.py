@@ -5,7 +5,7 @@ pytorch/examples one: encoder 784-400 (ReLU) then two linear heads of 20 (mean, 
 decoder 20-400 (ReLU)-784 (logits), Bernoulli likelihood, Adam 1e-3, batch 128. Every pixel is
 redrawn from Bernoulli(intensity) at every step. 100 steps run per dispatch in one `lax.scan`.
 
-Command (the benchmark overrides num_steps and the logging cadence):
+Command (the benchmark overrides run.num_steps and the logging cadence):
     python -m vae_jax.main --config experiments/bench_pytorch_example.py \
         --workdir runs/bench_pytorch_example --config.data.data_dir=../shared/data/tfds
 
@@ -23,20 +23,20 @@ def get_config():
     config.data.name = "mnist"
     config.data.validation_size = 5000
     config.data.binarization = "dynamic"
-    config.encoder = "mlp"
-    config.decoder = "mlp"
-    config.hidden = (400,)
-    config.latent_dim = 20
-    config.activation = "relu"
-    config.kernel_init = "lecun_normal"
-    config.likelihood = "bernoulli"
-    config.optimizer = "adam"
-    config.learning_rate = 1e-3
-    config.batch_size = 128
-    config.num_epochs = 10
-    config.num_steps = 0
-    config.steps_per_dispatch = 100
-    config.log_every = 400
-    config.eval_every = 4200
-    config.checkpoint_every = 4200
+    config.model.encoder = "mlp"
+    config.model.decoder = "mlp"
+    config.model.hidden = (400,)
+    config.model.latent_dim = 20
+    config.model.activation = "relu"
+    config.model.kernel_init = "lecun_normal"
+    config.model.likelihood = "bernoulli"
+    config.optim.name = "adam"
+    config.optim.learning_rate = 1e-3
+    config.run.batch_size = 128
+    config.run.num_epochs = 10
+    config.run.num_steps = 0
+    config.run.steps_per_dispatch = 100
+    config.run.log_every = 400
+    config.run.eval_every = 4200
+    config.run.checkpoint_every = 4200
     return config

@@ -23,13 +23,13 @@ def get_config():
     config = default_config()
     config.data.name = "digits"
     config.data.validation_size = 150
-    config.latent_dim = 8
-    config.hidden = (256, 256)
-    config.batch_size = 64
-    config.eval_batch_size = 256
-    config.num_steps = 20000
-    config.steps_per_dispatch = 50
-    config.log_every = 500
-    config.eval_every = 5000
-    config.checkpoint_every = 5000
+    config.model.latent_dim = 8
+    config.model.hidden = (256, 256)
+    config.run.batch_size = 64
+    config.run.eval_batch_size = 256
+    config.run.num_steps = 20000
+    config.run.steps_per_dispatch = 50
+    config.run.log_every = 500
+    config.run.eval_every = 5000
+    config.run.checkpoint_every = 5000
     return config

@@ -6,7 +6,7 @@ likelihood is the wrong model. A Gaussian p(x|z) = N(x; decoder(z), sigma^2 I) t
 pixel as a continuous intensity; with fixed sigma^2 its log-density is
 -||x - mean||^2 / (2 sigma^2) - (D/2) log(2 pi sigma^2), i.e. the MSE loss scaled by
 1/(2 sigma^2) plus a constant. sigma^2 sets the balance against the KL term: with
-`gaussian_logvar = log(0.1)` the reconstruction term dominates more than with sigma^2 = 1.
+`model.gaussian_logvar = log(0.1)` the reconstruction term dominates more than with sigma^2 = 1.
 
 The other likelihoods on the same model, data and schedule (`fashion_config`, shared by all
 four files):
@@ -38,21 +38,21 @@ def fashion_config(likelihood: str, *, binarization: str = "none", dequantize: b
     config.data.validation_size = 5000
     config.data.binarization = binarization
     config.data.dequantize = dequantize
-    config.likelihood = likelihood
-    config.encoder = "conv"
-    config.decoder = "conv"
-    config.latent_dim = 16
-    config.batch_size = 128
-    config.num_epochs = 20
-    config.num_steps = 0
-    config.steps_per_dispatch = 1
-    config.log_every = 100
-    config.eval_every = 2000
-    config.checkpoint_every = 2000
+    config.model.likelihood = likelihood
+    config.model.encoder = "conv"
+    config.model.decoder = "conv"
+    config.model.latent_dim = 16
+    config.run.batch_size = 128
+    config.run.num_epochs = 20
+    config.run.num_steps = 0
+    config.run.steps_per_dispatch = 1
+    config.run.log_every = 100
+    config.run.eval_every = 2000
+    config.run.checkpoint_every = 2000
     return config
 
 
 def get_config():
     config = fashion_config("gaussian")
-    config.gaussian_logvar = math.log(0.1)
+    config.model.gaussian_logvar = math.log(0.1)
     return config

@@ -1,7 +1,7 @@
 """Conv VAE on dequantised Fashion-MNIST with a learned per-pixel Gaussian variance.
 
 Purpose: the model of `fashion_mnist_gaussian.py` with sigma^2 learned instead of chosen: the
-decoder outputs a mean and a log-variance for every pixel (`likelihood="gaussian_learned"`),
+decoder outputs a mean and a log-variance for every pixel (`model.likelihood="gaussian_learned"`),
 so no sigma^2 has to be picked as a KL weight. On the grid points x = k / 255 a learned
 variance has a degenerate direction: much of the background is exactly 0, and shrinking the
 variance of those pixels raises the density there without limit (the "likelihood" becomes

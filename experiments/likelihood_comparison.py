@@ -103,8 +103,8 @@ def _log_likelihoods(params, x_nhwc, key, *, encoder, decoder, config, num_level
 
     chunk = math.gcd(num_samples, 100)
     program = evaluate.make_nll_program(
-        mesh, encoder=encoder, decoder=decoder, likelihood=config.likelihood,
-        num_samples=num_samples, chunk_size=chunk, gaussian_logvar=config.gaussian_logvar,
+        mesh, encoder=encoder, decoder=decoder, likelihood=config.model.likelihood,
+        num_samples=num_samples, chunk_size=chunk, gaussian_logvar=config.model.gaussian_logvar,
         num_bins=num_levels)
     return evaluate.run_in_batches(program, parallel.replicate(params, mesh), x_nhwc,
                                    parallel.replicate(key, mesh), mesh, batch_size=batch_size)
@@ -120,7 +120,7 @@ def compare_workdir(workdir, *, num_samples: int = 100, max_examples: int = 1000
 
     workdir = pathlib.Path(workdir)
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    kind = footing(config.likelihood, config.data.binarization)
+    kind = footing(config.model.likelihood, config.data.binarization)
     data = input_pipeline.load_dataset(
         config.data.name, data_dir=config.data.data_dir, download=config.data.download,
         validation_size=int(config.data.validation_size), binarization="none",
@@ -136,7 +136,7 @@ def compare_workdir(workdir, *, num_samples: int = 100, max_examples: int = 1000
                 num_samples=num_samples, mesh=mesh, batch_size=batch_size)
     start = time.perf_counter()
     grid_x = levels_nhwc.astype(np.float32) * np.float32(data.scale)
-    row = {"workdir": str(workdir), "variant": workdir.name, "likelihood": config.likelihood,
+    row = {"workdir": str(workdir), "variant": workdir.name, "likelihood": config.model.likelihood,
            "binarization": config.data.binarization, "footing": kind,
            # .get: runs recorded before the field existed trained without it.
            "dequantize": bool(config.data.get("dequantize", False)),

@@ -66,31 +66,31 @@ def get_config(variant: str = "no_warmup"):
     config.data.name = "mnist"
     config.data.validation_size = 5000
     config.data.binarization = "dynamic"
-    config.latent_dim = 32
-    config.hidden = (512, 512)
-    config.batch_size = 128
-    # A multiple of steps_per_dispatch, so the run ends exactly on an evaluation; four
+    config.model.latent_dim = 32
+    config.model.hidden = (512, 512)
+    config.run.batch_size = 128
+    # A multiple of run.steps_per_dispatch, so the run ends exactly on an evaluation; four
     # whole cycles of the cyclical schedule.
-    config.num_steps = 6400
-    config.steps_per_dispatch = 50
-    config.log_every = 50
-    config.eval_every = 200
-    config.checkpoint_every = 6400
+    config.run.num_steps = 6400
+    config.run.steps_per_dispatch = 50
+    config.run.log_every = 50
+    config.run.eval_every = 200
+    config.run.checkpoint_every = 6400
 
-    config.beta = 1.0
+    config.objective.beta = 1.0
     if variant == "no_warmup":
-        config.kl_schedule = "constant"
+        config.objective.kl_schedule = "constant"
     elif variant == "linear_warmup":
-        config.kl_schedule = "linear"
-        config.kl_warmup_steps = 10 * STEPS_PER_EPOCH
+        config.objective.kl_schedule = "linear"
+        config.objective.kl_warmup_steps = 10 * STEPS_PER_EPOCH
     elif variant == "cyclical":
-        config.kl_schedule = "cyclical"
-        config.kl_num_cycles = 4
-        config.kl_cycle_steps = config.num_steps // config.kl_num_cycles
-        config.kl_cycle_ratio = 0.5
+        config.objective.kl_schedule = "cyclical"
+        config.objective.kl_num_cycles = 4
+        config.objective.kl_cycle_steps = config.run.num_steps // config.objective.kl_num_cycles
+        config.objective.kl_cycle_ratio = 0.5
     elif variant == "free_bits":
-        config.kl_schedule = "constant"
-        config.free_bits = 0.25
+        config.objective.kl_schedule = "constant"
+        config.objective.free_bits = 0.25
     else:
         raise ValueError(f"unknown variant {variant!r}; valid: {list(VARIANTS)}")
     return config

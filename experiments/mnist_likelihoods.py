@@ -2,7 +2,7 @@
 
 Purpose: which likelihood p(x|z) suits which pixels. The model, optimiser and budget are the
 same for every variant (784-512-512-32 MLP encoder and its mirror decoder, Adam 1e-3, batch
-128, 4,300 steps = 10 epochs); only `likelihood`, `data.binarization` and `data.dequantize`
+128, 4,300 steps = 10 epochs); only `model.likelihood`, `data.binarization` and `data.dequantize`
 change:
 
     bernoulli_binarized   Bernoulli (binary cross-entropy) on dynamically binarised digits
@@ -23,7 +23,7 @@ Commands (about 1 to 2 minutes of training each here), then the comparison:
     done
     python experiments/likelihood_comparison.py --workdirs /tmp/lik/* --out /tmp/lik/table
 
-Add --config.gaussian_logvar=0.0 to the gaussian_fixed command for the sigma^2 = 1 row.
+Add --config.model.gaussian_logvar=0.0 to the gaussian_fixed command for the sigma^2 = 1 row.
 
 Hardware and time: 2-core CPU shared with another training job, no GPU. Training wall time
 (4,300 steps, including the validation passes): bernoulli_binarized 79 s, gaussian_fixed 61 s,
@@ -131,7 +131,7 @@ VARIANTS = (
     "continuous_bernoulli_dequantized",
 )
 
-# variant -> (likelihood, data.binarization, data.dequantize)
+# variant -> (model.likelihood, data.binarization, data.dequantize)
 _LIKELIHOOD = {
     "bernoulli_binarized": ("bernoulli", "dynamic", False),
     "gaussian_fixed": ("gaussian", "none", False),
@@ -154,17 +154,17 @@ def get_config(variant: str = "discretized_logistic"):
     config = default_config()
     config.data.name = "mnist"
     config.data.validation_size = 5000
-    config.likelihood, config.data.binarization, config.data.dequantize = _LIKELIHOOD[variant]
-    config.gaussian_logvar = GAUSSIAN_FIXED_LOGVAR  # read only by the "gaussian" likelihood
-    config.encoder = "mlp"
-    config.decoder = "mlp"
-    config.latent_dim = 32
-    config.hidden = (512, 512)
-    config.batch_size = 128
-    config.learning_rate = 1e-3
-    config.num_steps = 4300  # 10.0 epochs of 429 steps, rounded to a multiple of 50
-    config.steps_per_dispatch = 50
-    config.log_every = 200
-    config.eval_every = 1000
-    config.checkpoint_every = 1000
+    config.model.likelihood, config.data.binarization, config.data.dequantize = _LIKELIHOOD[variant]
+    config.model.gaussian_logvar = GAUSSIAN_FIXED_LOGVAR  # read only by the "gaussian" likelihood
+    config.model.encoder = "mlp"
+    config.model.decoder = "mlp"
+    config.model.latent_dim = 32
+    config.model.hidden = (512, 512)
+    config.run.batch_size = 128
+    config.optim.learning_rate = 1e-3
+    config.run.num_steps = 4300  # 10.0 epochs of 429 steps, rounded to a multiple of 50
+    config.run.steps_per_dispatch = 50
+    config.run.log_every = 200
+    config.run.eval_every = 1000
+    config.run.checkpoint_every = 1000
     return config

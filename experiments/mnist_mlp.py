@@ -8,7 +8,7 @@ logits) is the exact likelihood of the data the model sees.
 Command (data in a pre-populated TFDS directory; drop data_dir and add
 --config.data.download=True on a machine with internet):
     python -m vae_jax.main --config experiments/mnist_mlp.py --workdir runs/mnist_mlp \
-        --config.data.data_dir=../shared/data/tfds --config.latent_dim=32
+        --config.data.data_dir=../shared/data/tfds --config.model.latent_dim=32
 
 Hardware and time: 2-core CPU, no GPU: 50 epochs (21,450 steps) took 5.5 minutes with other
 jobs competing for the cores.
@@ -25,13 +25,13 @@ def get_config():
     config.data.name = "mnist"
     config.data.validation_size = 5000
     config.data.binarization = "dynamic"
-    config.latent_dim = 32
-    config.hidden = (512, 512)
-    config.batch_size = 128
-    config.num_epochs = 50
-    config.num_steps = 0
-    config.steps_per_dispatch = 50
-    config.log_every = 200
-    config.eval_every = 2000
-    config.checkpoint_every = 2000
+    config.model.latent_dim = 32
+    config.model.hidden = (512, 512)
+    config.run.batch_size = 128
+    config.run.num_epochs = 50
+    config.run.num_steps = 0
+    config.run.steps_per_dispatch = 50
+    config.run.log_every = 200
+    config.run.eval_every = 2000
+    config.run.checkpoint_every = 2000
     return config

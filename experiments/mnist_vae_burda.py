@@ -2,23 +2,23 @@
 
 Purpose: reproduce the VAE rows of Table 1 on dynamically binarised MNIST with a Bernoulli
 likelihood, trained on the ELBO (K = 1):
-  "1layer": 784-200-200-50 (tanh) encoder, mirrored decoder (`mlp`, latent_dim 50).
+  "1layer": 784-200-200-50 (tanh) encoder, mirrored decoder (`mlp`, model.latent_dim 50).
   "2layer": two stochastic layers, x -> 200-200 (tanh) -> z1 (100) -> 100-100 (tanh) -> z2 (50),
-            and the mirrored generative model (`mlp2`: `models.HierarchicalEncoder/Decoder`).
-Batch 20; Adam (beta1 0.9, beta2 0.999, eps 1e-4); the paper's schedule (`lr_schedule="burda"`):
-3^i epochs at 1e-3 * 10^(-i/7) for i = 0 .. 7, 3,280 epochs in all. The decoder's output bias
-starts at the logit of the training set's pixel means (`decoder_bias_init="data_mean"`), as in
-the authors' code (github.com/yburda/iwae, `get_train_bias_np`). Differences from that code:
-5,000 training images are held out for validation (it holds out 400), the initialisation is
-Glorot-normal (theirs Glorot-uniform), and Adam is the standard one of Kingma & Ba (their Adam
-starts the second moment at 1, which slowed our two-layer VAE: validation ELBO -108.3 after 10
-epochs against -106.2). The runs below were trained with `optax.adam`; `train.scale_by_adam`,
-which replaced it, gives the same updates to float32 rounding.
+            and the mirrored generative model (`mlp` with model.num_layers 2).
+Batch 20; Adam (beta1 0.9, beta2 0.999, eps 1e-4); the paper's schedule
+(`optim.lr_schedule="burda"`): 3^i epochs at 1e-3 * 10^(-i/7) for i = 0 .. 7, 3,280 epochs in all.
+The decoder's output bias starts at the logit of the training set's pixel means
+(`model.decoder_bias_init="data_mean"`), as in the authors' code (github.com/yburda/iwae,
+`get_train_bias_np`). Differences from that code: 5,000 training images are held out for validation
+(it holds out 400), the initialisation is Glorot-normal (theirs Glorot-uniform), and Adam is the
+standard one of Kingma & Ba (their Adam starts the second moment at 1, which slowed our two-layer
+VAE: validation ELBO -108.3 after 10 epochs against -106.2). The runs below were trained with
+`optax.adam`; `train.scale_by_adam`, which replaced it, gives the same updates to float32 rounding.
 
 Variants (the part after ":"): "1layer", "2layer" run the paper's 3,280 epochs;
-"1layer_short", "2layer_short" run the same eight learning rates with every stage at 0.3x its
-length (`burda_epoch_scale=0.3`: 1, 1, 3, 8, 24, 73, 219, 656 epochs, 985 in all), the schedule
-this repository offers for getting close in hours.
+"1layer_short", "2layer_short" run the same eight learning rates with every stage at 0.3x its length
+(`optim.burda_epoch_scale=0.3`: 1, 1, 3, 8, 24, 73, 219, 656 epochs, 985 in all), the schedule this
+repository offers for getting close in hours.
 
 Commands:
     python -m vae_jax.main --config experiments/mnist_vae_burda.py:2layer_short \
@@ -43,16 +43,16 @@ model 18 z1 units and 7 z2 units carry more than 0.1 nats of KL each (z1 14.6 na
 Alone, 1layer_short trains at about 35k images/s here (985 epochs in about 26 minutes, the full
 3,280 in about 1.5 hours).
 
-Why the output bias matters. Without it (`--config.decoder_bias_init=zeros`, this config before
-2026-11-22) the decoder starts at p = 1/2 for every pixel, and the two-layer VAE collapsed:
-45 active units at epoch 10, 6 by epoch 30, 7 at the end, with 0.04 nats of KL in z2; its test
-NLL was 99.53 +- 0.34 (ELBO -104.8) after the same 985 epochs (107 min, sharing the cores). The
-one-layer model lost less: 88.56 +- 0.24 with 15 active units. Same seed, first 10 epochs of
-the full schedule, two-layer model: validation ELBO -124.1 and 73 active units with zeros,
--106.2 and 107 with the data-mean bias. The mechanism was not isolated; the measurements show
-that a decoder starting at the pixel marginals keeps the two-layer posterior from collapsing,
-and that the other difference from the authors' code, Adam's second moment starting at 1, is
-not what does it (with zero bias it gave -146.3 after 10 epochs).
+Why the output bias matters. Without it (`--config.model.decoder_bias_init=zeros`, this config
+before 2026-11-22) the decoder starts at p = 1/2 for every pixel, and the two-layer VAE collapsed:
+45 active units at epoch 10, 6 by epoch 30, 7 at the end, with 0.04 nats of KL in z2; its test NLL
+was 99.53 +- 0.34 (ELBO -104.8) after the same 985 epochs (107 min, sharing the cores). The
+one-layer model lost less: 88.56 +- 0.24 with 15 active units. Same seed, first 10 epochs of the
+full schedule, two-layer model: validation ELBO -124.1 and 73 active units with zeros, -106.2 and
+107 with the data-mean bias. The mechanism was not isolated; the measurements show that a decoder
+starting at the pixel marginals keeps the two-layer posterior from collapsing, and that the other
+difference from the authors' code, Adam's second moment starting at 1, is not what does it (with
+zero bias it gave -146.3 after 10 epochs).
 A single GPU was not measured: at batch 20 the step is dispatch- and memory-bound rather than
 compute-bound, so measure before assuming a speed-up.
 """
@@ -73,33 +73,38 @@ def burda_config(layers: str, epoch_scale: float = 1.0):
     config.data.name = "mnist"
     config.data.validation_size = 5000
     config.data.binarization = "dynamic"
-    config.likelihood = "bernoulli"
-    config.activation = "tanh"
-    config.kernel_init = "glorot_normal"
+    config.model.likelihood = "bernoulli"
+    config.model.activation = "tanh"
+    config.model.kernel_init = "glorot_normal"
     # The decoder starts at the training set's pixel means, as in Burda et al.'s code; without
     # it the two-layer VAE collapses to a handful of active units (see the runbook).
-    config.decoder_bias_init = "data_mean"
+    config.model.decoder_bias_init = "data_mean"
     if layers == "1layer":
-        config.encoder = config.decoder = "mlp"
-        config.hidden = (200, 200)
-        config.latent_dim = 50
+        config.model.encoder = config.model.decoder = "mlp"
+        config.model.hidden = (200, 200)
+        config.model.latent_dim = 50
     else:
-        config.encoder = config.decoder = "mlp2"
-        config.latent_dims = (100, 50)
-        config.hierarchical_hidden = ((200, 200), (100, 100))
-    config.optimizer = "adam"
-    config.adam_b1, config.adam_b2, config.adam_eps = 0.9, 0.999, 1e-4
-    config.learning_rate = 1e-3
-    config.lr_schedule = "burda"
-    config.burda_epoch_scale = epoch_scale
-    config.batch_size = 20
-    config.eval_batch_size = 500
-    config.num_steps = 0
-    config.num_epochs = sum(train.burda_stage_epochs(epoch_scale))  # 3,280 at scale 1
-    config.steps_per_dispatch = 50  # divides 2,750 steps per epoch
-    config.log_every = 2500
-    config.eval_every = 27500  # 10 epochs of 2,750 steps
-    config.checkpoint_every = 27500
+        # x -> 200-200 -> z1 (100) -> 100-100 -> z2 (50): model.hidden is the network
+        # between x and z1, model.upper_hidden the one between z1 and z2.
+        config.model.encoder = config.model.decoder = "mlp"
+        config.model.num_layers = 2
+        config.model.latent_dim = 100
+        config.model.upper_latent_dims = (50,)
+        config.model.hidden = (200, 200)
+        config.model.upper_hidden = ((100, 100),)
+    config.optim.name = "adam"
+    config.optim.b1, config.optim.b2, config.optim.eps = 0.9, 0.999, 1e-4
+    config.optim.learning_rate = 1e-3
+    config.optim.lr_schedule = "burda"
+    config.optim.burda_epoch_scale = epoch_scale
+    config.run.batch_size = 20
+    config.run.eval_batch_size = 500
+    config.run.num_steps = 0
+    config.run.num_epochs = sum(train.burda_stage_epochs(epoch_scale))  # 3,280 at scale 1
+    config.run.steps_per_dispatch = 50  # divides 2,750 steps per epoch
+    config.run.log_every = 2500
+    config.run.eval_every = 27500  # 10 epochs of 2,750 steps
+    config.run.checkpoint_every = 27500
     return config
 
 
@@ -108,6 +113,6 @@ def get_config(variant: str = "1layer"):
         raise ValueError(f"unknown variant {variant!r}; valid: {list(VARIANTS)}")
     layers, _, length = variant.partition("_")
     config = burda_config(layers, SHORT_EPOCH_SCALE if length == "short" else 1.0)
-    config.objective = "elbo"
-    config.num_samples = 1
+    config.objective.name = "elbo"
+    config.objective.num_samples = 1
     return config

@@ -491,7 +491,8 @@ def test_missing_workdir_or_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_restore_uses_the_ema_parameters_when_the_run_kept_them(tmp_path):
-    config = _write_config(tmp_path / "ema", ema_decay=0.9, hidden=(16,), latent_dim=2)
+    config = _write_config(tmp_path / "ema", **{"optim.ema_decay": 0.9, "model.hidden": (16,),
+                                                "model.latent_dim": 2})
     encoder, decoder = train.make_models(config, (8, 8, 1))
     state = train.init_state(jax.random.key(0), encoder, decoder, (8, 8, 1),
                              train.make_optimizer(config), ema=True)
@@ -510,7 +511,7 @@ def test_restore_uses_the_ema_parameters_when_the_run_kept_them(tmp_path):
 def two_checkpoint_run(tmp_path_factory):
     """A digits workdir with untrained checkpoints at steps 3 and 7 (different parameters)."""
     workdir = tmp_path_factory.mktemp("evaluate") / "two_checkpoints"
-    config = _write_config(workdir, hidden=(16,), latent_dim=2)
+    config = _write_config(workdir, **{"model.hidden": (16,), "model.latent_dim": 2})
     encoder, decoder = train.make_models(config, (8, 8, 1))
     state = train.init_state(jax.random.key(0), encoder, decoder, (8, 8, 1),
                              train.make_optimizer(config), ema=False)
@@ -680,7 +681,8 @@ def check_eval_json(workdir, *, num_examples, num_importance_samples, step, late
 def trained_digits(tmp_path_factory):
     """A tiny digits run (20 steps) to evaluate."""
     workdir = tmp_path_factory.mktemp("evaluate") / "digits"
-    config = tests_train.tiny_digits(num_steps=20, eval_every=10, checkpoint_every=20)
+    config = tests_train.tiny_digits(**{"run.num_steps": 20, "run.eval_every": 10,
+                                        "run.checkpoint_every": 20})
     train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
     return workdir
 
@@ -719,16 +721,17 @@ def test_the_command_reports_a_missing_workdir(tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_on_real_mnist(tmp_path, mnist_data_dir):
-    config = tests_train.load_config(
-        "mnist_mlp", num_steps=10, steps_per_dispatch=10, log_every=10, eval_every=10,
-        checkpoint_every=10, hidden=(64,), num_image_examples=8,
-        **{"data.data_dir": mnist_data_dir, "data.validation_size": 1000})
+    config = tests_train.load_config("mnist_mlp", **{
+        "run.num_steps": 10, "run.steps_per_dispatch": 10, "run.log_every": 10,
+        "run.eval_every": 10, "run.checkpoint_every": 10, "model.hidden": (64,),
+        "run.num_image_examples": 8, "data.data_dir": mnist_data_dir,
+        "data.validation_size": 1000})
     workdir = tmp_path / "mnist"
     train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
     evaluate.evaluate_workdir(workdir, num_importance_samples=50, chunk_size=25,
                               max_examples=200, batch_size=200, write_plots=False)
     result = check_eval_json(workdir, num_examples=200, num_importance_samples=50, step=10,
-                             latent_dim=config.latent_dim)
+                             latent_dim=config.model.latent_dim)
     # Ten steps from initialisation: far better than a uniform Bernoulli (784 log 2 = 543
     # nats, 1 bit per dimension), far worse than a trained model (~85 nats).
     assert 85 < result["nll_nats"] < 543 and result["bits_per_dim"] < 1.0
@@ -810,7 +813,7 @@ def test_two_layer_per_example_metrics():
 @pytest.fixture(scope="module")
 def trained_two_layer_digits(tmp_path_factory):
     """A tiny run of the two-stochastic-layer model (20 steps) to evaluate."""
-    workdir = tmp_path_factory.mktemp("evaluate") / "mlp2"
+    workdir = tmp_path_factory.mktemp("evaluate") / "two_layer"
     config = tests_train.tiny_two_layer_digits()
     train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
     return workdir
@@ -842,10 +845,11 @@ def test_evaluate_workdir_on_a_two_layer_run(trained_two_layer_digits):
 def trained_dequantized_digits(tmp_path_factory):
     """A tiny run (100 steps) of a learned-variance Gaussian on dequantised digits."""
     workdir = tmp_path_factory.mktemp("evaluate") / "dequantized"
-    config = tests_train.tiny_digits(
-        num_steps=100, steps_per_dispatch=50, log_every=50, eval_every=100,
-        checkpoint_every=100, likelihood="gaussian_learned",
-        **{"data.binarization": "none", "data.dequantize": True})
+    config = tests_train.tiny_digits(**{
+        "run.num_steps": 100, "run.steps_per_dispatch": 50, "run.log_every": 50,
+        "run.eval_every": 100, "run.checkpoint_every": 100,
+        "model.likelihood": "gaussian_learned", "data.binarization": "none",
+        "data.dequantize": True})
     train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
     return workdir
 

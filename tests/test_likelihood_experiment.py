@@ -65,14 +65,15 @@ def test_every_variant_validates_and_differs_only_in_the_likelihood():
     for variant, config in configs.items():
         train.validate_config(config, 1)
         grid_variant = variant.removesuffix("_dequantized")
-        assert (config.likelihood, config.data.binarization) == expected[grid_variant]
+        assert (config.model.likelihood, config.data.binarization) == expected[grid_variant]
         assert config.data.dequantize == (variant != grid_variant)
-        assert config.data.name == "mnist" and config.latent_dim == 32
-        assert tuple(config.hidden) == (512, 512) and config.encoder == config.decoder == "mlp"
+        assert config.data.name == "mnist" and config.model.latent_dim == 32
+        assert tuple(config.model.hidden) == (512, 512)
+        assert config.model.encoder == config.model.decoder == "mlp"
         # Same model, optimiser and budget: only the likelihood and its data change.
         changed = {k for k, v in flat(config).items() if v != reference[k]}
-        assert changed <= {"likelihood", "data.binarization", "data.dequantize"}
-    assert configs["gaussian_fixed"].gaussian_logvar == pytest.approx(math.log(0.01))
+        assert changed <= {"model.likelihood", "data.binarization", "data.dequantize"}
+    assert configs["gaussian_fixed"].model.gaussian_logvar == pytest.approx(math.log(0.01))
     with pytest.raises(ValueError, match="unknown variant"):
         module.get_config("bernoulli")
 
@@ -141,7 +142,7 @@ def test_fashion_mnist_gaussian_loads_mocked_fashion_mnist(tmp_path):
     import tensorflow_datasets as tfds
 
     config = load_module("fashion_mnist_gaussian").get_config()
-    assert (config.data.name, config.likelihood, config.data.binarization) == (
+    assert (config.data.name, config.model.likelihood, config.data.binarization) == (
         "fashion_mnist", "gaussian", "none")
     train.validate_config(config, 1)
     with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
@@ -150,10 +151,10 @@ def test_fashion_mnist_gaussian_loads_mocked_fashion_mnist(tmp_path):
             binarization=config.data.binarization, seed=config.data.seed)
     assert data.image_shape == (28, 28, 1) and data.num_levels == 256
     assert data.train.shape == (10, 28, 28, 1) and data.test.dtype == np.uint8
-    losses.check_data_support(data.test * data.scale, config.likelihood)
+    losses.check_data_support(data.test * data.scale, config.model.likelihood)
 
 
-# experiments/fashion_mnist_<name>.py -> (likelihood, data.binarization, data.dequantize,
+# experiments/fashion_mnist_<name>.py -> (model.likelihood, data.binarization, data.dequantize,
 # footing in the comparison)
 FASHION_CONFIGS = {
     "gaussian": ("gaussian", "none", False, "dequantized"),
@@ -179,20 +180,20 @@ def test_fashion_mnist_config_trains_on_mocked_data_and_is_compared(tmp_path, co
     likelihood, binarization, dequantize, footing = FASHION_CONFIGS[
         name.removeprefix("fashion_mnist_")]
     config = load_module(name).get_config()
-    assert (config.data.name, config.likelihood, config.data.binarization,
+    assert (config.data.name, config.model.likelihood, config.data.binarization,
             config.data.dequantize) == ("fashion_mnist", likelihood, binarization, dequantize)
     # One model, optimiser and schedule for all: only the likelihood and its data differ.
     reference = flat(load_module("fashion_mnist_gaussian").fashion_config("gaussian"))
     changed = {k for k, v in flat(config).items() if v != reference[k]}
-    assert changed <= {"likelihood", "gaussian_logvar", "data.binarization", "data.dequantize"}
+    assert changed <= {"model.likelihood", "model.gaussian_logvar", "data.binarization",
+                       "data.dequantize"}
     train.validate_config(config, 1)
 
     config.data.data_dir = str(tmp_path)
     config.data.validation_size = 4
-    for key, value in dict(batch_size=4, eval_batch_size=4, num_steps=2, steps_per_dispatch=2,
-                           log_every=2, eval_every=2, checkpoint_every=2, num_image_examples=4,
-                           latent_dim=4, features=(4, 8)).items():
-        config[key] = value
+    config.run.update(batch_size=4, eval_batch_size=4, num_steps=2, steps_per_dispatch=2,
+                      log_every=2, eval_every=2, checkpoint_every=2, num_image_examples=4)
+    config.model.update(latent_dim=4, features=(4, 8))
     workdir = tmp_path / name
     with mock_sliced_tfds(tfds, tmp_path):
         train.train_and_evaluate(config, str(workdir), quiet=True, devices=jax.devices()[:1])

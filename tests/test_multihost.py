@@ -21,8 +21,9 @@ from tests.test_train import tiny_digits
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = ("--config", str(REPO / "experiments" / "digits.py"), "--quiet",
-         "--config.num_steps=40", "--config.steps_per_dispatch=10", "--config.log_every=10",
-         "--config.eval_every=20", "--config.checkpoint_every=20", "--config.hidden=(64,)")
+         "--config.run.num_steps=40", "--config.run.steps_per_dispatch=10",
+         "--config.run.log_every=10", "--config.run.eval_every=20",
+         "--config.run.checkpoint_every=20", "--config.model.hidden=(64,)")
 TIMEOUT_S = 240
 
 

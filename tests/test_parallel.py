@@ -91,7 +91,7 @@ def test_compiler_options_turn_off_ynnpack_only_for_conv_programs_on_cpu(backend
 def test_program_options_follow_the_model(monkeypatch, encoder, decoder, convolutional):
     assert jax.default_backend() == "cpu"
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-    config = ml_collections.ConfigDict({"encoder": encoder, "decoder": decoder})
+    config = ml_collections.ConfigDict({"model": {"encoder": encoder, "decoder": decoder}})
     got = train.program_options(config)
     assert ("xla_cpu_experimental_ynn_fusion_type" in got) == convolutional
     assert got == parallel.compiler_options(convolutional=convolutional)

@@ -28,6 +28,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name="digits", **overrides):
+    """The config of experiments/<name>.py with `overrides` by dotted name, as on the command
+    line: `load_config("digits", **{"model.hidden": (64,), "run.num_steps": 40})`."""
     spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -37,14 +39,18 @@ def load_config(name="digits", **overrides):
         *path, last = key.split(".")
         for part in path:
             target = target[part]
+        # An unlocked ConfigDict would silently add a misspelt or renamed field.
+        if last not in target:
+            raise KeyError(f"{key!r} is not a config field")
         target[last] = value
     return config
 
 
 def tiny_digits(**overrides):
     """A few steps of the quickstart config: small enough for a 2-core CI machine."""
-    defaults = dict(num_steps=40, steps_per_dispatch=10, log_every=10, eval_every=20,
-                    checkpoint_every=20, hidden=(64,), num_image_examples=8)
+    defaults = {"run.num_steps": 40, "run.steps_per_dispatch": 10, "run.log_every": 10,
+                "run.eval_every": 20, "run.checkpoint_every": 20, "model.hidden": (64,),
+                "run.num_image_examples": 8}
     defaults.update(overrides)
     return load_config("digits", **defaults)
 
@@ -84,9 +90,9 @@ def run_main(workdir, *flags, env=None, **kwargs):
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300, **kwargs)
 
 
-SMALL_FLAGS = ("--config.num_steps=40", "--config.steps_per_dispatch=10",
-               "--config.log_every=10", "--config.eval_every=20",
-               "--config.checkpoint_every=20", "--config.hidden=(64,)")
+SMALL_FLAGS = ("--config.run.num_steps=40", "--config.run.steps_per_dispatch=10",
+               "--config.run.log_every=10", "--config.run.eval_every=20",
+               "--config.run.checkpoint_every=20", "--config.model.hidden=(64,)")
 
 
 ELBO_KEYS = ("loss", "recon_nats", "kl_nats", "elbo_nats")
@@ -96,8 +102,8 @@ def check_workdir(workdir, num_steps, image_hw, latent_dim=None, objective_keys=
     """Every output file of a finished run: parses, opens, restores."""
     workdir = pathlib.Path(workdir)
     config = json.loads((workdir / "config.json").read_text())
-    latent_dim = latent_dim or config["latent_dim"]
-    assert config["num_steps"] == num_steps
+    latent_dim = latent_dim or config["model"]["latent_dim"]
+    assert config["run"]["num_steps"] == num_steps
     metrics = read_jsonl(workdir / "metrics.jsonl")
     assert metrics[-1]["step"] == num_steps
     for key in ("step", *objective_keys, "beta", "learning_rate", "grad_norm", "skipped_updates",
@@ -152,10 +158,11 @@ def test_end_to_end_digits_through_the_entry_point(tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_real_mnist(tmp_path, mnist_data_dir):
-    config = load_config(
-        "mnist_mlp", num_steps=20, steps_per_dispatch=10, log_every=10, eval_every=20,
-        checkpoint_every=20, hidden=(64,), num_image_examples=8, **{"data.data_dir": mnist_data_dir},
-    )
+    config = load_config("mnist_mlp", **{
+        "run.num_steps": 20, "run.steps_per_dispatch": 10, "run.log_every": 10,
+        "run.eval_every": 20, "run.checkpoint_every": 20, "model.hidden": (64,),
+        "run.num_image_examples": 8, "data.data_dir": mnist_data_dir,
+    })
     result = train.train_and_evaluate(config, tmp_path / "mnist", quiet=True)
     check_workdir(tmp_path / "mnist", 20, (28, 28))
     # 20 steps of Adam from initialisation: the ELBO is already far above a uniform
@@ -166,11 +173,12 @@ def test_end_to_end_real_mnist(tmp_path, mnist_data_dir):
 @pytest.mark.slow
 def test_streaming_path_on_real_mnist(tmp_path, mnist_data_dir):
     # A memory budget below MNIST's 47 MB sends the training set through tf.data.
-    config = load_config(
-        "mnist_mlp", num_steps=20, steps_per_dispatch=10, log_every=10, eval_every=20,
-        checkpoint_every=20, hidden=(64,), num_image_examples=8,
-        **{"data.data_dir": mnist_data_dir, "data.max_device_bytes": 10**6},
-    )
+    config = load_config("mnist_mlp", **{
+        "run.num_steps": 20, "run.steps_per_dispatch": 10, "run.log_every": 10,
+        "run.eval_every": 20, "run.checkpoint_every": 20, "model.hidden": (64,),
+        "run.num_image_examples": 8, "data.data_dir": mnist_data_dir,
+        "data.max_device_bytes": 10**6,
+    })
     result = train.train_and_evaluate(config, tmp_path / "stream", quiet=True,
                                       devices=jax.devices()[:2])
     metrics = read_jsonl(tmp_path / "stream" / "metrics.jsonl")
@@ -183,7 +191,8 @@ def test_one_device_and_eight_devices_follow_the_same_trajectory(tmp_path):
     assert len(jax.devices()) == 8
     results = {}
     for n in (1, 8):
-        config = tiny_digits(num_steps=30, eval_every=30, checkpoint_every=30, free_bits=0.1)
+        config = tiny_digits(**{"run.num_steps": 30, "run.eval_every": 30,
+                                "run.checkpoint_every": 30, "objective.free_bits": 0.1})
         results[n] = train.train_and_evaluate(
             config, tmp_path / f"d{n}", quiet=True, devices=jax.devices()[:n]
         )
@@ -199,15 +208,16 @@ def test_the_loop_traces_the_step_once(tmp_path, monkeypatch):
     # Several chunks across several epochs (digits: 21 steps per epoch), with evaluation and
     # checkpoints in between: the step function is traced once, when the chunk compiles.
     monkeypatch.setattr(train, "train_step", chex.assert_max_traces(train.train_step, n=1))
-    config = tiny_digits(num_steps=60, eval_every=30, checkpoint_every=30)
+    config = tiny_digits(**{"run.num_steps": 60, "run.eval_every": 30,
+                            "run.checkpoint_every": 30})
     train.train_and_evaluate(config, tmp_path / "w", quiet=True, devices=jax.devices()[:2])
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
-    flags = ("--config.num_steps=3000", "--config.steps_per_dispatch=50",
-             "--config.log_every=50", "--config.eval_every=3000",
-             "--config.checkpoint_every=100", "--config.keep_checkpoints=2")
+    flags = ("--config.run.num_steps=3000", "--config.run.steps_per_dispatch=50",
+             "--config.run.log_every=50", "--config.run.eval_every=3000",
+             "--config.run.checkpoint_every=100", "--config.run.keep_checkpoints=2")
     reference = run_main(tmp_path / "reference", *flags)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
@@ -234,7 +244,7 @@ def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
     assert steps == list(range(50, 3001, 50))
 
     def final_params(path):
-        config = tiny_digits(hidden=(256, 256))
+        config = tiny_digits(**{"model.hidden": (256, 256)})
         data = input_pipeline.load_dataset("digits", validation_size=150)
         encoder, decoder = train.make_models(config, data.image_shape)
         state = train.init_state(jax.random.key(0), encoder, decoder, data.image_shape,
@@ -304,15 +314,18 @@ def test_run_stops_after_too_many_non_finite_updates(tmp_path, log_every):
     # A learning rate of 1e30 poisons the parameters at the first update; every gradient after it
     # is NaN. With log_every=40 the first checkpoint (step 20) comes before any log line: the
     # guard must stop the run there too, before the poisoned parameters are saved.
-    config = tiny_digits(learning_rate=1e30, max_consecutive_skips=3, log_every=log_every)
+    config = tiny_digits(**{"optim.learning_rate": 1e30, "optim.max_consecutive_skips": 3,
+                            "run.log_every": log_every})
     with pytest.raises(FloatingPointError, match="consecutive updates had non-finite"):
         train.train_and_evaluate(config, tmp_path / "nan", quiet=True, devices=jax.devices()[:1])
     assert not list((tmp_path / "nan" / "checkpoints").glob("[0-9]*"))
 
 
 def test_steps_must_fill_whole_dispatches(tmp_path):
-    with pytest.raises(ValueError, match=r"45 steps are not a multiple of steps_per_dispatch=10"):
-        train.train_and_evaluate(tiny_digits(num_steps=45), tmp_path / "w", quiet=True)
+    with pytest.raises(ValueError,
+                       match=r"45 steps are not a multiple of run.steps_per_dispatch=10"):
+        train.train_and_evaluate(tiny_digits(**{"run.num_steps": 45}), tmp_path / "w",
+                                 quiet=True)
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -330,10 +343,12 @@ def test_unknown_dataset_name(tmp_path):
 
 
 def test_unknown_model_and_likelihood_names(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown encoder 'transformer'.*\['conv', 'mlp', 'mlp2'\]"):
-        train.train_and_evaluate(tiny_digits(encoder="transformer"), tmp_path / "w", quiet=True)
+    with pytest.raises(ValueError, match=r"unknown encoder 'transformer'.*\['conv', 'mlp'\]"):
+        train.train_and_evaluate(tiny_digits(**{"model.encoder": "transformer"}), tmp_path / "w",
+                                 quiet=True)
     with pytest.raises(ValueError, match=r"unknown likelihood 'poisson'.*'bernoulli'"):
-        train.train_and_evaluate(tiny_digits(likelihood="poisson"), tmp_path / "w", quiet=True)
+        train.train_and_evaluate(tiny_digits(**{"model.likelihood": "poisson"}), tmp_path / "w",
+                                 quiet=True)
     assert not (tmp_path / "w").exists()
 
 
@@ -347,31 +362,33 @@ def test_missing_data_dir(tmp_path):
 def test_pixels_outside_the_likelihood_support(tmp_path):
     # Dynamic binarisation makes {0, 1} data, which only Bernoulli-type likelihoods model.
     with pytest.raises(ValueError, match="dynamic binarisation"):
-        train.train_and_evaluate(tiny_digits(likelihood="gaussian"), tmp_path / "w", quiet=True)
+        train.train_and_evaluate(tiny_digits(**{"model.likelihood": "gaussian"}), tmp_path / "w",
+                                 quiet=True)
     assert not (tmp_path / "w").exists()
 
 
 def test_batch_not_divisible_by_devices(tmp_path):
-    with pytest.raises(ValueError, match=r"batch_size=60 .* 8 devices"):
-        train.train_and_evaluate(tiny_digits(batch_size=60), tmp_path / "w", quiet=True)
+    with pytest.raises(ValueError, match=r"run.batch_size=60 .* 8 devices"):
+        train.train_and_evaluate(tiny_digits(**{"run.batch_size": 60}), tmp_path / "w",
+                                 quiet=True)
     assert not (tmp_path / "w").exists()
 
 
 def test_mismatched_workdir_is_refused_and_left_alone(tmp_path):
     workdir = tmp_path / "w"
-    train.train_and_evaluate(tiny_digits(num_steps=20), workdir, quiet=True,
+    train.train_and_evaluate(tiny_digits(**{"run.num_steps": 20}), workdir, quiet=True,
                              devices=jax.devices()[:1])
     before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
-    with pytest.raises(workdir_lib.WorkdirConfigMismatch, match="latent_dim: 8 -> 4"):
-        train.train_and_evaluate(tiny_digits(num_steps=20, latent_dim=4), workdir, quiet=True,
-                                 devices=jax.devices()[:1])
+    with pytest.raises(workdir_lib.WorkdirConfigMismatch, match="model.latent_dim: 8 -> 4"):
+        train.train_and_evaluate(tiny_digits(**{"run.num_steps": 20, "model.latent_dim": 4}),
+                                 workdir, quiet=True, devices=jax.devices()[:1])
     after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
     assert before == after
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_left_in_place(tmp_path):
     workdir = tmp_path / "w"
-    train.train_and_evaluate(tiny_digits(num_steps=20), workdir, quiet=True,
+    train.train_and_evaluate(tiny_digits(**{"run.num_steps": 20}), workdir, quiet=True,
                              devices=jax.devices()[:1])
     ckpt = workdir / "checkpoints" / "20"
     for f in ckpt.rglob("*"):
@@ -381,19 +398,20 @@ def test_corrupt_checkpoint_is_a_clear_error_and_left_in_place(tmp_path):
     with pytest.raises(workdir_lib.CheckpointRestoreError,
                        match="corrupt.*checkpoints/20.*differs from its checksum.*nothing was "
                              "moved"):
-        train.train_and_evaluate(tiny_digits(num_steps=40), workdir, quiet=True,
+        train.train_and_evaluate(tiny_digits(**{"run.num_steps": 40}), workdir, quiet=True,
                                  devices=jax.devices()[:1], allow_config_change=True)
     assert sorted(p.relative_to(workdir) for p in ckpt.rglob("*")) == files_before
 
 
 def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
     workdir = tmp_path / "w"
-    train.train_and_evaluate(tiny_digits(num_steps=20), workdir, quiet=True,
+    train.train_and_evaluate(tiny_digits(**{"run.num_steps": 20}), workdir, quiet=True,
                              devices=jax.devices()[:1])
     config_before = (workdir / "config.json").read_text()
     with pytest.raises(workdir_lib.CheckpointRestoreError, match="left in place"):
-        train.train_and_evaluate(tiny_digits(num_steps=20, hidden=(32,)), workdir, quiet=True,
-                                 devices=jax.devices()[:1], allow_config_change=True)
+        train.train_and_evaluate(tiny_digits(**{"run.num_steps": 20, "model.hidden": (32,)}),
+                                 workdir, quiet=True, devices=jax.devices()[:1],
+                                 allow_config_change=True)
     assert (workdir / "checkpoints" / "20").is_dir()
     # The failed run did not record its config: the original command still resumes.
     assert (workdir / "config.json").read_text() == config_before
@@ -402,14 +420,14 @@ def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
 
 def test_allowed_config_change_keeps_the_old_config(tmp_path):
     workdir = tmp_path / "w"
-    train.train_and_evaluate(tiny_digits(num_steps=20), workdir, quiet=True,
+    train.train_and_evaluate(tiny_digits(**{"run.num_steps": 20}), workdir, quiet=True,
                              devices=jax.devices()[:1])
-    result = train.train_and_evaluate(tiny_digits(num_steps=40), workdir, quiet=True,
+    result = train.train_and_evaluate(tiny_digits(**{"run.num_steps": 40}), workdir, quiet=True,
                                       devices=jax.devices()[:1], allow_config_change=True)
     assert int(result.state.step) == 40  # resumed at 20, trained 20 more
     (previous,) = workdir.glob("config.previous-*.json")
-    assert json.loads(previous.read_text())["num_steps"] == 20
-    assert json.loads((workdir / "config.json").read_text())["num_steps"] == 40
+    assert json.loads(previous.read_text())["run"]["num_steps"] == 20
+    assert json.loads((workdir / "config.json").read_text())["run"]["num_steps"] == 40
 
 
 def test_console_script_is_installed():
@@ -427,17 +445,18 @@ def test_console_script_is_installed():
 
 
 def tiny_two_layer_digits(**overrides):
-    """The quickstart config with the two-stochastic-layer model ("mlp2"), tiny widths."""
-    defaults = dict(encoder="mlp2", decoder="mlp2", latent_dims=(6, 3),
-                    hierarchical_hidden=((32,), (16,)), num_steps=20, eval_every=10,
-                    checkpoint_every=20)
+    """The quickstart config with two stochastic layers (Z = 6, 3), tiny widths."""
+    defaults = {"model.num_layers": 2, "model.latent_dim": 6, "model.upper_latent_dims": (3,),
+                "model.hidden": (32,), "model.upper_hidden": ((16,),), "run.num_steps": 20,
+                "run.eval_every": 10, "run.checkpoint_every": 20}
     defaults.update(overrides)
     return tiny_digits(**defaults)
 
 
 @pytest.mark.parametrize("objective, num_samples", [("elbo", 1), ("iwae", 3)])
 def test_two_layer_model_end_to_end_on_digits(tmp_path, objective, num_samples):
-    config = tiny_two_layer_digits(objective=objective, num_samples=num_samples)
+    config = tiny_two_layer_digits(**{"objective.name": objective,
+                                      "objective.num_samples": num_samples})
     result = train.train_and_evaluate(config, tmp_path / "w", quiet=True,
                                       devices=jax.devices()[:2])
     # The validation pass reports both layers, [z1, z2].
@@ -463,7 +482,7 @@ def test_two_layer_loss_fn_wraps_the_hierarchical_losses():
                                            decoder=decoder, beta=0.5)
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
     chex.assert_shape(metrics["per_example"]["kl_per_dim"], (4, 9))
-    config.objective, config.num_samples = "iwae", 5
+    config.objective.name, config.objective.num_samples = "iwae", 5
     iwae_fn = train.make_loss_fn(config, encoder, decoder, 17)
     loss, _ = iwae_fn(state.params, x, key, beta=0.5, axis_name="batch")
     expected, _ = losses.hierarchical_iwae_bound(state.params, x, key, encoder=encoder,
@@ -492,27 +511,30 @@ def test_prior_samples_of_the_two_layer_model_are_ancestral():
                                  5 * np.sqrt(expected_var / n))
     np.testing.assert_allclose(z1_nz.var(0), expected_var, rtol=0.05)
     # The standard-normal prior of one Gaussian layer is unchanged.
-    one_layer = train.make_models(tiny_digits(latent_dim=5), (8, 8, 1))
+    one_layer = train.make_models(tiny_digits(**{"model.latent_dim": 5}), (8, 8, 1))
     z_nz = train.make_prior_sampler(*one_layer)(None, jax.random.key(3), 4)
     np.testing.assert_array_equal(z_nz, jax.random.normal(jax.random.key(3), (4, 5)))
 
 
 def test_two_layer_config_errors(tmp_path):
     with pytest.raises(ValueError, match=r"encoder='mlp2' and decoder='mlp'.*together"):
-        train.train_and_evaluate(tiny_digits(encoder="mlp2"), tmp_path / "w", quiet=True)
-    with pytest.raises(ValueError, match=r"encoder='mlp' and decoder='mlp2'.*together"):
-        train.make_models(tiny_digits(decoder="mlp2"), (8, 8, 1))
-    with pytest.raises(ValueError, match=r"free_bits=0.5.*set free_bits=0"):
-        train.train_and_evaluate(tiny_two_layer_digits(free_bits=0.5), tmp_path / "w",
+        train.train_and_evaluate(tiny_digits(**{"model.encoder": "mlp2"}), tmp_path / "w",
                                  quiet=True)
-    with pytest.raises(ValueError, match="two stochastic layers"):
-        train.make_models(tiny_two_layer_digits(latent_dims=(6, 3, 2)), (8, 8, 1))
+    with pytest.raises(ValueError, match=r"encoder='mlp' and decoder='mlp2'.*together"):
+        train.make_models(tiny_digits(**{"model.decoder": "mlp2"}), (8, 8, 1))
+    with pytest.raises(ValueError,
+                       match=r"objective.free_bits=0.5.*set objective.free_bits=0"):
+        train.train_and_evaluate(tiny_two_layer_digits(**{"objective.free_bits": 0.5}),
+                                 tmp_path / "w", quiet=True)
+    with pytest.raises(ValueError, match=r"model.upper_latent_dims=\(3, 2\) gives 2 sizes"):
+        train.make_models(tiny_two_layer_digits(**{"model.upper_latent_dims": (3, 2)}),
+                          (8, 8, 1))
     assert not (tmp_path / "w").exists()
 
 
 def test_burda_learning_rate_schedule():
     """Burda et al. 2015, section 5: 3^i epochs at 1e-3 * 10^(-i/7), i = 0 .. 7."""
-    config = tiny_digits(lr_schedule="burda", learning_rate=1e-3)
+    config = tiny_digits(**{"optim.lr_schedule": "burda", "optim.learning_rate": 1e-3})
     steps_per_epoch = 7
     schedule = train.make_lr_schedule(config, steps_per_epoch=steps_per_epoch)
     epoch_starts = np.cumsum([0] + [3**i for i in range(8)])  # 0, 1, 4, 13, ..., 3280
@@ -527,7 +549,8 @@ def test_burda_learning_rate_schedule():
 
 
 def test_compressed_burda_schedule_keeps_the_rates_and_shortens_the_stages():
-    config = tiny_digits(lr_schedule="burda", learning_rate=1e-3, burda_epoch_scale=0.3)
+    config = tiny_digits(**{"optim.lr_schedule": "burda", "optim.learning_rate": 1e-3,
+                            "optim.burda_epoch_scale": 0.3})
     # round(0.3 * 3^i), at least 1: 1, 1, 3, 8, 24, 73, 219, 656 epochs (985 in all).
     assert train.burda_stage_epochs(0.3) == [1, 1, 3, 8, 24, 73, 219, 656]
     schedule = train.make_lr_schedule(config, steps_per_epoch=5)
@@ -540,7 +563,8 @@ def test_compressed_burda_schedule_keeps_the_rates_and_shortens_the_stages():
 
 
 def test_adam_hyperparameters_come_from_the_config():
-    config = tiny_digits(adam_b1=0.5, adam_b2=0.9, adam_eps=1e-4, learning_rate=0.1)
+    config = tiny_digits(**{"optim.b1": 0.5, "optim.b2": 0.9, "optim.eps": 1e-4,
+                            "optim.learning_rate": 0.1})
     params = {"w": jnp.ones(3)}
     grads = {"w": jnp.asarray([1.0, -2.0, 1e-5])}
     expected = optax.adam(0.1, b1=0.5, b2=0.9, eps=1e-4)
@@ -563,18 +587,19 @@ def test_burda_experiment_configs(name, variants):
     for variant in variants:
         config = module.get_config(variant)
         train.validate_config(config, num_devices=1)
-        assert config.batch_size == 20 and config.lr_schedule == "burda"
+        assert config.run.batch_size == 20 and config.optim.lr_schedule == "burda"
         short = variant.endswith("_short")
-        assert config.num_epochs == (985 if short else 3280) and config.adam_eps == 1e-4
-        assert config.burda_epoch_scale == (0.3 if short else 1.0)
-        assert config.decoder_bias_init == "data_mean"
-        steps_per_epoch = (60000 - config.data.validation_size) // config.batch_size  # 2,750
-        assert config.num_epochs * steps_per_epoch % config.steps_per_dispatch == 0
+        assert config.run.num_epochs == (985 if short else 3280) and config.optim.eps == 1e-4
+        assert config.optim.burda_epoch_scale == (0.3 if short else 1.0)
+        assert config.model.decoder_bias_init == "data_mean"
+        steps_per_epoch = (60000 - config.data.validation_size) // config.run.batch_size  # 2,750
+        assert config.run.num_epochs * steps_per_epoch % config.run.steps_per_dispatch == 0
         assert train.is_hierarchical(config) == variant.startswith("2layer")
         encoder, _ = train.make_models(config, (28, 28, 1))
-        assert (config.objective == "iwae") == ("_k" in variant)
+        assert (config.objective.name == "iwae") == ("_k" in variant)
         if "_k" in variant:
-            assert config.num_samples == int(variant.removesuffix("_short").split("_k")[1])
+            assert config.objective.num_samples == int(
+                variant.removesuffix("_short").split("_k")[1])
         if not train.is_hierarchical(config):
             assert (encoder.latent_dim, encoder.hidden) == (50, (200, 200))
     with pytest.raises(ValueError, match="unknown variant"):
@@ -608,12 +633,13 @@ DENSITIES = "['gaussian', 'gaussian_learned', 'continuous_bernoulli']"
 @pytest.mark.parametrize("overrides, message", [
     # digits.py itself: Bernoulli on dynamically binarised digits.
     ({}, "data.dequantize=True with data.binarization='dynamic'"),
-    ({"data.binarization": "static", "likelihood": "continuous_bernoulli"},
+    ({"data.binarization": "static", "model.likelihood": "continuous_bernoulli"},
      "data.dequantize=True with data.binarization='static'"),
     ({"data.binarization": "none"},
-     f"data.dequantize=True with likelihood='bernoulli'.*{re.escape(DENSITIES)}"),
-    ({"data.binarization": "none", "likelihood": "discretized_logistic"},
-     f"data.dequantize=True with likelihood='discretized_logistic'.*{re.escape(DENSITIES)}"),
+     f"data.dequantize=True with model.likelihood='bernoulli'.*{re.escape(DENSITIES)}"),
+    ({"data.binarization": "none", "model.likelihood": "discretized_logistic"},
+     "data.dequantize=True with model.likelihood='discretized_logistic'"
+     f".*{re.escape(DENSITIES)}"),
 ])
 def test_dequantize_needs_grayscale_data_and_a_density(tmp_path, overrides, message):
     config = tiny_digits(**{"data.dequantize": True, **overrides})
@@ -621,15 +647,17 @@ def test_dequantize_needs_grayscale_data_and_a_density(tmp_path, overrides, mess
         train.train_and_evaluate(config, tmp_path / "w", quiet=True)
     assert not (tmp_path / "w").exists()
     for likelihood in ("gaussian", "gaussian_learned", "continuous_bernoulli"):
-        train.validate_config(tiny_digits(likelihood=likelihood, **{
-            "data.dequantize": True, "data.binarization": "none"}), num_devices=1)
+        train.validate_config(tiny_digits(**{
+            "model.likelihood": likelihood, "data.dequantize": True,
+            "data.binarization": "none"}), num_devices=1)
 
 
 @pytest.mark.slow
 def test_dequantized_training_end_to_end_on_digits(tmp_path):
-    config = tiny_digits(num_steps=300, steps_per_dispatch=50, log_every=100, eval_every=150,
-                         checkpoint_every=300, likelihood="gaussian_learned",
-                         **{"data.binarization": "none", "data.dequantize": True})
+    config = tiny_digits(**{"run.num_steps": 300, "run.steps_per_dispatch": 50,
+                            "run.log_every": 100, "run.eval_every": 150,
+                            "run.checkpoint_every": 300, "model.likelihood": "gaussian_learned",
+                            "data.binarization": "none", "data.dequantize": True})
     workdir = tmp_path / "dequantized"
     result = train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
     metrics = read_jsonl(workdir / "metrics.jsonl")
@@ -656,7 +684,7 @@ def test_dequantized_training_end_to_end_on_digits(tmp_path):
 
 
 def test_data_mean_output_bias_starts_the_decoder_at_the_pixel_means(tmp_path):
-    """With decoder_bias_init='data_mean' the run's decoder starts with output logits equal to
+    """With model.decoder_bias_init='data_mean' the run's decoder starts with output logits equal to
     logit(mean pixel) of the training split (float64 numpy). End to end with the two-layer
     decoder and a zero learning rate, so the parameters the run saves are the initial ones
     (`set_output_bias` on both MLP decoders is tested in test_models)."""
@@ -664,29 +692,27 @@ def test_data_mean_output_bias_starts_the_decoder_at_the_pixel_means(tmp_path):
     mean_f = np.clip(data.train.reshape(len(data.train), -1).mean(0, dtype=np.float64) / 16,
                      1e-3, 1 - 1e-3)
     expected_f = np.log(mean_f / (1 - mean_f))
-    config = tiny_digits(decoder_bias_init="data_mean")
+    config = tiny_digits(**{"model.decoder_bias_init": "data_mean"})
     np.testing.assert_allclose(train.initial_output_bias(config, data), expected_f, rtol=1e-5,
                                atol=1e-6)
     assert train.initial_output_bias(tiny_digits(), data) is None
-    config = tiny_two_layer_digits(decoder_bias_init="data_mean", learning_rate=0.0,
-                                   num_steps=10, eval_every=10, checkpoint_every=10)
+    config = tiny_two_layer_digits(**{
+        "model.decoder_bias_init": "data_mean", "optim.learning_rate": 0.0,
+        "run.num_steps": 10, "run.eval_every": 10, "run.checkpoint_every": 10})
     result = train.train_and_evaluate(config, tmp_path / "w", quiet=True)
     bias_f = params_of(result)["decoder"]["params"]["layer_1"]["output"]["bias"]
     np.testing.assert_allclose(bias_f, expected_f, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(decoder_bias_init="mean"), r"unknown decoder_bias_init 'mean'"),
-    (dict(decoder_bias_init="data_mean", encoder="conv", decoder="conv"),
+    ({"model.decoder_bias_init": "mean"}, r"unknown model.decoder_bias_init 'mean'"),
+    ({"model.decoder_bias_init": "data_mean", "model.encoder": "conv", "model.decoder": "conv"},
      r"'conv' decoder has one bias per channel"),
-    (dict(decoder_bias_init="data_mean", likelihood="discretized_logistic",
-          data=dict(binarization="none")), r"defined for \['bernoulli', 'gaussian'\]"),
+    ({"model.decoder_bias_init": "data_mean", "model.likelihood": "discretized_logistic",
+      "data.binarization": "none"}, r"defined for \['bernoulli', 'gaussian'\]"),
 ])
 def test_output_bias_config_errors(tmp_path, overrides, message):
-    overrides = dict(overrides)
-    data = overrides.pop("data", {})
     config = tiny_digits(**overrides)
-    config.data.update(data)
     with pytest.raises(ValueError, match=message):
         train.train_and_evaluate(config, tmp_path / "w", quiet=True)
     assert not (tmp_path / "w").exists()
@@ -727,7 +753,8 @@ def test_scale_by_adam_matches_a_float64_adam(b1, b2, eps):
 def test_make_optimizer_has_optax_state_layout_and_updates(optimizer, reference):
     """The state tree of `make_optimizer` equals optax's (so checkpoints of either load into
     the other), and 20 steps of updates agree to float32 rounding."""
-    config = tiny_digits(optimizer=optimizer, weight_decay=1e-4, learning_rate=1e-3)
+    config = tiny_digits(**{"optim.name": optimizer, "optim.weight_decay": 1e-4,
+                            "optim.learning_rate": 1e-3})
     params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.ones(4)}
     ours = train.make_optimizer(config)
     theirs = optax.chain(reference(train.make_lr_schedule(config)))
@@ -760,17 +787,20 @@ def test_global_norm_matches_float64():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"learning_rate": -1.0}, r"learning_rate=-1.0 is out of range: it must be >= 0"),
-    ({"learning_rate": float("nan")}, r"learning_rate=nan is out of range"),
-    ({"num_steps": -50}, r"num_steps=-50 is out of range: it must be >= 0"),
-    ({"num_steps": -5}, r"num_steps=-5 is out of range"),
-    ({"ema_decay": 1.0}, r"ema_decay=1.0 is out of range: it must be in \[0, 1\)"),
-    ({"adam_b2": 1.5}, r"adam_b2=1.5 is out of range"),
-    ({"hidden": (64, 0)}, r"hidden=\(64, 0\) is out of range: it must be widths >= 1"),
-    ({"kl_cycle_ratio": 0.0}, r"kl_cycle_ratio=0.0 is out of range: it must be in \(0, 1\]"),
-    ({"keep_checkpoints": 0}, r"keep_checkpoints=0 is out of range"),
+    ({"optim.learning_rate": -1.0},
+     r"optim.learning_rate=-1.0 is out of range: it must be >= 0"),
+    ({"optim.learning_rate": float("nan")}, r"optim.learning_rate=nan is out of range"),
+    ({"run.num_steps": -50}, r"run.num_steps=-50 is out of range: it must be >= 0"),
+    ({"run.num_steps": -5}, r"run.num_steps=-5 is out of range"),
+    ({"optim.ema_decay": 1.0}, r"optim.ema_decay=1.0 is out of range: it must be in \[0, 1\)"),
+    ({"optim.b2": 1.5}, r"optim.b2=1.5 is out of range"),
+    ({"model.hidden": (64, 0)},
+     r"model.hidden=\(64, 0\) is out of range: it must be widths >= 1"),
+    ({"objective.kl_cycle_ratio": 0.0},
+     r"objective.kl_cycle_ratio=0.0 is out of range: it must be in \(0, 1\]"),
+    ({"run.keep_checkpoints": 0}, r"run.keep_checkpoints=0 is out of range"),
     ({"data.validation_size": -0.1}, r"data.validation_size=-0.1 is out of range"),
-    ({"num_steps": 0, "num_epochs": 0}, r"num_steps=0 and num_epochs=0"),
+    ({"run.num_steps": 0, "run.num_epochs": 0}, r"run.num_steps=0 and run.num_epochs=0"),
 ])
 def test_numeric_fields_out_of_range_are_refused_before_anything_is_written(
         tmp_path, overrides, message):
@@ -791,9 +821,9 @@ def test_every_numeric_default_is_in_range():
 
 def test_run_that_diverged_before_its_first_checkpoint_does_not_block_the_fix(tmp_path):
     workdir = tmp_path / "w"
-    diverging = tiny_digits(learning_rate=1e30, max_consecutive_skips=2,
-                            steps_per_dispatch=1, log_every=20, eval_every=40,
-                            checkpoint_every=40)
+    diverging = tiny_digits(**{"optim.learning_rate": 1e30, "optim.max_consecutive_skips": 2,
+                               "run.steps_per_dispatch": 1, "run.log_every": 20,
+                               "run.eval_every": 40, "run.checkpoint_every": 40})
     with pytest.raises(FloatingPointError) as failure:
         train.train_and_evaluate(diverging, workdir, quiet=True, devices=jax.devices()[:1])
     message = str(failure.value)
@@ -802,9 +832,10 @@ def test_run_that_diverged_before_its_first_checkpoint_does_not_block_the_fix(tm
     assert not train.has_checkpoint(workdir)
     # The corrected command runs, and the failed run's config is kept beside the new one.
     train.train_and_evaluate(tiny_digits(), workdir, quiet=True, devices=jax.devices()[:1])
-    assert json.loads((workdir / "config.json").read_text())["learning_rate"] == 1e-3
+    assert json.loads((workdir / "config.json").read_text())["optim"]["learning_rate"] == 1e-3
     previous = list(workdir.glob("config.previous-*.json"))
-    assert len(previous) == 1 and json.loads(previous[0].read_text())["learning_rate"] == 1e30
+    assert len(previous) == 1
+    assert json.loads(previous[0].read_text())["optim"]["learning_rate"] == 1e30
 
 
 def test_divergence_stops_within_the_limit_and_is_recorded(tmp_path):
@@ -812,8 +843,9 @@ def test_divergence_stops_within_the_limit_and_is_recorded(tmp_path):
     # have non-finite gradients: the 4th skip in a row (step 5) exceeds the limit of 3. The
     # logging boundary (step 40) is far away; the run must not wait for it.
     workdir = tmp_path / "w"
-    config = tiny_digits(learning_rate=1e30, max_consecutive_skips=3,
-                         steps_per_dispatch=1, log_every=40, eval_every=40, checkpoint_every=40)
+    config = tiny_digits(**{"optim.learning_rate": 1e30, "optim.max_consecutive_skips": 3,
+                            "run.steps_per_dispatch": 1, "run.log_every": 40,
+                            "run.eval_every": 40, "run.checkpoint_every": 40})
     with pytest.raises(FloatingPointError, match=r"at step 5; stopping"):
         train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
     rows = read_jsonl(workdir / "metrics.jsonl")
@@ -824,21 +856,24 @@ def test_divergence_stops_within_the_limit_and_is_recorded(tmp_path):
 
 def test_divergence_inside_a_scanned_chunk_names_the_step(tmp_path):
     workdir = tmp_path / "w"
-    config = tiny_digits(learning_rate=1e30, max_consecutive_skips=3,
-                         steps_per_dispatch=10, log_every=40, eval_every=40, checkpoint_every=40)
+    config = tiny_digits(**{"optim.learning_rate": 1e30, "optim.max_consecutive_skips": 3,
+                            "run.steps_per_dispatch": 10, "run.log_every": 40,
+                            "run.eval_every": 40, "run.checkpoint_every": 40})
     with pytest.raises(FloatingPointError, match=r"at step 5; stopping"):
         train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
     assert read_jsonl(workdir / "metrics.jsonl")[-1]["diverged_at_step"] == 5
 
 
 def test_bernoulli_on_grey_levels_needs_the_named_opt_in(tmp_path):
-    grey = dict(**{"data.binarization": "none"}, num_steps=20)
-    with pytest.raises(ValueError, match=r"17 grey levels.*allow_grey_level_bernoulli=True"):
+    grey = {"data.binarization": "none", "run.num_steps": 20}
+    with pytest.raises(ValueError,
+                       match=r"17 grey levels.*model.allow_grey_level_bernoulli=True"):
         train.train_and_evaluate(tiny_digits(**grey), tmp_path / "w", quiet=True)
     assert not (tmp_path / "w").exists()
     workdir = tmp_path / "opt_in"
-    result = train.train_and_evaluate(tiny_digits(**grey, allow_grey_level_bernoulli=True),
-                                      workdir, quiet=True, devices=jax.devices()[:1])
+    result = train.train_and_evaluate(
+        tiny_digits(**grey, **{"model.allow_grey_level_bernoulli": True}), workdir, quiet=True,
+        devices=jax.devices()[:1])
     assert result.validation["normalised_likelihood"] == 0.0
     assert all(row["normalised_likelihood"] == 0.0
                for name in ("metrics.jsonl", "eval_metrics.jsonl")
@@ -846,8 +881,8 @@ def test_bernoulli_on_grey_levels_needs_the_named_opt_in(tmp_path):
     final = json.loads((workdir / "final_metrics.json").read_text())
     assert final["normalised_likelihood"] == 0.0
     # Binarised data keep the plain metrics.
-    plain = train.train_and_evaluate(tiny_digits(num_steps=20), tmp_path / "binary", quiet=True,
-                                     devices=jax.devices()[:1])
+    plain = train.train_and_evaluate(tiny_digits(**{"run.num_steps": 20}), tmp_path / "binary",
+                                     quiet=True, devices=jax.devices()[:1])
     assert "normalised_likelihood" not in plain.validation
 
 
@@ -928,9 +963,9 @@ def test_ema_update_weights_the_new_parameters_by_one_minus_decay():
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_sigint_and_sigterm_save_the_current_step_and_exit_with_one_line(tmp_path, signum):
-    flags = ("--config.num_steps=100000", "--config.steps_per_dispatch=10",
-             "--config.log_every=1000", "--config.eval_every=100000",
-             "--config.checkpoint_every=100000", "--config.hidden=(64,)")
+    flags = ("--config.run.num_steps=100000", "--config.run.steps_per_dispatch=10",
+             "--config.run.log_every=1000", "--config.run.eval_every=100000",
+             "--config.run.checkpoint_every=100000", "--config.model.hidden=(64,)")
     workdir = tmp_path / "w"
     cmd = [sys.executable, "-m", "vae_jax.main", "--config", str(REPO / "experiments/digits.py"),
            "--workdir", str(workdir), "--quiet", *flags]
@@ -958,9 +993,9 @@ def test_sigint_and_sigterm_save_the_current_step_and_exit_with_one_line(tmp_pat
 @pytest.mark.slow
 def test_a_second_run_on_a_busy_workdir_is_refused_at_once(tmp_path):
     workdir = tmp_path / "w"
-    flags = ("--config.num_steps=100000", "--config.steps_per_dispatch=10",
-             "--config.log_every=1000", "--config.eval_every=100000",
-             "--config.checkpoint_every=100000", "--config.hidden=(64,)")
+    flags = ("--config.run.num_steps=100000", "--config.run.steps_per_dispatch=10",
+             "--config.run.log_every=1000", "--config.run.eval_every=100000",
+             "--config.run.checkpoint_every=100000", "--config.model.hidden=(64,)")
     cmd = [sys.executable, "-m", "vae_jax.main", "--config", str(REPO / "experiments/digits.py"),
            "--workdir", str(workdir), "--quiet", *flags]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
