@@ -1,7 +1,14 @@
 """The full set of config fields, with defaults; experiment files override what they need.
 
-Every field the training loop reads is here, so `--config.<field>=...` overrides work for any
-experiment and a typo is an error (ml_collections refuses unknown fields).
+Every field the training loop reads is declared here, so `--config.<group>.<field>=...`
+overrides work for any experiment and a typo is an error (ml_collections refuses unknown
+fields). Five groups:
+
+    data       which data set and how its pixels are presented
+    model      the networks, the likelihood, the prior, the posterior family, the layers
+    objective  what is minimised (by name) and its weights and schedules
+    optim      the optax optimiser (by name), its learning-rate schedule and guards
+    run        batch sizes, length, and how often to log, evaluate and checkpoint
 """
 
 import ml_collections
@@ -25,68 +32,97 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.seed = 0  # validation split and static binarisation
     config.data.max_device_bytes = 2**30  # larger training sets are streamed with tf.data
 
-    # Model (`vae_jax.models`): modules by name.
-    config.encoder = "mlp"  # "mlp", "conv", or "mlp2" (two stochastic layers)
-    config.decoder = "mlp"  # the same name as the encoder for "mlp2"
-    config.latent_dim = 16
-    config.hidden = (512, 512)  # MLP hidden layers
-    config.features = (32, 64)  # conv encoder channels (the decoder mirrors them)
-    config.kernel_size = 3
-    config.strides = 2
-    config.conv_hidden = ()  # dense layers between the conv stack and the latent heads
-    config.activation = "relu"
-    config.kernel_init = "kaiming_normal"  # or "lecun_normal", "kaiming_uniform", ...
+    # Model (`vae_jax.model.build_model`): parts by name.
+    m = config.model = ml_collections.ConfigDict()
+    m.encoder = "mlp"  # "mlp" or "conv" (`models.ENCODERS`): the network of q(z_1 | x)
+    m.decoder = "mlp"  # "mlp" or "conv" (`models.DECODERS`): the network of p(x | z_1)
+    m.latent_dim = 16  # Z_1
+    # Stochastic layers of the Burda et al. 2015 type: x -> z_1 -> ... -> z_L. Layer l > 1 has
+    # upper_latent_dims[l - 2] units (default: half the layer below, at least 1), and the MLPs
+    # of q(z_l | z_{l-1}) and p(z_{l-1} | z_l) have upper_hidden[l - 2] hidden widths (default:
+    # two layers of 2 Z_l, Burda et al.'s 100-100 for Z_2 = 50).
+    m.num_layers = 1
+    m.upper_latent_dims = ()
+    m.upper_hidden = ()
+    m.hidden = (512, 512)  # MLP hidden layers of q(z_1 | x) (p(x | z_1) mirrors them)
+    m.features = (32, 64)  # conv encoder channels (the decoder mirrors them)
+    m.kernel_size = 3
+    m.strides = 2
+    m.conv_hidden = ()  # dense layers between the conv stack and the latent heads
+    m.activation = "relu"
+    m.kernel_init = "kaiming_normal"  # or "lecun_normal", "kaiming_uniform", ...
     # "data_mean": the decoder's output bias starts at the training set's pixel means (logits
-    # for Bernoulli; `losses.data_mean_output_bias`), as in Burda et al.'s code; MLP decoders.
-    config.decoder_bias_init = "zeros"
-    # "mlp2": the two-stochastic-layer VAE of Burda et al. 2015 (`models.HierarchicalEncoder`,
-    # `models.HierarchicalDecoder`), x -> z1 -> z2. It reads these two fields instead of
-    # latent_dim and hidden; pictures and plots show z1 (prior samples are drawn ancestrally).
-    config.latent_dims = (100, 50)  # (Z1, Z2)
-    config.hierarchical_hidden = ((200, 200), (100, 100))  # hidden of q(z1|x), of q(z2|z1)
-
-    # Objective (`vae_jax.losses`).
-    config.likelihood = "bernoulli"
+    # for Bernoulli; `likelihoods.data_mean_output_bias`), as in Burda et al.'s code; MLP
+    # decoders.
+    m.decoder_bias_init = "zeros"
+    m.likelihood = "bernoulli"  # `likelihoods.LIKELIHOODS`
+    m.gaussian_logvar = 0.0  # fixed log-variance of the "gaussian" likelihood
     # True lets likelihood="bernoulli" train on grey levels (data.binarization="none" on data
     # with more than 2 levels): a cross-entropy loss but not a likelihood, so its ELBO and
     # bits/dim mean nothing (pytorch/examples#460). Refused unless set; metrics rows then carry
     # normalised_likelihood=0.
-    config.allow_grey_level_bernoulli = False
-    config.gaussian_logvar = 0.0  # fixed log-variance of the "gaussian" likelihood
-    config.objective = "elbo"  # "elbo" or "iwae"
-    config.num_samples = 1  # latent samples per example (K for IWAE)
-    config.beta = 1.0  # the KL weight the schedule reaches
-    config.kl_schedule = "constant"  # "constant", "linear" (warm-up), "cyclical"
-    config.kl_warmup_steps = 0
-    config.kl_cycle_steps = 0
-    config.kl_cycle_ratio = 0.5
-    config.kl_num_cycles = 0  # 0: cycle for the whole run
-    config.free_bits = 0.0  # nats per latent dimension; 0 disables (not for "mlp2")
+    m.allow_grey_level_bernoulli = False
+    m.prior = "standard_normal"  # `priors.PRIORS`: "standard_normal", "mixture", "vamp"
+    m.prior_components = 0  # mixture components / VampPrior pseudo-inputs; 0: the prior's default
+    m.posterior = "diagonal"  # `posteriors.POSTERIORS`: "diagonal", "full_covariance", "iaf"
+    m.iaf_steps = 2  # "iaf": flow steps T
+    m.iaf_hidden = ()  # "iaf": MADE hidden widths; (): the posterior's default
+    m.iaf_context_dim = 0  # "iaf": context units from the encoder; 0: the posterior's default
 
-    # Optimisation.
-    config.optimizer = "adam"  # "adam" or "adamw"
-    config.learning_rate = 1e-3
-    config.lr_schedule = "constant"  # "constant", "cosine", "warmup_cosine", "burda"
+    # Objective (`vae_jax.objectives.OBJECTIVES`), by name.
+    o = config.objective = ml_collections.ConfigDict()
+    o.name = "elbo"  # "elbo", "iwae", "capacity", "beta_tc", "dip_vae_i", "dip_vae_ii",
+    #                  "info_vae_mmd"
+    o.num_samples = 1  # latent samples per example (K for IWAE)
+    o.beta = 1.0  # the KL weight the schedule reaches (beta_tc: the weight of the TC term)
+    o.kl_schedule = "constant"  # "constant", "linear" (warm-up), "cyclical"
+    o.kl_warmup_steps = 0
+    o.kl_cycle_steps = 0
+    o.kl_cycle_ratio = 0.5
+    o.kl_num_cycles = 0  # 0: cycle for the whole run
+    o.free_bits = 0.0  # nats per latent dimension; 0 disables (needs a per-dimension KL)
+    o.capacity_max = 25.0  # "capacity": C rises to this many nats ...
+    o.capacity_steps = 100000  # ... over this many steps (Burgess et al. 2018)
+    o.capacity_gamma = 1000.0  # "capacity": the weight of |KL - C|
+    o.tc_estimator = "mws"  # "beta_tc": "mws" or "mss" (Chen et al. 2018)
+    o.dip_lambda_od = 10.0  # "dip_vae_*": off-diagonal weight (Kumar et al. 2018)
+    o.dip_lambda_d = 0.0  # diagonal weight; 0: 10 lambda_od for dip_vae_i, lambda_od for _ii
+    o.mmd_kernel = "rbf"  # "info_vae_mmd": "rbf" or "imq"
+    o.info_alpha = 0.0  # InfoVAE (Zhao et al. 2017): recon + (1 - alpha) KL
+    o.info_lambda = 1000.0  # ... + (alpha + lambda - 1) MMD(q(z), p(z))
+
+    # Optimisation: any optax optimiser by name with the arguments below that it takes.
+    p = config.optim = ml_collections.ConfigDict()
+    p.name = "adam"  # "adam" (vae_jax's fast Adam on CPU), "adamw", "adamax", "lion", "sgd",
+    #                  or any other optax optimiser that takes a learning rate
+    p.learning_rate = 1e-3
+    p.lr_schedule = "constant"  # "constant", "cosine", "warmup_cosine", "burda"
     # ("burda": 3^i epochs at learning_rate * 10^(-i/7) for i = 0 .. 7, Burda et al. 2015)
-    config.burda_epoch_scale = 1.0  # "burda" only: stage i lasts round(scale * 3^i) epochs
-    config.lr_warmup_steps = 0
-    config.adam_b1 = 0.9
-    config.adam_b2 = 0.999
-    config.adam_eps = 1e-8  # Burda et al. 2015 use 1e-4
-    config.weight_decay = 0.0  # with "adamw"
-    config.grad_clip_norm = 0.0  # 0 disables
-    config.max_consecutive_skips = 10  # non-finite updates in a row before the run stops
-    config.ema_decay = 0.0  # > 0 keeps an EMA of the parameters, used for evaluation
+    p.burda_epoch_scale = 1.0  # "burda" only: stage i lasts round(scale * 3^i) epochs
+    p.lr_warmup_steps = 0
+    p.b1 = 0.9  # adam, adamw, adamax, lion, ...
+    p.b2 = 0.999
+    p.eps = 1e-8  # Burda et al. 2015 use 1e-4
+    p.weight_decay = 0.0  # adamw, lion, ...
+    p.momentum = 0.0  # sgd (0: none)
+    p.nesterov = False  # sgd
+    p.grad_clip_norm = 0.0  # 0 disables
+    p.max_consecutive_skips = 10  # non-finite updates in a row before the run stops
+    p.ema_decay = 0.0  # > 0 keeps an EMA of the parameters, used for evaluation
 
     # Schedule of the run.
-    config.batch_size = 128  # global: split across all devices
-    config.eval_batch_size = 256
-    config.num_steps = 0  # 0: num_epochs epochs
-    config.num_epochs = 10
-    config.steps_per_dispatch = 1  # steps per jitted lax.scan; >1 pays for small MLPs
-    config.log_every = 100
-    config.eval_every = 1000
-    config.checkpoint_every = 1000
-    config.keep_checkpoints = 3
-    config.num_image_examples = 16
+    r = config.run = ml_collections.ConfigDict()
+    r.batch_size = 128  # global: split across all devices
+    r.eval_batch_size = 256
+    r.num_steps = 0  # 0: num_epochs epochs
+    r.num_epochs = 10
+    r.steps_per_dispatch = 1  # steps per jitted lax.scan; >1 pays for small MLPs
+    r.log_every = 100
+    r.eval_every = 1000
+    r.checkpoint_every = 1000
+    r.keep_checkpoints = 3
+    r.num_image_examples = 16
+    # True: the CPU fast paths of `vae_jax.fastpath` on the CPU backend (they measured faster
+    # there); False: plain jax.random / jax.nn / optax everywhere.
+    r.cpu_fast_paths = True
     return config

@@ -37,182 +37,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax import (config_defaults, distributions, input_pipeline, losses, models, parallel,
-                     plots, threefry, train)
+from vae_jax import (config_defaults, distributions, input_pipeline, losses, objectives,
+                     parallel, plots, train)
+from vae_jax import model as model_lib
 from vae_jax import workdir as workdir_lib
-
-
-def _chunking(num_samples: int, chunk_size: int) -> tuple[int, int]:
-    """(num_chunks, chunk): K samples in the fewest chunks of at most `chunk_size`, balanced.
-
-    num_chunks = ceil(K / chunk_size) and chunk = ceil(K / num_chunks), so num_chunks * chunk
-    exceeds K by fewer than num_chunks samples, which the estimators mask out (K = 777 with
-    chunk_size 100: 8 chunks of 98, the last 7 samples masked).
-    """
-    if num_samples <= 0 or chunk_size <= 0:
-        raise ValueError(f"num_samples={num_samples} and chunk_size={chunk_size} must both be "
-                         "positive")
-    num_chunks = -(-num_samples // chunk_size)
-    return num_chunks, -(-num_samples // num_chunks)
-
-
-def _chunked_log_mean_exp(log_weights, num_samples: int, chunk_size: int, batch: int, dtype):
-    """logsumexp_k(log w_bk) - log K over k < K, computed chunk by chunk in a `lax.scan`.
-
-    `log_weights(first_sample, chunk)` returns the [chunk, B] log weights of samples
-    first_sample .. first_sample + chunk - 1 (a traced first_sample, a static chunk). The
-    running logsumexp is carried with `logaddexp`; samples k >= K of the last chunk (see
-    `_chunking`) are set to -inf, so they add nothing, and the normaliser is log K.
-    """
-    num_chunks, chunk = _chunking(num_samples, chunk_size)
-
-    def add_chunk(log_sum_b, chunk_index):
-        first = chunk_index * chunk
-        log_w_cb = log_weights(first, chunk)
-        valid_c = first + jnp.arange(chunk) < num_samples
-        log_w_cb = jnp.where(valid_c[:, None], log_w_cb, -jnp.inf)
-        return jnp.logaddexp(log_sum_b, jax.nn.logsumexp(log_w_cb, axis=0)), None
-
-    init_b = jnp.full((batch,), -jnp.inf, dtype=dtype)
-    log_sum_b, _ = jax.lax.scan(add_chunk, init_b, jnp.arange(num_chunks))
-    return log_sum_b - math.log(num_samples)
-
-
-def importance_sampled_log_likelihood(
-    params: losses.Params,
-    x,
-    key,
-    *,
-    encoder,
-    decoder,
-    likelihood: str,
-    num_samples: int = 5000,
-    chunk_size: int = 100,
-    gaussian_logvar: float = 0.0,
-    num_bins: int = 256,
-    example_ids=None,
-):
-    """Importance-sampled estimate of log p(x_b) for every example (Burda et al. 2016, eq. 8).
-
-        z_bk ~ q(z | x_b) = N(mean_b, diag exp(logvar_b)),   k = 0 .. K-1
-        log w_bk = log p(x_b | z_bk) + log N(z_bk; 0, I) - log q(z_bk | x_b)
-        log p(x_b) ~= logsumexp_k(log w_bk) - log K
-
-    The estimate is consistent (it tends to log p(x_b) as K grows) and, by Jensen's inequality,
-    biased low on average for finite K; it is the IWAE bound L_K evaluated with large K
-    (K = 5000 in Burda et al. 2016, Sec. 5.1).
-
-    Memory is bounded for any K: the K samples are processed in ceil(K / chunk_size) chunks
-    of equal size (at most chunk_size) by a `lax.scan` that carries a running logsumexp
-    (accumulated with `logaddexp`), so at most [chunk_size * B] decoder evaluations are live
-    at once. Any K >= 1 works: the few samples past K in the last chunk are masked out
-    (`_chunked_log_mean_exp`), and the normaliser is log K.
-
-    Noise: draw k of example b is eps_bk ~ N(0, I) from `fold_in(per_example_key_b, k)`, with
-    `per_example_key_b = losses.per_example_keys(key, example_ids)[b]`. Every chunk size and
-    every split of the batch across devices therefore uses exactly the same z_bk, and the
-    estimate differs only by floating-point summation order.
-
-    Args:
-      params: `{"encoder": ..., "decoder": ...}`.
-      x: [B, H, W, C] data in the likelihood's support (checked when concrete).
-      key: PRNG key for the importance samples.
-      encoder, decoder: Flax modules (static).
-      likelihood: a name from `losses.LIKELIHOODS`.
-      num_samples: K importance samples per example (static).
-      chunk_size: the most samples per scan step (static); need not divide `num_samples`.
-      gaussian_logvar: fixed log-variance for the `gaussian` likelihood.
-      num_bins: intensity levels for `discretized_logistic`.
-      example_ids: [B] global positions of the examples; default arange(B).
-
-    Returns:
-      [B] estimates of log p(x_b) in nats.
-    """
-    _chunking(num_samples, chunk_size)  # Validates K and the chunk size.
-    losses.likelihood_num_params(likelihood)  # Validates the name.
-    if not isinstance(x, jax.core.Tracer):
-        losses.check_data_support(x, likelihood, num_bins=num_bins)
-    batch = x.shape[0]
-    if example_ids is None:
-        example_ids = jnp.arange(batch)
-    mean_bz, logvar_bz = encoder.apply(params["encoder"], x)
-    keys_b = losses.per_example_keys(key, example_ids)
-    std_bz = jnp.exp(0.5 * logvar_bz)
-    zeros_bz = jnp.zeros_like(mean_bz)
-
-    def draw(key_b, sample_index):
-        return threefry.normal(threefry.fold_in(key_b, sample_index), mean_bz.shape[1:],
-                               mean_bz.dtype)
-
-    draw_bz = jax.vmap(draw, in_axes=(0, None))  # One draw for every example.
-    draw_cbz = jax.vmap(draw_bz, in_axes=(None, 0))  # [C] sample indices -> [C, B, Z].
-
-    def log_weights(first_sample, chunk):
-        z_cbz = mean_bz + std_bz * draw_cbz(keys_b, first_sample + jnp.arange(chunk))
-        z_flat = z_cbz.reshape((chunk * batch,) + z_cbz.shape[2:])
-        x_flat = jnp.broadcast_to(x[None], (chunk,) + x.shape).reshape(
-            (chunk * batch,) + x.shape[1:])
-        out = decoder.apply(params["decoder"], z_flat)
-        ll_cb = losses.log_likelihood(
-            likelihood, out, x_flat, gaussian_logvar=gaussian_logvar, num_bins=num_bins
-        ).reshape(chunk, batch)
-        log_prior_cb = distributions.gaussian_log_density(z_cbz, zeros_bz, zeros_bz)
-        log_q_cb = distributions.gaussian_log_density(z_cbz, mean_bz, logvar_bz)
-        return ll_cb + log_prior_cb - log_q_cb
-
-    return _chunked_log_mean_exp(log_weights, num_samples, chunk_size, batch, mean_bz.dtype)
-
-
-def hierarchical_importance_sampled_log_likelihood(
-    params: losses.Params,
-    x,
-    key,
-    *,
-    encoder,
-    decoder,
-    likelihood: str,
-    num_samples: int = 5000,
-    chunk_size: int = 100,
-    gaussian_logvar: float = 0.0,
-    num_bins: int = 256,
-    example_ids=None,
-):
-    """`importance_sampled_log_likelihood` for the two-stochastic-layer model.
-
-        (z1_bk, z2_bk) ~ q(z1 | x_b) q(z2 | z1_bk),   k = 0 .. K-1
-        log w_bk = log p(x_b | z1_bk) + log p(z1_bk | z2_bk) + log N(z2_bk; 0, I)
-                   - log q(z1_bk | x_b) - log q(z2_bk | z1_bk)
-        log p(x_b) ~= logsumexp_k(log w_bk) - log K       (Burda et al. 2016, eq. 8; K = 5000)
-
-    A `lax.scan` over ceil(K / chunk_size) equal chunks of at most chunk_size samples calls
-    `losses.hierarchical_log_weights` with `num_samples=chunk, first_sample=c * chunk` and
-    carries a running logsumexp (`logaddexp`); any K >= 1 works, as there. Draw k of example
-    b depends only on (example_ids[b], k) (see `hierarchical_log_weights`), so the estimate
-    does not depend on the chunk size or on the device count, up to floating-point summation
-    order. Args and returns ([B] nats) as in `importance_sampled_log_likelihood`, with
-    `models.HierarchicalEncoder` / `Decoder`.
-    """
-    _chunking(num_samples, chunk_size)  # Validates K and the chunk size.
-    losses.likelihood_num_params(likelihood)  # Validates the name.
-    if not isinstance(x, jax.core.Tracer):
-        losses.check_data_support(x, likelihood, num_bins=num_bins)
-    if example_ids is None:
-        example_ids = jnp.arange(x.shape[0])
-
-    def log_weights(first_sample, chunk):
-        return losses.hierarchical_log_weights(
-            params, x, key, encoder=encoder, decoder=decoder, likelihood=likelihood,
-            num_samples=chunk, gaussian_logvar=gaussian_logvar, num_bins=num_bins,
-            example_ids=example_ids, first_sample=first_sample)
-
-    return _chunked_log_mean_exp(log_weights, num_samples, chunk_size, x.shape[0], jnp.float32)
-
-
-def log_likelihood_estimator(encoder) -> Callable:
-    """The importance-sampled log p(x) estimator for the model the encoder belongs to."""
-    if isinstance(encoder, models.HierarchicalEncoder):
-        return hierarchical_importance_sampled_log_likelihood
-    return importance_sampled_log_likelihood
 
 
 def nll_summary(log_px_b, num_dims: int) -> dict:
@@ -246,44 +74,26 @@ def nll_summary(log_px_b, num_dims: int) -> dict:
     }
 
 
-def make_nll_program(
-    mesh,
-    *,
-    encoder,
-    decoder,
-    likelihood: str,
-    num_samples: int = 5000,
-    chunk_size: int = 100,
-    gaussian_logvar: float = 0.0,
-    num_bins: int = 256,
-    compiler_options: dict | None = None,
-) -> Callable:
-    """A jitted data-parallel `importance_sampled_log_likelihood` over a 1-D "batch" mesh.
+def make_nll_program(mesh, vae: model_lib.VAE, *, num_samples: int = 5000,
+                     chunk_size: int = 100, compiler_options: dict | None = None) -> Callable:
+    """A jitted data-parallel `model.log_likelihood_estimate` over a 1-D "batch" mesh.
 
     The program is `program(params, x, key, example_ids) -> log_px_b`:
       params: replicated; x: [B, H, W, C] split along "batch"; key: replicated;
       example_ids: [B] global positions of the rows of x, split along "batch" like x.
     It returns [B] estimates split along "batch". Because each example's noise comes from its
     global id, the values do not depend on the number of devices (up to float summation order).
-    B must divide evenly across the mesh. The estimator follows the model
-    (`log_likelihood_estimator`: the two-stochastic-layer model has its own).
+    B must divide evenly across the mesh. Any K >= 1 works, whatever the chunk size.
     `compiler_options` default `parallel.compiler_options()` (`train.program_options(config)`
     gives a config's).
     """
-    _chunking(num_samples, chunk_size)  # Validates K and the chunk size.
-    estimate = functools.partial(
-        log_likelihood_estimator(encoder),
-        encoder=encoder,
-        decoder=decoder,
-        likelihood=likelihood,
-        num_samples=num_samples,
-        chunk_size=chunk_size,
-        gaussian_logvar=gaussian_logvar,
-        num_bins=num_bins,
-    )
+    if num_samples < 1 or chunk_size < 1:
+        raise ValueError(f"num_samples={num_samples} and chunk_size={chunk_size} must both be "
+                         "positive")
 
     def per_device(params, x, key, example_ids):
-        return estimate(params, x, key, example_ids=example_ids)
+        return model_lib.log_likelihood_estimate(vae, params, x, key, num_samples=num_samples,
+                                                 chunk_size=chunk_size, example_ids=example_ids)
 
     mapped = parallel.data_parallel(
         per_device,
@@ -300,59 +110,43 @@ def make_nll_program(
 IWAE_KS = (1, 5, 50)
 
 
-def per_example_metrics(
-    params: losses.Params,
-    x,
-    key,
-    *,
-    encoder,
-    decoder,
-    likelihood: str,
-    gaussian_logvar: float = 0.0,
-    num_bins: int = 256,
-    iwae_ks=IWAE_KS,
-    example_ids=None,
-) -> dict:
+def per_example_metrics(vae: model_lib.VAE, params, x, key, *, iwae_ks=IWAE_KS,
+                        example_ids=None) -> dict:
     """The posterior, the ELBO terms and IWAE-k bounds of every example, in one pass.
 
-        mean, logvar  [B, Z]  q(z | x_b) = N(mean_b, diag exp(logvar_b))
-        elbo, recon, kl [B]   `losses.elbo` (beta = 1, one z draw, the closed-form KL), noise
-                              from `fold_in(key, 0)`
+        point [B, Z]          `VAE.points`: the posterior's point summary of every layer
+                              (the mean of a Gaussian; for upper layers the Monte Carlo
+                              estimate of E_q[z_l | x])
+        mean, logvar [B, Z_1] the Gaussian parameters the encoder emits for q(z_1 | x)
+        elbo, recon, kl [B]   the "elbo" objective (beta = 1, one draw; the closed-form KL where
+                              the model has one, else by sampling), noise from fold_in(key, 0)
+        kl_per_dim [B, Z]     only where the KL has per-dimension terms in closed form
         iwae [B, len(ks)]     L_k(x_b) = logsumexp_{j<k} log w_bj - log k (Burda et al. 2016,
-                              eq. 8) for every k of `iwae_ks`, from
-                              `importance_sampled_log_likelihood` with K = chunk = k and key
-                              `fold_in(key, 1)`. Draw j of example b depends only on (b, j), so
-                              the k draws of L_k are the first k of L_max(ks)'s: common random
-                              numbers, under which L_1 <= L_5 <= L_50 (true in expectation) is
-                              seldom reversed by noise.
+                              eq. 8) for every k of `iwae_ks`, from `log_likelihood_estimate`
+                              with K = chunk = k and key fold_in(key, 1). Draw j of example b
+                              depends only on (b, j), so the k draws of L_k are the first k of
+                              L_max(ks)'s: common random numbers, under which L_1 <= L_5 <= L_50
+                              (true in expectation) is seldom reversed by noise.
 
-    Args and reduction as in `importance_sampled_log_likelihood`; `example_ids` [B] are the
-    global positions that key every example's noise.
-
-    For the two-stochastic-layer model (`models.HierarchicalEncoder`): mean, logvar [B, Z1] are
-    those of q(z1 | x_b); the ELBO is `losses.hierarchical_elbo` (one draw, Monte Carlo KL);
-    the IWAE bounds come from `hierarchical_importance_sampled_log_likelihood`; and two extra
-    outputs, `kl_per_dim` [B, Z1 + Z2] and `latent_mean` [B, Z1 + Z2] (mean1 then an estimate
-    of E_q[z2 | x_b]), feed the latent diagnostics of both layers.
+    `example_ids` [B] are the global positions that key every example's noise.
     """
     if example_ids is None:
         example_ids = jnp.arange(x.shape[0])
-    hierarchical = isinstance(encoder, models.HierarchicalEncoder)
-    common = dict(encoder=encoder, decoder=decoder, likelihood=likelihood,
-                  gaussian_logvar=gaussian_logvar, num_bins=num_bins, example_ids=example_ids)
     elbo_key, iwae_key = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
-    mean_bz, logvar_bz = encoder.apply(params["encoder"], x)
-    elbo_fn = losses.hierarchical_elbo if hierarchical else losses.elbo
-    _, metrics = elbo_fn(params, x, elbo_key, **common)
-    estimator = log_likelihood_estimator(encoder)
+    loss_fn = objectives.make_loss_fn(objectives.Settings(name="elbo"), vae)
+    _, metrics = loss_fn(params, x, elbo_key, example_ids=example_ids)
     iwae_bk = jnp.stack([
-        estimator(params, x, iwae_key, num_samples=k, chunk_size=k, **common) for k in iwae_ks
+        model_lib.log_likelihood_estimate(vae, params, x, iwae_key, num_samples=k, chunk_size=k,
+                                          example_ids=example_ids)
+        for k in iwae_ks
     ], axis=-1)
     per_example = metrics["per_example"]
-    out = {"mean": mean_bz, "logvar": logvar_bz, "elbo": per_example["elbo"],
-           "recon": per_example["recon"], "kl": per_example["kl"], "iwae": iwae_bk}
-    if hierarchical:
-        out.update(kl_per_dim=per_example["kl_per_dim"], latent_mean=per_example["mean"])
+    encoded = vae.encode(params, x)
+    out = {"point": per_example["mean"], "mean": encoded.mean, "logvar": encoded.logvar,
+           "elbo": per_example["elbo"], "recon": per_example["recon"], "kl": per_example["kl"],
+           "iwae": iwae_bk}
+    if "kl_per_dim" in per_example:
+        out["kl_per_dim"] = per_example["kl_per_dim"]
     return out
 
 
@@ -362,7 +156,7 @@ def make_per_example_program(fn: Callable, mesh, *, compiler_options: dict | Non
 
     params and key are replicated; x [B, ...] and example_ids [B] are split along "batch",
     and so is every output (each [B, ...]). Bind fn's static arguments with
-    `functools.partial` first, e.g. `partial(per_example_metrics, encoder=..., ...)`.
+    `functools.partial` first, e.g. `partial(per_example_metrics, vae)`.
     """
     mapped = parallel.data_parallel(
         lambda params, x, key, example_ids: fn(params, x, key, example_ids=example_ids),
@@ -458,7 +252,7 @@ def latent_diagnostics(mean_bz, logvar_bz, key, *,
     }
 
 
-def latent_mean_diagnostics(latent_mean_nz, kl_nz, *,
+def latent_mean_diagnostics(latent_mean_nz, kl_nz=None, *,
                             active_threshold: float = ACTIVE_THRESHOLD) -> dict:
     """Per-dimension diagnostics from estimates of E_q[z | x_n] and of each KL term (numpy).
 
@@ -472,7 +266,8 @@ def latent_mean_diagnostics(latent_mean_nz, kl_nz, *,
     """
     variance_z = np.var(np.asarray(latent_mean_nz, np.float64), axis=0)
     return {
-        "kl_per_dim": np.mean(np.asarray(kl_nz, np.float64), axis=0),
+        "kl_per_dim": (None if kl_nz is None
+                       else np.mean(np.asarray(kl_nz, np.float64), axis=0)),
         "mean_variance_per_dim": variance_z,
         "active_units": int(np.sum(variance_z > active_threshold)),
     }
@@ -575,9 +370,9 @@ def dequantize_once(levels_nhwc: np.ndarray, num_levels: int, seed: int) -> np.n
     return np.asarray(draw(keys_n, levels_nhwc, num_levels))
 
 
-def restore_eval_params(config, workdir, encoder, decoder, image_shape, *, step=None):
+def restore_eval_params(config, workdir, vae, image_shape, *, step=None):
     """(params, step) of a checkpoint in `workdir/checkpoints`, on one device: its EMA
-    parameters when the run kept them (config.ema_decay > 0), else its parameters.
+    parameters when the run kept them (config.optim.ema_decay > 0), else its parameters.
 
     `step` None restores the newest intact checkpoint, an int exactly that step's, each
     verified against its checksums (`workdir_lib.Checkpoints.restore`). A reader: corrupt
@@ -593,16 +388,16 @@ def restore_eval_params(config, workdir, encoder, decoder, image_shape, *, step=
     )
     if not directory.is_dir():
         raise missing
-    checkpoints = workdir_lib.Checkpoints(directory, keep=config.keep_checkpoints)
+    checkpoints = workdir_lib.Checkpoints(directory, keep=config.run.keep_checkpoints)
     try:
         if not checkpoints.steps():
             raise missing
         # Only the structure is needed: shapes from eval_shape, placed on one device.
         abstract = jax.eval_shape(functools.partial(
-            train.init_state, encoder=encoder, decoder=decoder, image_shape=image_shape,
+            train.init_state, vae=vae, image_shape=image_shape,
             # Only the optimiser state's structure matters here, not the schedule's epochs.
             optimizer=train.make_optimizer(config, steps_per_epoch=1),
-            ema=config.ema_decay > 0,
+            ema=config.optim.ema_decay > 0,
         ), jax.random.key(0))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(
@@ -716,7 +511,9 @@ def evaluate_workdir(
     """
     if split not in ("test", "validation"):
         raise ValueError(f"split must be 'test' or 'validation'; got {split!r}")
-    _chunking(num_importance_samples, chunk_size)  # Validates K and the chunk size.
+    if num_importance_samples < 1 or chunk_size < 1:
+        raise ValueError(f"num_samples={num_importance_samples} and chunk_size={chunk_size} "
+                         "must both be positive")
     workdir = pathlib.Path(workdir)
     out_dir = workdir if out_dir is None else pathlib.Path(out_dir)
     config = _load_config(workdir)
@@ -740,46 +537,40 @@ def evaluate_workdir(
     if len(x_nhwc) < 2:
         raise ValueError(f"the {split} split has {len(x_nhwc)} examples (after max_examples="
                          f"{max_examples}); the evaluation needs at least 2")
-    losses.check_data_support(x_nhwc, config.likelihood, num_bins=data.num_levels)
-
-    encoder, decoder = train.make_models(config, data.image_shape)
-    params, step = restore_eval_params(config, workdir, encoder, decoder, data.image_shape,
-                                       step=step)
+    vae = model_lib.build_model(config.model, data.image_shape, num_levels=data.num_levels)
+    vae.likelihood.check_support(x_nhwc)
+    params, step = restore_eval_params(config, workdir, vae, data.image_shape, step=step)
 
     mesh = parallel.make_mesh(devices)
     num_devices = mesh.devices.size
     if batch_size is None:
-        batch_size = -(-config.eval_batch_size // num_devices) * num_devices
+        batch_size = -(-config.run.eval_batch_size // num_devices) * num_devices
     parallel.check_batch_divisible(batch_size, num_devices)
     nll_key, metrics_key, diag_key, plot_key = jax.random.split(jax.random.key(seed), 4)
     replicated_params = parallel.replicate(params, mesh)
-    likelihood_args = dict(encoder=encoder, decoder=decoder, likelihood=config.likelihood,
-                           gaussian_logvar=config.gaussian_logvar, num_bins=data.num_levels)
 
     def run(program, key):
         return run_in_batches(program, replicated_params, x_nhwc, parallel.replicate(key, mesh),
                               mesh, batch_size=batch_size)
 
     options = train.program_options(config)
-    log_px_n = run(make_nll_program(mesh, num_samples=num_importance_samples,
-                                    chunk_size=chunk_size, compiler_options=options,
-                                    **likelihood_args), nll_key)
+    log_px_n = run(make_nll_program(mesh, vae, num_samples=num_importance_samples,
+                                    chunk_size=chunk_size, compiler_options=options), nll_key)
     per_example = run(make_per_example_program(functools.partial(
-        per_example_metrics, iwae_ks=tuple(iwae_ks), **likelihood_args), mesh,
+        per_example_metrics, vae, iwae_ks=tuple(iwae_ks)), mesh,
         compiler_options=options), metrics_key)
     iwae = {str(k): float(np.mean(per_example["iwae"][:, i], dtype=np.float64))
             for i, k in enumerate(iwae_ks)}
-    diagnostics = jax.device_get(jax.jit(latent_diagnostics)(
-        jnp.asarray(per_example["mean"]), jnp.asarray(per_example["logvar"]), diag_key))
-    hierarchical = train.is_hierarchical(config)
-    latent_dim = int(config.latent_dim)
-    if hierarchical:
-        # Both layers, [z1, z2]: the Monte Carlo KL per dimension of `hierarchical_elbo` and the
-        # variance of E_q[z | x] (Burda et al.'s active units). The mutual information stays
-        # that of z1 (q(z1 | x) is the only Gaussian posterior with a closed form).
-        diagnostics.update(latent_mean_diagnostics(per_example["latent_mean"],
-                                                   per_example["kl_per_dim"]))
-        latent_dim = int(sum(config.latent_dims))
+    # Active units from the posterior's point summaries of every layer; the KL per dimension
+    # where the model has it in closed form; the mutual information where q(z | x) is one
+    # diagonal Gaussian layer (its estimator needs the closed-form posterior density).
+    diagnostics = latent_mean_diagnostics(per_example["point"], per_example.get("kl_per_dim"))
+    one_gaussian = vae.num_layers == 1 and vae.posterior.name == "diagonal"
+    if one_gaussian:
+        diagnostics["mutual_information_nats"] = float(jax.jit(latent_diagnostics)(
+            jnp.asarray(per_example["mean"]), jnp.asarray(per_example["logvar"]),
+            diag_key)["mutual_information_nats"])
+    latent_dim = int(sum(vae.latent_dims))
 
     num_dims = math.prod(data.image_shape)
     if dequantize:
@@ -793,17 +584,33 @@ def evaluate_workdir(
         "recon_nats": float(np.mean(per_example["recon"], dtype=np.float64)),
         "kl_nats": float(np.mean(per_example["kl"], dtype=np.float64)),
         "iwae_bounds": iwae,
-        "kl_per_dim": [float(v) for v in diagnostics["kl_per_dim"]],
         "mean_variance_per_dim": [float(v) for v in diagnostics["mean_variance_per_dim"]],
         "active_units": int(diagnostics["active_units"]),
         "latent_dim": latent_dim,
-        "mutual_information_nats": float(diagnostics["mutual_information_nats"]),
+        "latent_dims": list(vae.latent_dims),
         "num_importance_samples": int(num_importance_samples),
         "split": split,
         "checkpoint_step": step,
         "seed": int(seed),
-        "likelihood": config.likelihood,
+        "likelihood": config.model.likelihood,
+        "prior": config.model.prior,
+        "posterior": config.model.posterior,
     }
+    # Numbers that are not defined for this model are absent, with the reason, not printed wrong.
+    if diagnostics["kl_per_dim"] is not None:
+        result["kl_per_dim"] = [float(v) for v in diagnostics["kl_per_dim"]]
+    else:
+        result["kl_per_dim_note"] = (
+            "not defined: the KL of this model has no closed-form per-dimension terms "
+            f"(posterior {vae.posterior.name!r}, prior {vae.prior.name!r}, "
+            f"{vae.num_layers} layer(s)); kl_nats is its Monte Carlo estimate")
+    if one_gaussian:
+        result["mutual_information_nats"] = diagnostics["mutual_information_nats"]
+    else:
+        result["mutual_information_note"] = (
+            "not computed: the estimator needs q(z | x) as one diagonal Gaussian layer")
+    if train.is_grey_level_bernoulli(config, data.num_levels):
+        result["normalised_likelihood"] = 0.0
     if binarize:
         result["binarization_seed"] = int(binarization_seed)
     if dequantize:
@@ -817,8 +624,6 @@ def evaluate_workdir(
             dequantization_seed=int(dequantization_seed),
             dequantization_offset_nats=offset_nats,
         )
-    if hierarchical:
-        result["latent_dims"] = [int(d) for d in config.latent_dims]
     numbers = {k: v for k, v in result.items() if not isinstance(v, str)}
     numbers["iwae_bounds"] = list(iwae.values())
     bad = sorted(k for k, v in numbers.items() if not _finite(v))
@@ -828,8 +633,12 @@ def evaluate_workdir(
         result["workdir"] = str(workdir.absolute())
     if report is not None:
         report(result)
-    # The pictures decode z1: its KL per dimension orders the traversals.
-    decoder_kl_per_dim = np.asarray(diagnostics["kl_per_dim"])[: per_example["mean"].shape[-1]]
+    # The pictures decode z1: its KL per dimension (else the variance of its point summary
+    # over the data) orders the traversals.
+    z1_dim = vae.latent_dims[0]
+    order_by = (diagnostics["kl_per_dim"] if diagnostics["kl_per_dim"] is not None
+                else diagnostics["mean_variance_per_dim"])
+    decoder_kl_per_dim = np.asarray(order_by)[:z1_dim]
     lock = (workdir_lib.WorkdirLock(workdir, purpose="evaluation") if into_workdir
             else contextlib.nullcontext())
     try:
@@ -838,9 +647,8 @@ def evaluate_workdir(
             workdir_lib.write_json(out_dir / EVAL_JSON, result)  # survives a plotting error
             if write_plots:
                 result["plots"] = sorted(str(p.relative_to(out_dir)) for p in save_plots(
-                    out_dir / PLOTS_DIR, params, x_nhwc, plot_key, encoder=encoder,
-                    decoder=decoder, likelihood=config.likelihood,
-                    kl_per_dim=decoder_kl_per_dim, mean_nz=per_example["mean"],
+                    out_dir / PLOTS_DIR, vae, params, x_nhwc, plot_key,
+                    kl_per_dim=decoder_kl_per_dim, mean_nz=per_example["point"][:, :z1_dim],
                     labels=labels, workdir=workdir))
                 workdir_lib.write_json(out_dir / EVAL_JSON, result)
     except OSError as err:
@@ -849,29 +657,27 @@ def evaluate_workdir(
     return result
 
 
-def save_plots(directory, params, x_nhwc, key, *, encoder, decoder, likelihood, kl_per_dim,
-               mean_nz, labels=None, workdir=None, num_examples: int = 16) -> list:
+def save_plots(directory, vae, params, x_nhwc, key, *, kl_per_dim, mean_nz, labels=None,
+               workdir=None, num_examples: int = 16) -> list:
     """Writes every picture of `vae_jax.plots` for a model and an encoded split; returns paths.
 
-    reconstructions, prior samples, latent traversals (of example 0, dimensions by KL
-    descending, offsets -3..3 around its posterior mean), interpolation (examples 0 -> 1), the
-    latent scatter coloured by label (Z >= 2), the 2-D manifold (Z = 2), and the training
-    curves when `workdir` holds metrics.jsonl.
-
-    For the two-stochastic-layer model, mean_nz [N, Z1] and kl_per_dim [Z1] are those of z1,
-    the decoder's input: reconstructions, interpolation and the scatter use z1, prior samples
-    are drawn ancestrally (`train.make_prior_sampler`), and the traversals and the manifold,
-    whose -3..3 offsets and normal quantiles assume p(z1) = N(0, I), are not drawn.
+    reconstructions, prior samples (from the model's actual prior, ancestrally for several
+    layers: `VAE.sample_prior`), latent traversals (of example 0, dimensions by `kl_per_dim`
+    descending), interpolation (examples 0 -> 1), the latent scatter coloured by label
+    (Z >= 2), the 2-D manifold (Z = 2 under an N(0, I) prior), and the training curves when
+    `workdir` holds metrics.jsonl. mean_nz [N, Z_1] are the posterior's point summaries of z_1,
+    the decoder's input. Traversals move each dimension by -3..3 around example 0's point:
+    in prior standard deviations under one N(0, I) layer, otherwise in standard deviations of
+    the points over the split (the prior's scale is not 1 then).
     """
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     latent_dim = mean_nz.shape[-1]
-    standard_normal_prior = not isinstance(decoder, models.HierarchicalDecoder)
-    sample_prior = train.make_prior_sampler(encoder, decoder)
+    standard_normal_prior = vae.num_layers == 1 and vae.prior.name == "standard_normal"
 
     @jax.jit
     def decode(z_nz):
-        return losses.likelihood_mean(likelihood, decoder.apply(params["decoder"], z_nz))
+        return vae.likelihood.mean(vae.decode(params, z_nz))
 
     def decode_grid(z_rsz):
         images = np.asarray(decode(z_rsz.reshape(-1, latent_dim)))
@@ -881,17 +687,20 @@ def save_plots(directory, params, x_nhwc, key, *, encoder, decoder, likelihood, 
     z_inputs = jnp.asarray(mean_nz[:num_examples])
     order = np.argsort(-np.asarray(kl_per_dim), kind="stable")
     values = np.linspace(-3.0, 3.0, 11)
-    z_prior = jax.jit(sample_prior, static_argnums=2)(params["decoder"], key, 64)
+    scale_z = (np.ones(latent_dim) if standard_normal_prior
+               else np.std(np.asarray(mean_nz, np.float64), axis=0) + 1e-6)
+    z_prior = jax.jit(vae.sample_prior, static_argnums=2)(params, key, 64)
     paths = [
         plots.reconstructions(directory / "reconstructions.png", inputs,
                               np.asarray(decode(z_inputs))),
         plots.prior_samples(directory / "samples.png", np.asarray(decode(z_prior)), rows=8),
     ]
-    if standard_normal_prior:
-        paths.append(plots.latent_traversals(
-            directory / "traversals.png",
-            decode_grid(traversal_latents(z_inputs[0], order, values)),
-            dims=order, kl_per_dim=np.asarray(kl_per_dim)[order]))
+    # traversal_latents moves every dimension by the same values: scale each row's own.
+    traversals = np.stack([np.asarray(traversal_latents(
+        z_inputs[0], [d], (values * scale_z[d]).astype(np.float32)))[0] for d in order])
+    paths.append(plots.latent_traversals(
+        directory / "traversals.png", decode_grid(traversals), dims=order,
+        kl_per_dim=np.asarray(kl_per_dim)[order]))
     if len(inputs) >= 2:
         path = interpolation_latents(z_inputs[0], z_inputs[1], 10)
         paths.append(plots.interpolation(directory / "interpolation.png",
@@ -919,7 +728,8 @@ def summary_lines(result: dict) -> list[str]:
     bounds = result["iwae_bounds"]
     return [
         f"{result['split']} ({result['num_examples']} examples, step "
-        f"{result['checkpoint_step']}): " + ", ".join(f"{k}={result[k]:.4g}" for k in keys),
+        f"{result['checkpoint_step']}): "
+        + ", ".join(f"{k}={result[k]:.4g}" for k in keys if k in result),
         "iwae_bounds: " + ", ".join(f"L_{k}={v:.4g}" for k, v in bounds.items()),
     ]
 

@@ -59,11 +59,13 @@ class LogWeights(NamedTuple):
 
 class Draw(NamedTuple):
     """What one pass of `VAE.log_weights` computed: the weights and, for the objectives and
-    diagnostics, the parameters of q(z_1 | x) [B] and the samples of every layer [K, B, Z_l]."""
+    diagnostics, the parameters of q(z_1 | x) [B], those of every upper layer's
+    q(z_l | z_{l-1}) [K * B], and the samples of every layer [K, B, Z_l]."""
 
     weights: LogWeights
     encoded: Encoded
     z: tuple
+    upper_encoded: tuple = ()
 
 
 def _as_encoded(out) -> Encoded:
@@ -190,11 +192,12 @@ class VAE:
         encoded = self.encode(params, x)
         z, log_qz = self.posterior.sample(self._posterior_params(params, 0), encoded,
                                           noise(0, self.latent_dims[0]))
-        zs = [z]
+        zs, upper = [z], []
         for layer in range(1, self.num_layers):
             flat = zs[-1].reshape((k * b, -1))
             enc = _as_encoded(self.upper_encoders[layer - 1].apply(
                 params["upper_encoders"][layer - 1], flat))
+            upper.append(enc)
             eps = noise(layer, self.latent_dims[layer]).reshape((1, k * b, -1))
             z, log_q = self.posterior.sample(self._posterior_params(params, layer), enc, eps)
             zs.append(z.reshape((k, b, -1)))
@@ -211,7 +214,19 @@ class VAE:
         out = self.decode(params, zs[0].reshape((k * b, -1)))
         x_n = jnp.broadcast_to(x[None], (k,) + x.shape).reshape((k * b,) + x.shape[1:])
         log_px_z = self.likelihood.log_prob(out, x_n).reshape(k, b)
-        return Draw(LogWeights(log_px_z, log_pz, log_qz), encoded, tuple(zs))
+        return Draw(LogWeights(log_px_z, log_pz, log_qz), encoded, tuple(zs), tuple(upper))
+
+    def points(self, params, draw: Draw):
+        """Point summaries of every layer [B, Z_1 + ... + Z_L]: `Posterior.point` of
+        q(z_1 | x), then for each upper layer the mean over the draw's K samples of the point
+        of q(z_l | z_{l-1}), a Monte Carlo estimate of E_q[z_l | x] (the statistic of Burda et
+        al.'s active-unit count, section 5.2)."""
+        k, b = draw.z[0].shape[:2]
+        out = [self.posterior.point(self._posterior_params(params, 0), draw.encoded)]
+        for layer, enc in enumerate(draw.upper_encoded, start=1):
+            point = self.posterior.point(self._posterior_params(params, layer), enc)
+            out.append(jnp.mean(point.reshape((k, b, -1)), axis=0))
+        return jnp.concatenate(out, axis=-1)
 
     def analytic_kl(self, params, encoded: Encoded):
         """The closed-form KL(q(z | x) || p(z)) as (kl_b [B], kl_per_dim_bz [B, Z] or None),
@@ -299,8 +314,9 @@ def layer_sizes(model_config) -> tuple[tuple[int, ...], tuple[tuple[int, ...], .
     return tuple(dims), hidden
 
 
-def build_model(model_config, image_shape) -> VAE:
-    """The `VAE` that `config.model` names, for images of `image_shape` (H, W, C).
+def build_model(model_config, image_shape, *, num_levels: int = 256) -> VAE:
+    """The `VAE` that `config.model` names, for images of `image_shape` (H, W, C) with
+    `num_levels` intensity levels (the discretised logistic's bins).
 
     Likelihood, prior and posterior come from their registries by name
     (`likelihoods.make_likelihood`, `priors.make_prior`, `posteriors.make_posterior`); the
@@ -311,7 +327,8 @@ def build_model(model_config, image_shape) -> VAE:
 
     mc = model_config
     h, w, c = image_shape
-    likelihood = likelihoods.make_likelihood(mc.likelihood, gaussian_logvar=mc.gaussian_logvar)
+    likelihood = likelihoods.make_likelihood(mc.likelihood, gaussian_logvar=mc.gaussian_logvar,
+                                             num_bins=num_levels)
     posterior_kwargs = {}
     if mc.posterior == "iaf":
         posterior_kwargs = dict(num_steps=int(mc.iaf_steps))

@@ -1,8 +1,10 @@
-"""The math of the disentangling objectives: beta-TC, DIP, MMD (InfoVAE) and capacity.
+"""Objectives by name (`OBJECTIVES`), and the math of the disentangling ones.
 
-Pure `jax.numpy` on encoder statistics and latent samples, like `distributions`: no Flax, no
-randomness. The named objectives (`beta_tc`, `dip_vae_i`, `dip_vae_ii`, `info_vae_mmd`,
-`capacity`) are assembled from these functions elsewhere. Units are nats; per-example terms are
+The named objectives ("elbo", "iwae", "capacity", "beta_tc", "dip_vae_i", "dip_vae_ii",
+"info_vae_mmd", at the end of this module) are reductions of `model.VAE.log_weights` plus the
+regularisers below; `make_loss_fn` binds one to a model. The regularisers are pure
+`jax.numpy` on encoder statistics and latent samples, like `distributions`: no Flax, no
+randomness. Units are nats; per-example terms are
 summed over the latent axis, batch values are means over examples (the package convention).
 
 Notation: a batch of B examples x_b with diagonal Gaussian posteriors
@@ -41,14 +43,16 @@ psum, pmean) are differentiable; under `parallel.data_parallel` (check_vma=False
 devices of each device's gradient is the single-device gradient, as for the ELBO.
 """
 
+import dataclasses
 import math
 import numbers
+from typing import Callable
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions
+from vae_jax import distributions, threefry
 
 _ESTIMATORS = ("mws", "mss")
 _DIP_KINDS = ("i", "ii")
@@ -394,3 +398,215 @@ def capacity_target(step, *, max_capacity: float, num_steps: int) -> jax.Array:
         return jnp.asarray(max_capacity, jnp.float32)
     fraction = jnp.clip(jnp.asarray(step, jnp.float32) / num_steps, 0.0, 1.0)
     return max_capacity * fraction
+
+
+# ---------------------------------------------------------------------------------------------
+# The objectives by name.
+#
+# Each is `fn(model, params, x, key, *, step, beta, example_ids, axis_name, settings)
+# -> (loss, metrics)` on one device's rows, every term reported separately. Every objective
+# reports the ELBO's terms of its draw (`recon_nats`, `kl_nats`, `elbo_nats`, and
+# `per_example` {recon, kl, elbo, mean[, kl_per_dim]}), so training curves, validation and the
+# latent diagnostics read the same keys whatever is minimised.
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The static settings of the objectives (`config.objective` plus the data set's size)."""
+
+    name: str = "elbo"
+    num_samples: int = 1
+    free_bits: float = 0.0
+    capacity_max: float = 25.0
+    capacity_steps: int = 100000
+    capacity_gamma: float = 1000.0
+    tc_estimator: str = "mws"
+    dip_lambda_od: float = 10.0
+    dip_lambda_d: float = 0.0
+    mmd_kernel: str = "rbf"
+    info_alpha: float = 0.0
+    info_lambda: float = 1000.0
+    dataset_size: int = 0
+
+
+def _elbo_terms(model, params, x, key, num_samples, example_ids, axis_name):
+    """The draw and the ELBO's per-example terms: the closed-form KL where the model has one
+    (lower variance), else the Monte Carlo KL E_q[log q(z|x) - log p(z)] of the draw."""
+    draw = model.log_weights(params, x, key, num_samples=num_samples, example_ids=example_ids)
+    w = draw.weights
+    recon_b = -jnp.mean(w.log_px_z, axis=0)
+    analytic = model.analytic_kl(params, draw.encoded)
+    if analytic is not None:
+        kl_b, kl_bz = analytic
+    else:
+        kl_b, kl_bz = jnp.mean(w.log_qz - w.log_pz, axis=0), None
+    per_example = {"recon": recon_b, "kl": kl_b, "elbo": -(recon_b + kl_b),
+                   "mean": model.points(params, draw)}
+    metrics = {"recon_nats": jnp.mean(recon_b), "kl_nats": jnp.mean(kl_b),
+               "elbo_nats": -jnp.mean(recon_b + kl_b), "per_example": per_example}
+    if kl_bz is not None:
+        per_example["kl_per_dim"] = kl_bz
+        kl_per_dim_z = jnp.mean(kl_bz, axis=0)
+        if axis_name is not None:
+            kl_per_dim_z = jax.lax.pmean(kl_per_dim_z, axis_name)
+        metrics["kl_per_dim_nats"] = kl_per_dim_z
+    return draw, metrics
+
+
+def elbo_objective(model, params, x, key, *, step, beta, example_ids, axis_name, settings):
+    """The negative ELBO: mean_b recon_b + beta * mean_b kl_b (Kingma & Welling 2014), with
+    beta from a KL schedule, and with free bits lambda > 0 the KL part is
+    sum_z max(lambda, mean_b kl_bz) over the global batch (Kingma et al. 2016, eq. 15)."""
+    del step
+    _, metrics = _elbo_terms(model, params, x, key, settings.num_samples, example_ids,
+                             axis_name)
+    if settings.free_bits > 0.0:
+        kl_term = jnp.sum(jnp.maximum(metrics["kl_per_dim_nats"], settings.free_bits))
+    else:
+        kl_term = metrics["kl_nats"]
+    loss = metrics["recon_nats"] + beta * kl_term
+    return loss, {"loss": loss, **metrics}
+
+
+def iwae_objective(model, params, x, key, *, step, beta, example_ids, axis_name, settings):
+    """The negative importance-weighted bound -mean_b [logsumexp_k log w_bk - log K] (Burda et
+    al. 2015, eq. 8), reported as `iwae_nats`; its draw's ELBO terms are reported too (the KL
+    by sampling). beta does not enter."""
+    del step, beta
+    draw = model.log_weights(params, x, key, num_samples=settings.num_samples,
+                             example_ids=example_ids)
+    bound_b = jax.nn.logsumexp(draw.weights.log_w, axis=0) - jnp.log(settings.num_samples)
+    w = draw.weights
+    recon_b = -jnp.mean(w.log_px_z, axis=0)
+    kl_b = jnp.mean(w.log_qz - w.log_pz, axis=0)
+    loss = -jnp.mean(bound_b)
+    per_example = {"recon": recon_b, "kl": kl_b, "elbo": -(recon_b + kl_b), "iwae": bound_b,
+                   "mean": model.points(params, draw)}
+    return loss, {"loss": loss, "iwae_nats": -loss, "recon_nats": jnp.mean(recon_b),
+                  "kl_nats": jnp.mean(kl_b), "elbo_nats": -jnp.mean(recon_b + kl_b),
+                  "per_example": per_example}
+
+
+def capacity_objective(model, params, x, key, *, step, beta, example_ids, axis_name,
+                       settings):
+    """mean_b recon_b + gamma * |mean_b kl_b - C(step)| (Burgess et al. 2018, Sec. 5), with
+    C rising linearly to `capacity_max` nats over `capacity_steps` (`capacity_target`)."""
+    del beta
+    _, metrics = _elbo_terms(model, params, x, key, settings.num_samples, example_ids,
+                             axis_name)
+    target = capacity_target(step, max_capacity=settings.capacity_max,
+                             num_steps=settings.capacity_steps)
+    loss = metrics["recon_nats"] + settings.capacity_gamma * jnp.abs(metrics["kl_nats"] - target)
+    return loss, {"loss": loss, "capacity_nats": target, **metrics}
+
+
+def beta_tc_objective(model, params, x, key, *, step, beta, example_ids, axis_name, settings):
+    """beta-TCVAE (Chen et al. 2018, eq. 4 with alpha = gamma = 1): mean_b recon_b + MI +
+    beta * TC + dimension-wise KL, the three terms of `tc_decomposition` on the draw's
+    z ~ q(z | x) against the global batch (`axis_name`). At beta = 1 this is the ELBO with the
+    KL estimated through the decomposition."""
+    del step
+    draw, metrics = _elbo_terms(model, params, x, key, 1, example_ids, axis_name)
+    terms = tc_decomposition(draw.z[0][0], draw.encoded.mean, draw.encoded.logvar,
+                             dataset_size=settings.dataset_size,
+                             estimator=settings.tc_estimator, axis_name=axis_name)
+    loss = (metrics["recon_nats"] + terms["mutual_info"] + beta * terms["total_correlation"]
+            + terms["dimwise_kl"])
+    return loss, {"loss": loss, "mutual_info_nats": terms["mutual_info"],
+                  "total_correlation_nats": terms["total_correlation"],
+                  "dimwise_kl_nats": terms["dimwise_kl"], **metrics}
+
+
+def _dip_objective(kind):
+    def dip(model, params, x, key, *, step, beta, example_ids, axis_name, settings):
+        del step
+        _, metrics = _elbo_terms(model, params, x, key, settings.num_samples, example_ids,
+                                 axis_name)
+        enc = model.encode(params, x)
+        lambda_d = settings.dip_lambda_d or (
+            10.0 * settings.dip_lambda_od if kind == "i" else settings.dip_lambda_od)
+        penalty, terms = dip_regulariser(enc.mean, enc.logvar, kind=kind,
+                                         lambda_od=settings.dip_lambda_od, lambda_d=lambda_d,
+                                         axis_name=axis_name)
+        loss = metrics["recon_nats"] + beta * metrics["kl_nats"] + penalty
+        return loss, {"loss": loss, "dip_penalty": penalty,
+                      "dip_off_diagonal": terms["dip_off_diagonal"],
+                      "dip_diagonal": terms["dip_diagonal"], **metrics}
+
+    dip.__doc__ = (f"DIP-VAE-{kind.upper()} (Kumar et al. 2018): the negative ELBO (beta on the "
+                   "KL) plus `dip_regulariser` of the posterior means (and, for II, variances) "
+                   "over the global batch; lambda_d defaults to 10 lambda_od for I and "
+                   "lambda_od for II, as in the paper.")
+    return dip
+
+
+def info_vae_mmd_objective(model, params, x, key, *, step, beta, example_ids, axis_name,
+                           settings):
+    """InfoVAE (Zhao et al. 2017, eq. 6): mean_b recon_b + (1 - alpha) mean_b kl_b
+    + (alpha + lambda - 1) MMD(q(z), p(z)), the MMD (`mmd`) between the draw's z and one
+    prior draw per example (keyed by its global position, so device-count invariant)."""
+    del step, beta
+    draw, metrics = _elbo_terms(model, params, x, key, 1, example_ids, axis_name)
+    if example_ids is None:
+        example_ids = jnp.arange(x.shape[0])
+    prior_key = threefry.fold_in(key, 2**31 - 1)  # disjoint from the latent noise's ids
+
+    def one_prior_draw(example_id):
+        return model.sample_prior(params, threefry.fold_in(prior_key, example_id), 1)[0]
+
+    prior_z = jax.vmap(one_prior_draw)(example_ids)
+    distance = mmd(draw.z[-1][0], prior_z, kernel=settings.mmd_kernel, axis_name=axis_name)
+    loss = (metrics["recon_nats"] + (1.0 - settings.info_alpha) * metrics["kl_nats"]
+            + (settings.info_alpha + settings.info_lambda - 1.0) * distance)
+    return loss, {"loss": loss, "mmd": distance, **metrics}
+
+
+OBJECTIVES = {
+    "elbo": elbo_objective,
+    "iwae": iwae_objective,
+    "capacity": capacity_objective,
+    "beta_tc": beta_tc_objective,
+    "dip_vae_i": _dip_objective("i"),
+    "dip_vae_ii": _dip_objective("ii"),
+    "info_vae_mmd": info_vae_mmd_objective,
+}
+
+# Objectives that read the posterior's mean and log-variance as one diagonal Gaussian layer.
+_DIAGONAL_ONLY = ("beta_tc", "dip_vae_i", "dip_vae_ii")
+
+
+def check_objective(settings: Settings, model) -> None:
+    """A clear error for an objective that cannot work with this model, before anything runs."""
+    if settings.name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {settings.name!r}; valid: {sorted(OBJECTIVES)}")
+    if settings.name in _DIAGONAL_ONLY and (model.posterior.name != "diagonal"
+                                            or model.num_layers != 1):
+        raise ValueError(
+            f"objective {settings.name!r} reads the posterior's means and variances as one "
+            f"diagonal Gaussian layer; it needs model.posterior='diagonal' and "
+            f"model.num_layers=1 (got {model.posterior.name!r}, {model.num_layers})")
+    if settings.name == "beta_tc" and settings.dataset_size < 2:
+        raise ValueError("objective 'beta_tc' needs the training set's size (dataset_size)")
+    if settings.name == "info_vae_mmd" and model.num_layers != 1:
+        raise ValueError("objective 'info_vae_mmd' compares q(z) with p(z) of one layer; "
+                         "set model.num_layers=1")
+    if settings.free_bits > 0.0 and (settings.name != "elbo" or model.num_layers != 1
+                                     or model.prior.name != "standard_normal"
+                                     or model.posterior.name != "diagonal"):
+        raise ValueError(
+            f"free_bits={settings.free_bits} needs the ELBO with a closed-form KL per latent "
+            "dimension: objective 'elbo', one layer, a 'diagonal' posterior and the "
+            "'standard_normal' prior; set objective.free_bits=0")
+
+
+def make_loss_fn(settings: Settings, model) -> Callable:
+    """The named objective bound to `model` and `settings`:
+    `(params, x, key, *, step, beta, example_ids, axis_name) -> (loss, metrics)`."""
+    check_objective(settings, model)
+    fn = OBJECTIVES[settings.name]
+
+    def loss_fn(params, x, key, *, step=0, beta=1.0, example_ids=None, axis_name=None):
+        return fn(model, params, x, key, step=step, beta=beta, example_ids=example_ids,
+                  axis_name=axis_name, settings=settings)
+
+    return loss_fn

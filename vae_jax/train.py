@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import contextlib
 import functools
+import inspect
 import math
 import pathlib
 import signal
@@ -37,7 +38,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from vae_jax import input_pipeline, losses, models, parallel, threefry
+from vae_jax import input_pipeline, losses, models, objectives, parallel, threefry
+from vae_jax import model as model_lib
 from vae_jax import workdir as workdir_lib
 
 
@@ -54,83 +56,9 @@ class TrainState:
 # --------------------------------------------------------------------------- construction
 
 
-HIERARCHICAL = "mlp2"  # the encoder and decoder name of the two-stochastic-layer model
-
-
-def is_hierarchical(config: ml_collections.ConfigDict) -> bool:
-    """True for the two-stochastic-layer model; a clear error for a half-hierarchical pair."""
-    kinds = (config.encoder == HIERARCHICAL, config.decoder == HIERARCHICAL)
-    if kinds[0] != kinds[1]:
-        raise ValueError(
-            f"encoder={config.encoder!r} and decoder={config.decoder!r}: the two-stochastic-layer "
-            f"model needs encoder={HIERARCHICAL!r} and decoder={HIERARCHICAL!r} together"
-        )
-    return kinds[0]
-
-
-def make_models(config: ml_collections.ConfigDict, image_shape):
-    """Encoder and decoder modules chosen by name from the config.
-
-    "mlp2" builds `models.HierarchicalEncoder` / `HierarchicalDecoder` from `latent_dims` and
-    `hierarchical_hidden` (it ignores `latent_dim` and `hidden`).
-    """
-    h, w, c = image_shape
-    num_params = losses.likelihood_num_params(config.likelihood)
-    common = dict(activation=config.activation, kernel_init=config.kernel_init)
-    if is_hierarchical(config):
-        layers = dict(
-            latent_dims=tuple(config.latent_dims),
-            hidden=tuple(tuple(widths) for widths in config.hierarchical_hidden),
-            **common,
-        )
-        return (
-            models.HierarchicalEncoder(**layers),
-            models.HierarchicalDecoder(output_shape=(h, w, c * num_params), **layers),
-        )
-    for role, name, registry in (("encoder", config.encoder, models.ENCODERS),
-                                 ("decoder", config.decoder, models.DECODERS)):
-        if name not in registry:
-            raise ValueError(
-                f"unknown {role} {name!r}; valid names: {sorted(registry) + [HIERARCHICAL]}"
-            )
-    enc_kwargs = dict(latent_dim=config.latent_dim, **common)
-    dec_kwargs = dict(output_shape=(h, w, c * num_params), **common)
-    for name, kwargs in ((config.encoder, enc_kwargs), (config.decoder, dec_kwargs)):
-        kwargs["hidden"] = tuple(config.hidden)
-        if name == "conv":
-            kwargs.update(
-                features=tuple(config.features),
-                kernel_size=config.kernel_size,
-                strides=config.strides,
-                hidden=tuple(config.conv_hidden),
-            )
-    encoder = models.make_encoder(config.encoder, **enc_kwargs)
-    decoder = models.make_decoder(config.decoder, **dec_kwargs)
-    return encoder, decoder
-
-
-def make_prior_sampler(encoder, decoder) -> Callable:
-    """`sample(decoder_params, key, num_samples) -> z [N, Z]`, the decoder's input drawn from the
-    prior: z ~ N(0, I) for one Gaussian layer; for the two-layer model ancestrally,
-    z2 ~ N(0, I) then z1 ~ p(z1 | z2), returning z1 [N, Z1]."""
-    if isinstance(decoder, models.HierarchicalDecoder):
-        z1_dim, z2_dim = decoder.latent_dims
-
-        def sample_hierarchical(decoder_params, key, num_samples):
-            z2_key, z1_key = jax.random.split(key)
-            z2_nz = jax.random.normal(z2_key, (num_samples, z2_dim))
-            mean_nz, logvar_nz = decoder.apply(decoder_params, z2_nz, method="prior_z1")
-            eps_nz = jax.random.normal(z1_key, (num_samples, z1_dim))
-            return mean_nz + jnp.exp(0.5 * logvar_nz) * eps_nz
-
-        return sample_hierarchical
-    latent_dim = encoder.latent_dim
-
-    def sample(decoder_params, key, num_samples):
-        del decoder_params
-        return jax.random.normal(key, (num_samples, latent_dim))
-
-    return sample
+def make_model(config: ml_collections.ConfigDict, image_shape) -> model_lib.VAE:
+    """The model `config.model` names (`model.build_model`)."""
+    return model_lib.build_model(config.model, image_shape)
 
 
 BURDA_STAGES = 8  # Burda et al. 2015, section 5: stages i = 0 .. 7
@@ -163,44 +91,64 @@ def make_lr_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch: int 
                      ) -> Callable:
     """Learning-rate schedule: constant, cosine decay, linear warm-up then cosine decay, or
     "burda" (`burda_schedule`, which needs `steps_per_epoch`)."""
-    name, lr, steps = config.lr_schedule, config.learning_rate, config.num_steps
+    optim = config.optim
+    name, lr, steps = optim.lr_schedule, optim.learning_rate, config.run.num_steps
     if name == "constant":
         return optax.constant_schedule(lr)
     if name == "cosine":
         return optax.cosine_decay_schedule(lr, decay_steps=steps)
     if name == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(
-            0.0, lr, warmup_steps=config.lr_warmup_steps, decay_steps=steps
+            0.0, lr, warmup_steps=optim.lr_warmup_steps, decay_steps=steps
         )
     if name == "burda":
         if not steps_per_epoch:
             raise ValueError('lr_schedule="burda" counts epochs: pass steps_per_epoch')
-        return burda_schedule(lr, steps_per_epoch, config.burda_epoch_scale)
+        return burda_schedule(lr, steps_per_epoch, optim.burda_epoch_scale)
     raise ValueError(
         f"unknown lr_schedule {name!r}; valid: ['burda', 'constant', 'cosine', 'warmup_cosine']"
     )
 
 
+# The arguments of `config.optim` an optax optimiser gets when its signature takes them.
+OPTIMIZER_ARGS = ("b1", "b2", "eps", "weight_decay", "momentum", "nesterov")
+
+
+def optimizer_factory(name: str) -> Callable:
+    """The optax optimiser `name` (a function taking `learning_rate`), or a clear error."""
+    factory = getattr(optax, name, None)
+    if not callable(factory) or "learning_rate" not in inspect.signature(factory).parameters:
+        raise ValueError(
+            f"unknown optimizer {name!r}: optim.name must be an optax optimiser that takes a "
+            "learning_rate, e.g. 'adam', 'adamw', 'adamax', 'lion', 'sgd', 'nadam', 'rmsprop'")
+    return factory
+
+
 def make_optimizer(config: ml_collections.ConfigDict, *, steps_per_epoch: int | None = None
                    ) -> optax.GradientTransformation:
-    """Adam(W) (`scale_by_adam`, then optax's weight decay and learning rate) with optional
-    gradient clipping. `train_step` skips non-finite updates around it
-    (`apply_finite_update`)."""
+    """The optax optimiser `config.optim.name` with the learning-rate schedule and whichever of
+    `OPTIMIZER_ARGS` its signature takes (momentum 0 means none), after optional gradient
+    clipping. `train_step` skips non-finite updates around it (`apply_finite_update`).
+
+    "adam" on the CPU backend with `run.cpu_fast_paths` is vae_jax's `scale_by_adam` chained
+    with the learning rate: the state layout of `optax.adam`, fewer divisions per parameter.
+    """
+    optim = config.optim
     schedule = make_lr_schedule(config, steps_per_epoch=steps_per_epoch)
-    adam_args = dict(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
     parts = []
-    if config.grad_clip_norm:
-        parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    # Nested chains: the state layout of optax.adam / optax.adamw, so older checkpoints load.
-    if config.optimizer == "adam":
-        parts.append(optax.chain(scale_by_adam(**adam_args),
-                                 optax.scale_by_learning_rate(schedule)))
-    elif config.optimizer == "adamw":
-        parts.append(optax.chain(scale_by_adam(**adam_args),
-                                 optax.add_decayed_weights(config.weight_decay),
+    if optim.grad_clip_norm:
+        parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
+    if optim.name == "adam" and parallel.fast_paths_enabled(config.run.cpu_fast_paths):
+        # Nested chain: the state layout of optax.adam, so either form reads the checkpoints.
+        parts.append(optax.chain(scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
                                  optax.scale_by_learning_rate(schedule)))
     else:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: ['adam', 'adamw']")
+        factory = optimizer_factory(optim.name)
+        accepted = inspect.signature(factory).parameters
+        kwargs = {arg: optim[arg] for arg in OPTIMIZER_ARGS if arg in accepted}
+        if "momentum" in kwargs and not kwargs["momentum"]:
+            kwargs["momentum"] = None
+        parts.append(factory(learning_rate=schedule, **kwargs))
     return optax.chain(*parts)
 
 
@@ -324,91 +272,54 @@ def apply_finite_update(optimizer: optax.GradientTransformation, grads, params,
 
 
 def make_kl_schedule(config: ml_collections.ConfigDict) -> Callable:
-    """The KL weight beta(step) named by `config.kl_schedule`, peaking at `config.beta`."""
-    name = config.kl_schedule
+    """The KL weight beta(step) named by `config.objective.kl_schedule`, peaking at
+    `config.objective.beta`."""
+    o = config.objective
+    name = o.kl_schedule
     if name == "constant":
-        return losses.make_kl_schedule(name, value=config.beta)
+        return losses.make_kl_schedule(name, value=o.beta)
     if name == "linear":
-        return losses.make_kl_schedule(
-            name, warmup_steps=config.kl_warmup_steps, end_value=config.beta
-        )
+        return losses.make_kl_schedule(name, warmup_steps=o.kl_warmup_steps, end_value=o.beta)
     if name == "cyclical":
         return losses.make_kl_schedule(
             name,
-            cycle_steps=config.kl_cycle_steps,
-            ratio=config.kl_cycle_ratio,
-            max_value=config.beta,
-            num_cycles=config.kl_num_cycles or None,
+            cycle_steps=o.kl_cycle_steps,
+            ratio=o.kl_cycle_ratio,
+            max_value=o.beta,
+            num_cycles=o.kl_num_cycles or None,
         )
     return losses.make_kl_schedule(name)  # raises, listing the valid names
 
 
-def make_loss_fn(
-    config: ml_collections.ConfigDict, encoder, decoder, num_levels: int, *, objective=None
-) -> Callable:
-    """The objective with its static configuration bound: (params, x, key, *, beta, ...).
-
-    `objective` overrides `config.objective`; evaluation always asks for "elbo".
-    """
-    objective = objective or config.objective
-    common = dict(
-        encoder=encoder,
-        decoder=decoder,
-        likelihood=config.likelihood,
-        gaussian_logvar=config.gaussian_logvar,
-        num_bins=num_levels,
-    )
-    hierarchical = isinstance(encoder, models.HierarchicalEncoder)
-    if objective == "elbo" and hierarchical:
-
-        def hierarchical_elbo_loss(params, x, key, *, beta, example_ids=None, axis_name=None):
-            del axis_name  # no cross-device statistics (free bits are not supported)
-            return losses.hierarchical_elbo(
-                params, x, key, beta=beta, num_samples=config.num_samples,
-                example_ids=example_ids, **common,
-            )
-
-        return hierarchical_elbo_loss
-    if objective == "iwae" and hierarchical:
-
-        def hierarchical_iwae_loss(params, x, key, *, beta, example_ids=None, axis_name=None):
-            del beta, axis_name  # the IWAE bound has no separate KL weight
-            return losses.hierarchical_iwae_bound(
-                params, x, key, num_samples=config.num_samples, example_ids=example_ids, **common
-            )
-
-        return hierarchical_iwae_loss
-    if objective == "elbo":
-        return functools.partial(
-            losses.elbo, free_bits=config.free_bits, num_samples=config.num_samples, **common
-        )
-    if objective == "iwae":
-
-        def iwae_loss(params, x, key, *, beta, example_ids=None, axis_name=None):
-            del beta, axis_name  # the IWAE bound has no separate KL weight
-            return losses.iwae_bound(
-                params, x, key, num_samples=config.num_samples, example_ids=example_ids, **common
-            )
-
-        return iwae_loss
-    raise ValueError(f"unknown objective {objective!r}; valid: ['elbo', 'iwae']")
+def objective_settings(config: ml_collections.ConfigDict, *, dataset_size: int = 0,
+                       name: str | None = None) -> objectives.Settings:
+    """`objectives.Settings` from `config.objective` (`name` overrides its name)."""
+    o = config.objective
+    fields = {f.name for f in dataclasses.fields(objectives.Settings)} - {"dataset_size"}
+    values = {f: o[f] for f in fields}
+    values["name"] = name or o.name
+    return objectives.Settings(**values, dataset_size=int(dataset_size))
 
 
-def init_state(init_key, encoder, decoder, image_shape, optimizer, *, ema: bool,
+def make_loss_fn(config: ml_collections.ConfigDict, vae: model_lib.VAE, *,
+                 dataset_size: int = 0, objective: str | None = None) -> Callable:
+    """The objective `config.objective.name` (or `objective`; evaluation asks for "elbo") bound
+    to the model: `(params, x, key, *, step, beta, example_ids, axis_name) -> (loss, metrics)`."""
+    return objectives.make_loss_fn(
+        objective_settings(config, dataset_size=dataset_size, name=objective), vae)
+
+
+def init_state(init_key, vae: model_lib.VAE, image_shape, optimizer, *, ema: bool,
                output_bias=None) -> TrainState:
-    """Initial parameters (from `init_key`), optimiser state and step 0.
+    """Initial parameters (`VAE.init` from `init_key`), optimiser state and step 0.
 
     `output_bias` [F], if given, replaces the decoder's zero output bias
     (`models.set_output_bias`; see `initial_output_bias`).
     """
-    enc_key, dec_key = jax.random.split(init_key)
-    x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-    enc_params = encoder.init(enc_key, x)
-    mean_bz, _ = encoder.apply(enc_params, x)
-    dec_params = decoder.init(dec_key, mean_bz)
+    params = vae.init(init_key, image_shape)
     if output_bias is not None:
-        dec_params = models.set_output_bias(decoder, dec_params, output_bias)
-    params = {"encoder": enc_params, "decoder": dec_params}
+        params = dict(params, decoder=models.set_output_bias(vae.decoder, params["decoder"],
+                                                             output_bias))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -418,13 +329,14 @@ def init_state(init_key, encoder, decoder, image_shape, optimizer, *, ema: bool,
 
 
 def initial_output_bias(config: ml_collections.ConfigDict, data) -> np.ndarray | None:
-    """The decoder's initial output bias named by `config.decoder_bias_init`, or None for zeros.
+    """The decoder's initial output bias named by `config.model.decoder_bias_init`, or None for
+    zeros.
 
-    "data_mean": `losses.data_mean_output_bias` of the training split's per-pixel mean of
+    "data_mean": `likelihoods.data_mean_output_bias` of the training split's per-pixel mean of
     `images * scale` (the validation split is not used). For dynamically binarised data this is
     the probability that each pixel is on, the mean of the binarised pixels.
     """
-    name = config.decoder_bias_init
+    name = config.model.decoder_bias_init
     if name not in losses.OUTPUT_BIAS_INITS:
         raise ValueError(
             f"unknown decoder_bias_init {name!r}; valid: {list(losses.OUTPUT_BIAS_INITS)}"
@@ -438,7 +350,7 @@ def initial_output_bias(config: ml_collections.ConfigDict, data) -> np.ndarray |
         )
     # A float64 reduction of the uint8 levels (no float copy of the set; the sums are exact).
     mean_hwc = data.train.mean(axis=0, dtype=np.float64) * data.scale
-    return losses.data_mean_output_bias(config.likelihood, mean_hwc)
+    return losses.data_mean_output_bias(config.model.likelihood, mean_hwc)
 
 
 # --------------------------------------------------------------------------- pure steps
@@ -517,9 +429,8 @@ def train_step(
     beta = beta_schedule(state.step)
 
     def objective(params):
-        return loss_fn(
-            params, x, latent_key, beta=beta, example_ids=example_ids, axis_name=axis_name
-        )
+        return loss_fn(params, x, latent_key, step=state.step, beta=beta,
+                       example_ids=example_ids, axis_name=axis_name)
 
     (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     metrics = {k: v for k, v in metrics.items() if k not in ("per_example", "kl_per_dim_nats")}
@@ -567,12 +478,13 @@ def eval_step(params, batch, mask, key, *, loss_fn, scale, binarize, dequantize_
     example_ids = local_example_ids(batch.shape[0], axis_name)
     x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids,
                    dequantize_levels=dequantize_levels)
-    _, metrics = loss_fn(params, x, latent_key, beta=1.0, example_ids=example_ids, axis_name=None)
+    _, metrics = loss_fn(params, x, latent_key, beta=1.0, example_ids=example_ids,
+                         axis_name=None)
     per = metrics["per_example"]
     per = dict(per, mean_sq=jnp.square(per["mean"]))
     sums = {
         name: jnp.einsum("b,b...->...", mask, per[name])
-        for name in ("elbo", "recon", "kl", "kl_per_dim", "mean", "mean_sq")
+        for name in ("elbo", "recon", "kl", "kl_per_dim", "mean", "mean_sq") if name in per
     }
     sums["count"] = jnp.sum(mask)
     if support is not None:  # padding rows repeat a valid row: a zero count stays zero
@@ -592,14 +504,17 @@ def validation_summary(totals: dict) -> dict:
     count = float(totals.pop("count"))
     mean_z = totals["mean"] / count
     variance_z = totals["mean_sq"] / count - np.square(mean_z)
-    kl_per_dim = totals["kl_per_dim"] / count
-    return {
+    summary = {
         "val_elbo_nats": float(totals["elbo"]) / count,
         "val_recon_nats": float(totals["recon"]) / count,
         "val_kl_nats": float(totals["kl"]) / count,
         "val_active_units": int(np.sum(variance_z > 0.01)),
-        "val_kl_per_dim_nats": [float(v) for v in kl_per_dim],
     }
+    # Per-dimension KL only where the model has it in closed form (one diagonal Gaussian layer
+    # against N(0, I)); elsewhere it is not defined, and no number is printed for it.
+    if "kl_per_dim" in totals:
+        summary["val_kl_per_dim_nats"] = [float(v) for v in totals["kl_per_dim"] / count]
+    return summary
 
 
 # --------------------------------------------------------------------------- mapped programs
@@ -607,7 +522,8 @@ def validation_summary(totals: dict) -> dict:
 
 def program_options(config: ml_collections.ConfigDict) -> dict:
     """`parallel.compiler_options` for the programs of this config's model."""
-    return parallel.compiler_options(convolutional="conv" in (config.encoder, config.decoder))
+    return parallel.compiler_options(
+        convolutional="conv" in (config.model.encoder, config.model.decoder))
 
 
 def epochs_per_chunk(num_steps: int, steps_per_epoch: int) -> int:
@@ -741,9 +657,10 @@ def _validation_size(value):
 
 def resolve_num_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
     """num_steps, or num_epochs * steps per epoch when num_steps is 0."""
-    if config.num_steps:
-        return int(config.num_steps)
-    return int(config.num_epochs) * (num_train // config.batch_size)
+    run = config.run
+    if run.num_steps:
+        return int(run.num_steps)
+    return int(run.num_epochs) * (num_train // run.batch_size)
 
 
 def _positive(v):
@@ -764,41 +681,54 @@ def _unit_open(v):  # [0, 1)
 NUMERIC_RANGES = {
     "data.max_device_bytes": (_non_negative, ">= 0"),
     "data.validation_size": (_positive, "> 0 (a fraction in (0, 1) or a count >= 1)"),
-    "latent_dim": (_positive, ">= 1"),
-    "hidden": (_positive, "widths >= 1"),
-    "features": (_positive, "channels >= 1"),
-    "kernel_size": (_positive, ">= 1"),
-    "strides": (_positive, ">= 1"),
-    "conv_hidden": (_positive, "widths >= 1"),
-    "latent_dims": (_positive, "sizes >= 1"),
-    "hierarchical_hidden": (_positive, "widths >= 1"),
-    "num_samples": (_positive, ">= 1"),
-    "beta": (_non_negative, ">= 0"),
-    "kl_warmup_steps": (_non_negative, ">= 0"),
-    "kl_cycle_steps": (_non_negative, ">= 0"),
-    "kl_cycle_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "kl_num_cycles": (_non_negative, ">= 0"),
-    "free_bits": (_non_negative, ">= 0"),
-    "learning_rate": (_non_negative, ">= 0"),
-    "burda_epoch_scale": (_positive, "> 0"),
-    "lr_warmup_steps": (_non_negative, ">= 0"),
-    "adam_b1": (_unit_open, "in [0, 1)"),
-    "adam_b2": (_unit_open, "in [0, 1)"),
-    "adam_eps": (_non_negative, ">= 0"),
-    "weight_decay": (_non_negative, ">= 0"),
-    "grad_clip_norm": (_non_negative, ">= 0 (0 disables clipping)"),
-    "max_consecutive_skips": (_non_negative, ">= 0"),
-    "ema_decay": (_unit_open, "in [0, 1) (0 disables the EMA)"),
-    "batch_size": (_positive, ">= 1"),
-    "eval_batch_size": (_positive, ">= 1"),
-    "num_steps": (_non_negative, ">= 0 (0: num_epochs epochs)"),
-    "num_epochs": (_non_negative, ">= 0"),
-    "steps_per_dispatch": (_positive, ">= 1"),
-    "log_every": (_positive, ">= 1"),
-    "eval_every": (_positive, ">= 1"),
-    "checkpoint_every": (_positive, ">= 1"),
-    "keep_checkpoints": (_positive, ">= 1"),
-    "num_image_examples": (_non_negative, ">= 0"),
+    "model.latent_dim": (_positive, ">= 1"),
+    "model.num_layers": (_positive, ">= 1"),
+    "model.upper_latent_dims": (_positive, "sizes >= 1"),
+    "model.upper_hidden": (_positive, "widths >= 1"),
+    "model.hidden": (_positive, "widths >= 1"),
+    "model.features": (_positive, "channels >= 1"),
+    "model.kernel_size": (_positive, ">= 1"),
+    "model.strides": (_positive, ">= 1"),
+    "model.conv_hidden": (_positive, "widths >= 1"),
+    "model.prior_components": (_non_negative, ">= 0 (0: the prior's default)"),
+    "model.iaf_steps": (_positive, ">= 1"),
+    "model.iaf_hidden": (_positive, "widths >= 1"),
+    "model.iaf_context_dim": (_non_negative, ">= 0 (0: the posterior's default)"),
+    "objective.num_samples": (_positive, ">= 1"),
+    "objective.beta": (_non_negative, ">= 0"),
+    "objective.kl_warmup_steps": (_non_negative, ">= 0"),
+    "objective.kl_cycle_steps": (_non_negative, ">= 0"),
+    "objective.kl_cycle_ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "objective.kl_num_cycles": (_non_negative, ">= 0"),
+    "objective.free_bits": (_non_negative, ">= 0"),
+    "objective.capacity_max": (_non_negative, ">= 0"),
+    "objective.capacity_steps": (_non_negative, ">= 0"),
+    "objective.capacity_gamma": (_non_negative, ">= 0"),
+    "objective.dip_lambda_od": (_non_negative, ">= 0"),
+    "objective.dip_lambda_d": (_non_negative, ">= 0"),
+    "objective.info_alpha": (lambda v: v <= 1, "<= 1"),
+    "objective.info_lambda": (_non_negative, ">= 0"),
+    "optim.learning_rate": (_non_negative, ">= 0"),
+    "optim.burda_epoch_scale": (_positive, "> 0"),
+    "optim.lr_warmup_steps": (_non_negative, ">= 0"),
+    "optim.b1": (_unit_open, "in [0, 1)"),
+    "optim.b2": (_unit_open, "in [0, 1)"),
+    "optim.eps": (_non_negative, ">= 0"),
+    "optim.weight_decay": (_non_negative, ">= 0"),
+    "optim.momentum": (_unit_open, "in [0, 1)"),
+    "optim.grad_clip_norm": (_non_negative, ">= 0 (0 disables clipping)"),
+    "optim.max_consecutive_skips": (_non_negative, ">= 0"),
+    "optim.ema_decay": (_unit_open, "in [0, 1) (0 disables the EMA)"),
+    "run.batch_size": (_positive, ">= 1"),
+    "run.eval_batch_size": (_positive, ">= 1"),
+    "run.num_steps": (_non_negative, ">= 0 (0: num_epochs epochs)"),
+    "run.num_epochs": (_non_negative, ">= 0"),
+    "run.steps_per_dispatch": (_positive, ">= 1"),
+    "run.log_every": (_positive, ">= 1"),
+    "run.eval_every": (_positive, ">= 1"),
+    "run.checkpoint_every": (_positive, ">= 1"),
+    "run.keep_checkpoints": (_positive, ">= 1"),
+    "run.num_image_examples": (_non_negative, ">= 0"),
 }
 
 
@@ -820,63 +750,60 @@ def check_numeric_ranges(config: ml_collections.ConfigDict) -> None:
         values = list(_leaves(value))
         if not all(isinstance(v, (int, float)) and math.isfinite(v) and ok(v) for v in values):
             raise ValueError(f"{name}={value!r} is out of range: it must be {valid}")
-    if not config.num_steps and not config.num_epochs:
-        raise ValueError("num_steps=0 and num_epochs=0: the run would train no step; set one")
+    if not config.run.num_steps and not config.run.num_epochs:
+        raise ValueError("run.num_steps=0 and run.num_epochs=0: the run would train no step; "
+                         "set one")
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Clear errors for settings that cannot work, before anything is compiled or written."""
+    """Clear errors for settings that cannot work, before anything is compiled or written.
+
+    The model's and the objective's own combinations (`model.build_model`,
+    `objectives.check_objective`) are checked when they are built, also before anything is
+    written.
+    """
     check_numeric_ranges(config)
-    parallel.check_batch_divisible(config.batch_size, num_devices)
-    parallel.check_batch_divisible(config.eval_batch_size, num_devices, "eval_batch_size")
-    k = config.steps_per_dispatch
-    if k < 1:
-        raise ValueError(f"steps_per_dispatch must be >= 1; got {k}")
+    run, m, data = config.run, config.model, config.data
+    parallel.check_batch_divisible(run.batch_size, num_devices)
+    parallel.check_batch_divisible(run.eval_batch_size, num_devices, "eval_batch_size")
+    k = run.steps_per_dispatch
     for name in ("log_every", "eval_every", "checkpoint_every"):
-        value = config[name]
-        if value <= 0 or value % k:
+        if run[name] % k:
             raise ValueError(
-                f"{name}={value} must be a positive multiple of steps_per_dispatch={k}"
-            )
-    losses.likelihood_num_params(config.likelihood)
-    if is_hierarchical(config) and config.free_bits > 0:
-        raise ValueError(
-            f"free_bits={config.free_bits}: free bits need a closed-form KL per latent dimension, "
-            f"which the two-stochastic-layer model ({HIERARCHICAL!r}) does not have; set "
-            "free_bits=0"
-        )
-    if config.decoder_bias_init not in losses.OUTPUT_BIAS_INITS:
-        raise ValueError(f"unknown decoder_bias_init {config.decoder_bias_init!r}; "
+                f"run.{name}={run[name]} must be a multiple of run.steps_per_dispatch={k}")
+    losses.likelihood_num_params(m.likelihood)
+    optimizer_factory(config.optim.name)
+    if m.decoder_bias_init not in losses.OUTPUT_BIAS_INITS:
+        raise ValueError(f"unknown decoder_bias_init {m.decoder_bias_init!r}; "
                          f"valid: {list(losses.OUTPUT_BIAS_INITS)}")
-    if config.decoder_bias_init == "data_mean":
-        if config.likelihood not in losses.DATA_MEAN_BIAS_LIKELIHOODS:
+    if m.decoder_bias_init == "data_mean":
+        if m.likelihood not in losses.DATA_MEAN_BIAS_LIKELIHOODS:
             raise ValueError(
-                f"decoder_bias_init='data_mean' with likelihood={config.likelihood!r}: the "
-                f"data-mean output bias is defined for {list(losses.DATA_MEAN_BIAS_LIKELIHOODS)}"
-            )
-        if config.decoder == "conv":
+                f"model.decoder_bias_init='data_mean' with model.likelihood={m.likelihood!r}: "
+                "the data-mean output bias is defined for "
+                f"{list(losses.DATA_MEAN_BIAS_LIKELIHOODS)}")
+        if m.decoder == "conv":
             raise ValueError(
-                "decoder_bias_init='data_mean' needs an output bias per pixel (decoder 'mlp' or "
-                "'mlp2'); the 'conv' decoder has one bias per channel"
-            )
-    if config.data.dequantize and config.data.binarization != "none":
+                "model.decoder_bias_init='data_mean' needs an output bias per pixel (decoder "
+                "'mlp'); the 'conv' decoder has one bias per channel")
+    if data.dequantize and data.binarization != "none":
         raise ValueError(
-            f"data.dequantize=True with data.binarization={config.data.binarization!r}: "
+            f"data.dequantize=True with data.binarization={data.binarization!r}: "
             "dequantisation spreads the grey levels over their bins and binarisation replaces "
             "them by 0s and 1s; use one of them (dequantize needs binarization='none')"
         )
-    if config.data.dequantize and config.likelihood not in losses.DENSITY_LIKELIHOODS:
+    if data.dequantize and m.likelihood not in losses.DENSITY_LIKELIHOODS:
         raise ValueError(
-            f"data.dequantize=True with likelihood={config.likelihood!r}: dequantised data need "
+            f"data.dequantize=True with likelihood={m.likelihood!r}: dequantised data need "
             f"a density of continuous intensities, one of {list(losses.DENSITY_LIKELIHOODS)} "
             "('bernoulli' models binary data, 'discretized_logistic' the levels themselves)"
         )
-    if config.data.binarization == "dynamic" and config.likelihood not in (
+    if data.binarization == "dynamic" and m.likelihood not in (
         "bernoulli", "continuous_bernoulli"
     ):
         raise ValueError(
             f"dynamic binarisation makes binary data; it needs a Bernoulli-type likelihood, "
-            f"not {config.likelihood!r} (set data.binarization='none')"
+            f"not {m.likelihood!r} (set data.binarization='none')"
         )
 
 
@@ -915,47 +842,42 @@ def train_and_evaluate(
         train_in_memory=not streaming,
     )
     num_train = data.num_train
-    steps_per_epoch = num_train // config.batch_size
+    run = config.run
+    steps_per_epoch = num_train // run.batch_size
     if steps_per_epoch < 1:
         raise ValueError(
-            f"batch_size={config.batch_size} is larger than the training set ({num_train})"
+            f"run.batch_size={run.batch_size} is larger than the training set ({num_train})"
         )
     num_steps = resolve_num_steps(config, num_train)
-    if not streaming and num_steps % config.steps_per_dispatch:
-        raise ValueError(
-            f"the run's {num_steps} steps are not a multiple of steps_per_dispatch="
-            f"{config.steps_per_dispatch}; change num_steps (or num_epochs) or steps_per_dispatch"
-        )
     losses.check_data_support(
-        data.validation[:256].astype(np.float32) * data.scale, config.likelihood,
+        data.validation[:256].astype(np.float32) * data.scale, config.model.likelihood,
         num_bins=data.num_levels,
     )
     grey_bernoulli = is_grey_level_bernoulli(config, data.num_levels)
-    if grey_bernoulli and not config.allow_grey_level_bernoulli:
+    if grey_bernoulli and not config.model.allow_grey_level_bernoulli:
         raise ValueError(
             f"likelihood='bernoulli' with data.binarization='none' on {config.data.name!r}, "
             f"whose pixels have {data.num_levels} grey levels: the Bernoulli cross-entropy of "
             "grey levels is not a likelihood (the ELBO and bits/dim it reports mean nothing). "
             "Binarise the data (data.binarization='dynamic' or 'static'), use a density of "
             "intensities ('continuous_bernoulli', 'gaussian'), or set "
-            "allow_grey_level_bernoulli=True to train on this loss anyway (its metrics are then "
-            "labelled normalised_likelihood=0)"
+            "model.allow_grey_level_bernoulli=True to train on this loss anyway (its metrics "
+            "are then labelled normalised_likelihood=0)"
         )
 
     root_key = jax.random.key(config.seed)
     init_key, train_key, eval_key, data_key = jax.random.split(root_key, 4)
-    encoder, decoder = make_models(config, data.image_shape)
+    vae = model_lib.build_model(config.model, data.image_shape, num_levels=data.num_levels)
     optimizer = make_optimizer(config, steps_per_epoch=steps_per_epoch)
     lr_schedule = make_lr_schedule(config, steps_per_epoch=steps_per_epoch)
-    loss_fn = make_loss_fn(config, encoder, decoder, data.num_levels)
+    loss_fn = make_loss_fn(config, vae, dataset_size=num_train)
     beta_schedule = make_kl_schedule(config)
     binarize = config.data.binarization == "dynamic"
     dequantize_levels = data.num_levels if config.data.dequantize else 0
-    support = functools.partial(losses.support_violations, likelihood=config.likelihood,
-                                num_bins=data.num_levels)
 
-    state = init_state(init_key, encoder, decoder, data.image_shape, optimizer,
-                       ema=config.ema_decay > 0, output_bias=initial_output_bias(config, data))
+    state = init_state(init_key, vae, data.image_shape, optimizer,
+                       ema=config.optim.ema_decay > 0,
+                       output_bias=initial_output_bias(config, data))
     # Only now, with the data found and the model built, does the run touch the workdir: a typo
     # in the config leaves nothing behind to block the corrected command. The lock comes first,
     # so a second run on the same workdir is refused before it reads or writes anything else.
@@ -969,7 +891,7 @@ def train_and_evaluate(
             allow_config_change=allow_config_change or not has_checkpoint(workdir))
         state = parallel.replicate(state, mesh)
         checkpoints = workdir_lib.Checkpoints(workdir / "checkpoints",
-                                              keep=config.keep_checkpoints)
+                                              keep=run.keep_checkpoints)
         try:
             state = checkpoints.restore_latest(state)
         except BaseException:
@@ -987,22 +909,20 @@ def train_and_evaluate(
                 scale=data.scale,
                 binarize=binarize,
                 dequantize_levels=dequantize_levels,
-                ema_decay=config.ema_decay,
-                support=support,
+                ema_decay=config.optim.ema_decay,
+                support=vae.likelihood.support_violations,
                 axis_name=parallel.AXIS,
-                scanned=not streaming and config.steps_per_dispatch > 1,
+                scanned=not streaming and run.steps_per_dispatch > 1,
             ),
             eval_fn=functools.partial(
                 eval_step,
-                loss_fn=make_loss_fn(config, encoder, decoder, data.num_levels,
-                                     objective="elbo"),
+                loss_fn=make_loss_fn(config, vae, dataset_size=num_train, objective="elbo"),
                 scale=data.scale, binarize=binarize, dequantize_levels=dequantize_levels,
-                support=support, axis_name=parallel.AXIS,
+                support=vae.likelihood.support_violations, axis_name=parallel.AXIS,
             ),
             pictures=workdir_lib.Pictures(
-                workdir, encoder=encoder, decoder=decoder, likelihood=config.likelihood,
-                image_shape=data.image_shape, sample_prior=make_prior_sampler(encoder, decoder),
-                examples=(data.validation[: config.num_image_examples].astype(np.float32)
+                workdir, vae,
+                examples=(data.validation[: run.num_image_examples].astype(np.float32)
                           * data.scale),
                 enabled=is_chief,
             ),
@@ -1016,7 +936,7 @@ def train_and_evaluate(
 def is_grey_level_bernoulli(config: ml_collections.ConfigDict, num_levels: int) -> bool:
     """Whether the run would fit a Bernoulli to grey levels (pytorch/examples#460): a binary
     likelihood on non-binary data, which is a cross-entropy loss but not a likelihood."""
-    return (config.likelihood == "bernoulli" and config.data.binarization == "none"
+    return (config.model.likelihood == "bernoulli" and config.data.binarization == "none"
             and num_levels > 2)
 
 
@@ -1070,7 +990,7 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
     is_chief = jax.process_index() == 0
     start_step = int(jax.device_get(state.step))
     options = program_options(config)
-    eval_program = make_eval_program(eval_fn, mesh, batch_size=config.eval_batch_size,
+    eval_program = make_eval_program(eval_fn, mesh, batch_size=config.run.eval_batch_size,
                                      compiler_options=options)
     val_rows = _device_rows(data.validation, mesh)
 
@@ -1079,7 +999,7 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
         batches = input_pipeline.stream_batches(
             config.data.name,
             split=data.train_split,
-            batch_size=config.batch_size // jax.process_count(),
+            batch_size=config.run.batch_size // jax.process_count(),
             data_dir=config.data.data_dir,
             download=config.data.download,
             seed=config.data.seed,
@@ -1088,11 +1008,16 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
             skip_batches=start_step,  # a resumed run continues where the stream stopped
         )
     else:
-        k = config.steps_per_dispatch
-        chunk_program = make_train_chunk(
-            step_fn, mesh, num_steps=k, batch_size=config.batch_size,
-            steps_per_epoch=steps_per_epoch, compiler_options=options,
-        )
+        k = config.run.steps_per_dispatch
+
+        @functools.cache
+        def chunk_program(length: int):
+            # A run whose length is not a multiple of k ends with one shorter chunk.
+            return make_train_chunk(
+                step_fn, mesh, num_steps=length, batch_size=config.run.batch_size,
+                steps_per_epoch=steps_per_epoch, compiler_options=options,
+            )
+
         rows = _device_rows(data.train, mesh)
         perms_fn = jax.jit(
             functools.partial(
@@ -1108,7 +1033,7 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
     def evaluate(state):
         params = eval_params(state)
         totals = None
-        for start in range(0, len(data.validation), config.eval_batch_size):
+        for start in range(0, len(data.validation), config.run.eval_batch_size):
             sums = eval_program(params, val_rows, len(data.validation), start, eval_key)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         totals = jax.device_get(totals)
@@ -1116,7 +1041,7 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
         if outside:
             raise DataSupportError(
                 f"the validation split has {outside} pixel values outside the support of the "
-                f"{config.likelihood!r} likelihood (see losses.support_violations); stopping")
+                f"{config.model.likelihood!r} likelihood (see losses.support_violations); stopping")
         summary = validation_summary(totals)
         if config.data.dequantize:
             # The ELBO on y = (k + u) / L bounds the code length of the levels.
@@ -1143,7 +1068,7 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
         nonlocal pending, window_start, window_steps
         summary = workdir_lib.summarise(jax.device_get(pending), step,
                                         time.perf_counter() - window_start,
-                                        window_steps * config.batch_size)
+                                        window_steps * config.run.batch_size)
         summary.update(labels, **extra)
         logger.log(summary, step)
         pending, window_start, window_steps = [], time.perf_counter(), 0
@@ -1158,13 +1083,13 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
             guards = jax.device_get({k: metrics[k] for k in metrics
                                      if k in ("consecutive_skips", "support_violations")})
             first = end_step - len(guards["consecutive_skips"]) + 1  # step of element 0
-            over = np.flatnonzero(guards["consecutive_skips"] > config.max_consecutive_skips)
+            over = np.flatnonzero(guards["consecutive_skips"] > config.optim.max_consecutive_skips)
             if over.size:
                 at = first + int(over[0])
                 log_window(end_step, diverged_at_step=at)
                 raise FloatingPointError(
-                    f"{config.max_consecutive_skips + 1} consecutive updates had non-finite "
-                    f"gradients (limit max_consecutive_skips={config.max_consecutive_skips}) at "
+                    f"{config.optim.max_consecutive_skips + 1} consecutive updates had non-finite "
+                    f"gradients (limit optim.max_consecutive_skips={config.optim.max_consecutive_skips}) at "
                     f"step {at}; stopping. {checkpoint_note()}")
             outside = np.flatnonzero(guards.get("support_violations", np.zeros(1)))
             if outside.size:
@@ -1173,7 +1098,7 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
                 raise DataSupportError(
                     f"the training batch of step {at} had "
                     f"{int(guards['support_violations'][outside[0]])} pixel values outside the "
-                    f"support of the {config.likelihood!r} likelihood (see "
+                    f"support of the {config.model.likelihood!r} likelihood (see "
                     f"losses.support_violations); stopping. {checkpoint_note()}")
 
     last_metrics, validation = {}, {}
@@ -1190,22 +1115,23 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
                     epoch = step // steps_per_epoch
                     if epoch != cached_epoch:
                         perms, cached_epoch = perms_fn(data_key, epoch), epoch
-                    state, metrics = chunk_program(state, rows, perms, epoch, train_key)
-                    step += k
+                    length = min(k, num_steps - step)
+                    state, metrics = chunk_program(length)(state, rows, perms, epoch, train_key)
+                    step += length
                 pending.append(metrics)
                 inflight.append((metrics, step))
-                window_steps += 1 if streaming else k
+                window_steps += 1 if streaming else length
                 check_guards(upto=1)
                 last = step >= num_steps
-                if step % config.log_every == 0 or last:
+                if step % config.run.log_every == 0 or last:
                     check_guards(upto=0)
                     last_metrics = log_window(step)
-                if step % config.eval_every == 0 or last:
+                if step % config.run.eval_every == 0 or last:
                     validation = evaluate(state)
                     logger.log_eval(validation, step)
                     pictures.write(eval_params(state), step, jax.random.fold_in(eval_key, step))
                     logger.log_images(pictures.last_images, step)
-                if step % config.checkpoint_every == 0 or last or caught:
+                if step % config.run.checkpoint_every == 0 or last or caught:
                     check_guards(upto=0)  # never checkpoint what the guards give up on
                     checkpoints.save(step, state)
                 if caught and not last:

@@ -43,7 +43,6 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from PIL import Image
 
-from vae_jax import losses
 
 
 class WorkdirConfigMismatch(RuntimeError):
@@ -682,10 +681,10 @@ def save_png(path: pathlib.Path, grid_hwc: np.ndarray) -> None:
 class Pictures:
     """Reconstructions (input above output) and prior samples, as PNG files and TB images."""
 
-    def __init__(self, workdir, *, encoder, decoder, likelihood, image_shape, sample_prior,
-                 examples, enabled: bool, num_samples: int = 64):
-        """`sample_prior(decoder_params, key, num_samples) -> z [N, Z]` draws the decoder's input
-        from the prior (`train.make_prior_sampler`: ancestral for the two-layer model)."""
+    def __init__(self, workdir, vae, *, examples, enabled: bool, num_samples: int = 64):
+        """`vae`: the `model.VAE`. Reconstructions decode the posterior's point summary
+        (`VAE.point`: the mean of a Gaussian); samples decode z_1 drawn from the model's actual
+        prior (`VAE.sample_prior`: ancestral for several layers)."""
         self.directory = pathlib.Path(workdir) / "images"
         self.enabled = enabled
         self.examples = np.asarray(examples, np.float32)  # [n, H, W, C] in [0, 1]
@@ -693,13 +692,11 @@ class Pictures:
         self.last_images = {}
 
         def reconstruct(params, x):
-            mean_bz, _ = encoder.apply(params["encoder"], x)
-            out = decoder.apply(params["decoder"], mean_bz)
-            return losses.likelihood_mean(likelihood, out)
+            return vae.likelihood.mean(vae.decode(params, vae.point(params, x)))
 
         def sample(params, key):
-            z = sample_prior(params["decoder"], key, num_samples)
-            return losses.likelihood_mean(likelihood, decoder.apply(params["decoder"], z))
+            z = vae.sample_prior(params, key, num_samples)
+            return vae.likelihood.mean(vae.decode(params, z))
 
         self._reconstruct = jax.jit(reconstruct)
         self._sample = jax.jit(sample)
