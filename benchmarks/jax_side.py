@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import workloads
-from vae_jax import evaluate, input_pipeline, parallel, train
+from vae_jax import evaluate, input_pipeline, model, parallel, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -78,15 +78,11 @@ def nll_windows(w: workloads.Workload, data_dir: str, cache_path: str, *, start:
     config = load_config(w, data_dir)
     test_u8 = np.load(cache_path)["test"][start:stop]
     x_nhwc = (test_u8 > 127).astype(np.float32)
-    encoder, decoder = train.make_models(config, x_nhwc.shape[1:])
-    optimizer = train.make_optimizer(config)
-    state = train.init_state(jax.random.key(0), encoder, decoder, x_nhwc.shape[1:], optimizer,
-                             ema=False)
+    vae = model.build_model(config.model, x_nhwc.shape[1:])
     mesh = parallel.make_mesh()
-    program = evaluate.make_nll_program(mesh, encoder=encoder, decoder=decoder,
-                                        likelihood=config.model.likelihood, num_samples=num_samples,
+    program = evaluate.make_nll_program(mesh, vae, num_samples=num_samples,
                                         chunk_size=chunk_size)
-    params = parallel.replicate(state.params, mesh)
+    params = parallel.replicate(vae.init(jax.random.key(0), x_nhwc.shape[1:]), mesh)
     key = parallel.replicate(jax.random.key(1), mesh)
     times, total = [], 0.0
     for s in range(0, len(x_nhwc), w.batch_size):

@@ -96,16 +96,11 @@ def bits_per_dim(log_mass_b, num_dims: int) -> float:
     return float(-np.mean(np.asarray(log_mass_b, dtype=np.float64)) / (num_dims * math.log(2.0)))
 
 
-def _log_likelihoods(params, x_nhwc, key, *, encoder, decoder, config, num_levels,
-                     num_samples, mesh, batch_size):
+def _log_likelihoods(params, x_nhwc, key, *, vae, num_samples, mesh, batch_size):
     """Importance-sampled log p(x_b) [N] (K = num_samples) of a restored model."""
     from vae_jax import evaluate, parallel
 
-    chunk = math.gcd(num_samples, 100)
-    program = evaluate.make_nll_program(
-        mesh, encoder=encoder, decoder=decoder, likelihood=config.model.likelihood,
-        num_samples=num_samples, chunk_size=chunk, gaussian_logvar=config.model.gaussian_logvar,
-        num_bins=num_levels)
+    program = evaluate.make_nll_program(mesh, vae, num_samples=num_samples, chunk_size=100)
     return evaluate.run_in_batches(program, parallel.replicate(params, mesh), x_nhwc,
                                    parallel.replicate(key, mesh), mesh, batch_size=batch_size)
 
@@ -116,7 +111,7 @@ def compare_workdir(workdir, *, num_samples: int = 100, max_examples: int = 1000
     import jax
     import ml_collections
 
-    from vae_jax import evaluate, input_pipeline, parallel, train
+    from vae_jax import evaluate, input_pipeline, model, parallel
 
     workdir = pathlib.Path(workdir)
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
@@ -127,13 +122,11 @@ def compare_workdir(workdir, *, num_samples: int = 100, max_examples: int = 1000
         seed=config.data.seed, train_in_memory=False)
     levels_nhwc = data.test[:max_examples]
     num_dims = math.prod(data.image_shape)
-    encoder, decoder = train.make_models(config, data.image_shape)
-    params, step = evaluate.restore_eval_params(config, workdir, encoder, decoder,
-                                                data.image_shape)
+    vae = model.build_model(config.model, data.image_shape, num_levels=data.num_levels)
+    params, step = evaluate.restore_eval_params(config, workdir, vae, data.image_shape)
     mesh = parallel.make_mesh(jax.devices()[:1])
     deq_key, nll_key = jax.random.split(jax.random.key(seed))
-    args = dict(encoder=encoder, decoder=decoder, config=config, num_levels=data.num_levels,
-                num_samples=num_samples, mesh=mesh, batch_size=batch_size)
+    args = dict(vae=vae, num_samples=num_samples, mesh=mesh, batch_size=batch_size)
     start = time.perf_counter()
     grid_x = levels_nhwc.astype(np.float32) * np.float32(data.scale)
     row = {"workdir": str(workdir), "variant": workdir.name, "likelihood": config.model.likelihood,

@@ -3,8 +3,9 @@
 The encoder and decoder are tiny linear Flax modules defined here (not `vae_jax.models`), with
 parameters drawn in numpy, so every forward pass can be redone by hand in float64.
 
-The latent noise is reproduced by calling `jax.random` exactly as the loss documents it:
-example b with global id i gets eps_b = jax.random.normal(jax.random.fold_in(key, i), (K, Z)).
+The latent noise is reproduced by calling `jax.random` exactly as `vae_jax.model` documents it:
+sample j of the example with global id i gets
+eps = jax.random.normal(fold_in(fold_in(fold_in(key, i), j), 0), (Z,)) (layer 0).
 Everything downstream of eps (encoder, reparameterisation, decoder, log-densities, KL,
 reductions, logsumexp) is recomputed in float64 numpy / scipy.
 """
@@ -110,9 +111,11 @@ def make_data(likelihood, batch, seed=1, fractional=False):
 
 
 def eps_like_the_loss(key, example_ids, num_samples):
-    """[B, K, Z] float64 noise: normal(fold_in(key, id), (K, Z)) per example, as documented."""
+    """[B, K, Z] float64 noise of the documented scheme (`vae_jax.model`)."""
+    fold = jax.random.fold_in
     return np.stack([
-        np.asarray(jax.random.normal(jax.random.fold_in(key, int(i)), (num_samples, Z)), np.float64)
+        np.stack([np.asarray(jax.random.normal(fold(fold(fold(key, int(i)), j), 0), (Z,)),
+                             np.float64) for j in range(num_samples)])
         for i in example_ids
     ])
 
