@@ -1,0 +1,30 @@
+"""Posteriors on MNIST: a diagonal Gaussian against inverse autoregressive flow (Kingma et al.
+2016).
+
+Purpose: the same MLP VAE (experiments/mnist_families.py: 784-512-512-32, 10 epochs) with the
+posterior family as the only difference. Variants: `diagonal` (today's q) and `iaf` (2 IAF steps,
+MADE networks with a context vector from the encoder; log q through the log-determinant).
+
+Commands (one workdir per variant; rerunning a command resumes it):
+    python -m vae_jax.main --config experiments/mnist_iaf.py:iaf \
+        --workdir ../runs/families/iaf --config.data.data_dir=../shared/data/tfds
+    python -m vae_jax.evaluate --workdir ../runs/families/iaf --num_importance_samples 1000
+
+RESULTS
+"""
+
+import importlib.util
+import pathlib
+
+_spec = importlib.util.spec_from_file_location(
+    "mnist_families", pathlib.Path(__file__).with_name("mnist_families.py"))
+mnist_families = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mnist_families)
+
+VARIANTS = {"diagonal": dict(posterior="diagonal"), "iaf": dict(posterior="iaf")}
+
+
+def get_config(variant: str = "iaf"):
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {list(VARIANTS)}")
+    return mnist_families.family_config(**VARIANTS[variant])
