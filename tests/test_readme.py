@@ -25,3 +25,18 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2
     ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci_lines
+
+
+def test_add_your_own_prior_and_objective_example_runs(capsys):
+    section = README.split("### Add your own prior or objective", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    from vae_jax import objectives, priors
+
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+    finally:  # the example registers names; keep them out of other tests
+        priors.PRIORS.pop("laplace", None)
+        objectives.OBJECTIVES.pop("elbo_plus_l1", None)
+    code_l1, nll, note = capsys.readouterr().out.strip().split(" ", 2)
+    assert float(code_l1) > 0 and 0 < float(nll) < 64 * 0.7  # below 0.7 nats per pixel
+    assert note.startswith("not defined")
