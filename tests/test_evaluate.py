@@ -1,7 +1,8 @@
 """Tests of vae_jax.evaluate: the NLL estimator, latent diagnostics, the passes and the command.
 
-The importance-sampled log-likelihood is checked against the closed form of probabilistic PCA.
-The model is a linear-Gaussian VAE: p(z) = N(0, I), p(x | z) = N(W z + b, sigma^2 I), so
+The importance-sampled log-likelihood (`model.log_likelihood_estimate`, which evaluate's NLL
+program runs) is checked against the closed form of probabilistic PCA. The model is a
+linear-Gaussian `model.VAE`: p(z) = N(0, I), p(x | z) = N(W z + b, sigma^2 I), so
 p(x) = N(b, W W^T + sigma^2 I) exactly (Tipping & Bishop 1999), evaluated in float64 with
 scipy. The encoder is deliberately imperfect (the exact posterior mean, but the diagonal of
 the posterior covariance inflated by `_VAR_INFLATION`), so the K = 1 bound is not tight.
@@ -25,7 +26,9 @@ from PIL import Image
 from scipy import special, stats
 
 from tests import test_train as tests_train
-from vae_jax import distributions, evaluate, input_pipeline, losses, models, parallel, train
+from vae_jax import (distributions, evaluate, input_pipeline, likelihoods, models, objectives,
+                     parallel, posteriors, priors, train)
+from vae_jax import model as model_lib
 from vae_jax import workdir as workdir_lib
 
 _IMAGE_SHAPE = (2, 2, 1)  # D = 4
@@ -55,8 +58,14 @@ class _LinearDecoder(nn.Module):
         return nn.Dense(_DATA_DIM)(z_bz).reshape((z_bz.shape[0],) + _IMAGE_SHAPE)
 
 
-ENCODER = _LinearEncoder()
-DECODER = _LinearDecoder()
+PPCA_VAE = model_lib.VAE(
+    encoder=_LinearEncoder(),
+    decoder=_LinearDecoder(),
+    likelihood=likelihoods.make_likelihood("gaussian", gaussian_logvar=math.log(_NOISE_VAR)),
+    prior=priors.make_prior("standard_normal"),
+    posterior=posteriors.make_posterior("diagonal"),
+    latent_dims=(_LATENT_DIM,),
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +95,8 @@ def ppca():
 
 
 def _estimator(num_samples, chunk_size):
-    return jax.jit(functools.partial(
-        evaluate.importance_sampled_log_likelihood, encoder=ENCODER, decoder=DECODER,
-        likelihood="gaussian", num_samples=num_samples, chunk_size=chunk_size,
-        gaussian_logvar=math.log(_NOISE_VAR)))
+    return jax.jit(functools.partial(model_lib.log_likelihood_estimate, PPCA_VAE,
+                                     num_samples=num_samples, chunk_size=chunk_size))
 
 
 def _repeated(ppca, num_samples, chunk_size, repeats):
@@ -103,10 +110,8 @@ def _repeated(ppca, num_samples, chunk_size, repeats):
 
 def test_modules_match_the_ppca_parameters(ppca):
     params, _, _ = ppca
-    assert jax.tree.structure(params["encoder"]) == jax.tree.structure(
-        ENCODER.init(jax.random.key(0), jnp.zeros((1,) + _IMAGE_SHAPE)))
-    assert jax.tree.structure(params["decoder"]) == jax.tree.structure(
-        DECODER.init(jax.random.key(0), jnp.zeros((1, _LATENT_DIM))))
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        params, PPCA_VAE.init(jax.random.key(0), _IMAGE_SHAPE))
 
 
 def test_large_k_converges_to_exact_log_likelihood(ppca):
@@ -143,30 +148,41 @@ def test_small_k_is_biased_low_and_its_spread_shrinks_with_k(ppca):
 def test_estimate_does_not_depend_on_chunk_size(ppca):
     params, x, _ = ppca
     key = jax.random.key(3)
-    # 7 and 300 do not divide K = 500 (72 chunks of 7 and 2 of 250: 4 and 0 samples masked).
+    # 7 and 300 do not divide K = 500 (71 chunks of 7 and a last of 3; one of 300 and a last
+    # of 200).
     got = [np.asarray(_estimator(500, c)(params, x, key)) for c in (7, 50, 300, 500)]
     for other in got[:-1]:
         np.testing.assert_allclose(other, got[-1], rtol=1e-4)
 
 
-def _reference_log_weights(ppca, key, num_samples):
-    """[K, B] float64 log w_bk of the linear-Gaussian model, with the documented noise
-    eps_bk = normal(fold_in(fold_in(key, b), k)) drawn by `jax.random` itself."""
-    params, x, _ = ppca
+def _reference_terms(params, x, key, num_samples, example_ids=None):
+    """Float64 (log p(x|z), log p(z), log q(z|x)), each [K, B], and the posterior's (mean
+    [B, Z], logvar [Z]) of the linear-Gaussian model, with the noise documented in
+    `vae_jax.model`: eps_bk = normal(fold_in(fold_in(fold_in(key, id_b), k), 0)) (layer 0),
+    drawn by `jax.random` itself."""
     f64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
     enc, dec = params["encoder"]["params"], params["decoder"]["params"]
-    x_bd = f64(x).reshape(_BATCH, _DATA_DIM)
+    x_bd = f64(x).reshape(len(x), _DATA_DIM)
+    example_ids = jnp.arange(len(x)) if example_ids is None else jnp.asarray(example_ids)
     mean_bz = x_bd @ f64(enc["Dense_0"]["kernel"]) + f64(enc["Dense_0"]["bias"])
     logvar_z = f64(enc["logvar"])
     draw = lambda b, k: jax.random.normal(  # noqa: E731
-        jax.random.fold_in(jax.random.fold_in(key, b), k), (_LATENT_DIM,))
+        jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, b), k), 0),
+        (_LATENT_DIM,))
     eps_kbz = f64(jax.vmap(jax.vmap(draw, (0, None)), (None, 0))(
-        jnp.arange(_BATCH), jnp.arange(num_samples)))
+        example_ids, jnp.arange(num_samples)))
     z_kbz = mean_bz + np.exp(0.5 * logvar_z) * eps_kbz
     mean_kbd = z_kbz @ f64(dec["Dense_0"]["kernel"]) + f64(dec["Dense_0"]["bias"])
     log_px_z = stats.norm.logpdf(x_bd, mean_kbd, math.sqrt(_NOISE_VAR)).sum(-1)
     log_pz = stats.norm.logpdf(z_kbz).sum(-1)
     log_qz = stats.norm.logpdf(z_kbz, mean_bz, np.exp(0.5 * logvar_z)).sum(-1)
+    return (log_px_z, log_pz, log_qz), (mean_bz, logvar_z)
+
+
+def _reference_log_weights(ppca, key, num_samples):
+    """[K, B] float64 log w_bk = log p(x|z) + log p(z) - log q(z|x) (`_reference_terms`)."""
+    params, x, _ = ppca
+    (log_px_z, log_pz, log_qz), _ = _reference_terms(params, x, key, num_samples)
     return log_px_z + log_pz - log_qz
 
 
@@ -179,11 +195,13 @@ def test_any_k_equals_a_float64_logsumexp_over_its_k_log_weights(ppca, num_sampl
     log_w_kb = _reference_log_weights(ppca, key, num_samples)
     want_b = special.logsumexp(log_w_kb, axis=0) - math.log(num_samples)
     np.testing.assert_allclose(got_b, want_b, rtol=0, atol=2e-5)
-    # The check sees a wrong normaliser or mask: K = 5 and 777 run as 3 chunks of 2 and 8 of
-    # 98; log(6 / 5) and log(784 / 777) are far above the tolerance, and so is the weight of
-    # the masked draws (the reference's next samples).
-    num_chunks = -(-num_samples // chunk_size)
-    padded = num_chunks * -(-num_samples // num_chunks)
+    # The check sees a wrong normaliser or a last chunk of full size: K = 5 and 777 run as
+    # 2 chunks of 2 and a last of 1, and 7 of 100 and a last of 77; log(6 / 5) and
+    # log(800 / 777) are far above the tolerance, and so is the weight of the draws a full last
+    # chunk would add (the reference's next samples).
+    chunk = min(chunk_size, num_samples)
+    padded = -(-num_samples // chunk) * chunk
+    assert (padded > num_samples) == (num_samples > 1)
     if padded > num_samples:
         assert np.all(np.abs(got_b + math.log(num_samples) - math.log(padded) - want_b) > 1e-3)
         log_w_kb = _reference_log_weights(ppca, key, padded)
@@ -198,9 +216,7 @@ def test_one_and_eight_devices_agree(ppca):
     single = np.asarray(_estimator(210, 100)(params, x, key, example_ids=example_ids))
     for num_devices in (1, 8):
         mesh = parallel.make_mesh(jax.devices()[:num_devices])
-        program = evaluate.make_nll_program(
-            mesh, encoder=ENCODER, decoder=DECODER, likelihood="gaussian", num_samples=210,
-            chunk_size=100, gaussian_logvar=math.log(_NOISE_VAR))
+        program = evaluate.make_nll_program(mesh, PPCA_VAE, num_samples=210, chunk_size=100)
         got = program(parallel.replicate(params, mesh), parallel.shard_rows(x, mesh),
                       parallel.replicate(key, mesh), parallel.shard_rows(example_ids, mesh))
         assert len(got.sharding.device_set) == num_devices
@@ -208,16 +224,19 @@ def test_one_and_eight_devices_agree(ppca):
 
 
 @pytest.mark.parametrize("num_samples, chunk_size", [(0, 10), (-5, 10), (10, 0), (10, -1)])
-def test_non_positive_k_or_chunk_size_is_a_clear_error(ppca, num_samples, chunk_size):
+def test_non_positive_k_or_chunk_size_is_a_clear_error(ppca, tmp_path, num_samples,
+                                                       chunk_size):
     params, x, _ = ppca
-    message = f"num_samples={num_samples} and chunk_size={chunk_size} must both be positive"
-    with pytest.raises(ValueError, match=message):
-        evaluate.importance_sampled_log_likelihood(
-            params, x, jax.random.key(0), encoder=ENCODER, decoder=DECODER,
-            likelihood="gaussian", num_samples=num_samples, chunk_size=chunk_size)
-    with pytest.raises(ValueError, match=message):
-        evaluate.make_nll_program(parallel.make_mesh(), encoder=ENCODER, decoder=DECODER,
-                                  likelihood="gaussian", num_samples=num_samples,
+    given = f"num_samples={num_samples} and chunk_size={chunk_size}"
+    with pytest.raises(ValueError, match=f"{given} must be >= 1"):
+        model_lib.log_likelihood_estimate(PPCA_VAE, params, x, jax.random.key(0),
+                                          num_samples=num_samples, chunk_size=chunk_size)
+    with pytest.raises(ValueError, match=f"{given} must both be positive"):
+        evaluate.make_nll_program(parallel.make_mesh(), PPCA_VAE, num_samples=num_samples,
+                                  chunk_size=chunk_size)
+    # The command refuses them before it reads anything.
+    with pytest.raises(ValueError, match=f"{given} must both be positive"):
+        evaluate.evaluate_workdir(tmp_path / "not_read", num_importance_samples=num_samples,
                                   chunk_size=chunk_size)
 
 
@@ -296,12 +315,16 @@ def test_active_units_count_variances_above_0_01():
     got = jax.jit(evaluate.latent_diagnostics)(mean_nz, np.zeros_like(mean_nz),
                                                jax.random.key(0))
     assert int(got["active_units"]) == want
-    # The two-layer path of evaluate_workdir: Monte Carlo means and KL terms of [z1, z2].
+    # The path of evaluate_workdir: the posterior's point summaries (of every layer) and, where
+    # the model has it in closed form, the KL per dimension; without it kl_per_dim is None.
     kl_nz = np.random.default_rng(0).uniform(size=mean_nz.shape)
     got = evaluate.latent_mean_diagnostics(mean_nz, kl_nz)
     assert got["active_units"] == want
     np.testing.assert_allclose(got["mean_variance_per_dim"], _VARIANCES, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(got["kl_per_dim"], kl_nz.mean(axis=0), rtol=1e-12)
+    got = evaluate.latent_mean_diagnostics(mean_nz)
+    assert got["kl_per_dim"] is None and got["active_units"] == want
+    np.testing.assert_allclose(got["mean_variance_per_dim"], _VARIANCES, rtol=1e-6, atol=1e-9)
 
 
 def test_mutual_information_matches_the_he_et_al_reference():
@@ -394,9 +417,7 @@ def test_run_in_batches_pads_the_last_batch_and_agrees_with_one_call(ppca):
     key = jax.random.key(5)
     want = np.asarray(_estimator(100, 50)(params, x13, key, example_ids=jnp.arange(13)))
     mesh = parallel.make_mesh(jax.devices()[:8])
-    program = evaluate.make_nll_program(
-        mesh, encoder=ENCODER, decoder=DECODER, likelihood="gaussian", num_samples=100,
-        chunk_size=50, gaussian_logvar=math.log(_NOISE_VAR))
+    program = evaluate.make_nll_program(mesh, PPCA_VAE, num_samples=100, chunk_size=50)
     got = evaluate.run_in_batches(program, parallel.replicate(params, mesh), x13,
                                   parallel.replicate(key, mesh), mesh, batch_size=8)
     assert got.shape == (13,)
@@ -407,22 +428,40 @@ def test_per_example_metrics_on_eight_devices(ppca):
     params, x, exact_b = ppca
     x64 = np.tile(x, (8, 1, 1, 1))  # 8 independent copies of every example (distinct ids)
     key = jax.random.key(6)
-    kwargs = dict(encoder=ENCODER, decoder=DECODER, likelihood="gaussian",
-                  gaussian_logvar=math.log(_NOISE_VAR))
     ids = jnp.arange(len(x64))
-    _, metrics = losses.elbo(params, x64, jax.random.fold_in(key, 0), example_ids=ids, **kwargs)
-    mean_bz, logvar_bz = ENCODER.apply(params["encoder"], x64)
-    fn = functools.partial(evaluate.per_example_metrics, iwae_ks=(1, 5, 50), **kwargs)
+    loss_fn = objectives.make_loss_fn(objectives.Settings(name="elbo"), PPCA_VAE)
+    _, metrics = loss_fn(params, x64, jax.random.fold_in(key, 0), example_ids=ids)
+    mean_bz, logvar_bz = PPCA_VAE.encode(params, x64)[:2]
+    fn = functools.partial(evaluate.per_example_metrics, PPCA_VAE, iwae_ks=(1, 5, 50))
     mesh = parallel.make_mesh(jax.devices()[:8])
     got = evaluate.run_in_batches(
         evaluate.make_per_example_program(fn, mesh), parallel.replicate(params, mesh), x64,
         parallel.replicate(key, mesh), mesh, batch_size=32)
+    chex.assert_shape([got["point"], got["mean"], got["logvar"], got["kl_per_dim"]],
+                      (64, _LATENT_DIM))
+    chex.assert_shape([got["elbo"], got["recon"], got["kl"]], (64,))
+    chex.assert_shape(got["iwae"], (64, 3))
     # The same noise as one unsharded call: keyed by example id, not by device.
-    for name in ("elbo", "recon", "kl"):
+    for name in ("elbo", "recon", "kl", "kl_per_dim"):
         np.testing.assert_allclose(got[name], metrics["per_example"][name], rtol=1e-5)
     np.testing.assert_allclose(got["mean"], mean_bz, rtol=1e-6)
     np.testing.assert_allclose(got["logvar"], logvar_bz, rtol=1e-6)
-    chex.assert_shape(got["iwae"], (64, 3))
+    np.testing.assert_array_equal(got["point"], got["mean"])  # a diagonal Gaussian's mean
+    # Against float64 recomputations with the documented noise: the ELBO's one draw from
+    # fold_in(key, 0) with the closed-form KL, and L_k over the first k draws from
+    # fold_in(key, 1).
+    (log_px_z, _, _), (mean64_bz, logvar64_z) = _reference_terms(
+        params, x64, jax.random.fold_in(key, 0), 1, ids)
+    kl64_bz = 0.5 * (mean64_bz**2 + np.exp(logvar64_z) - 1.0 - logvar64_z)
+    np.testing.assert_allclose(got["recon"], -log_px_z[0], rtol=0, atol=2e-5)
+    np.testing.assert_allclose(got["kl_per_dim"], kl64_bz, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(got["kl"], kl64_bz.sum(-1), rtol=0, atol=2e-5)
+    terms, _ = _reference_terms(params, x64, jax.random.fold_in(key, 1), 50, ids)
+    log_w_kb = terms[0] + terms[1] - terms[2]
+    for i, k in enumerate((1, 5, 50)):
+        np.testing.assert_allclose(got["iwae"][:, i],
+                                   special.logsumexp(log_w_kb[:k], axis=0) - math.log(k),
+                                   rtol=0, atol=2e-5)
     # Against the exact log p(x): every bound is below it on average, tighter with k, and
     # L_1 equals the ELBO in expectation (it estimates the KL by one sample).
     gap_nk = got["iwae"].astype(np.float64) - np.tile(exact_b, 8)[:, None]
@@ -437,22 +476,23 @@ def test_per_example_metrics_on_eight_devices(ppca):
 
 
 def _tiny_mlp(latent_dim=2):
-    encoder = models.MLPEncoder(latent_dim=latent_dim, hidden=(16,))
-    decoder = models.MLPDecoder(output_shape=(8, 8, 1), hidden=(16,))
-    enc_key, dec_key = jax.random.split(jax.random.key(0))
-    params = {"encoder": encoder.init(enc_key, jnp.zeros((1, 8, 8, 1))),
-              "decoder": decoder.init(dec_key, jnp.zeros((1, latent_dim)))}
-    return encoder, decoder, params
+    vae = model_lib.VAE(
+        encoder=models.MLPEncoder(latent_dim=latent_dim, hidden=(16,)),
+        decoder=models.MLPDecoder(output_shape=(8, 8, 1), hidden=(16,)),
+        likelihood=likelihoods.make_likelihood("bernoulli"),
+        prior=priors.make_prior("standard_normal"),
+        posterior=posteriors.make_posterior("diagonal"),
+        latent_dims=(latent_dim,))
+    return vae, vae.init(jax.random.key(0), (8, 8, 1))
 
 
 def test_save_plots_writes_every_picture_for_a_two_latent_model(tmp_path):
-    encoder, decoder, params = _tiny_mlp(latent_dim=2)
+    vae, params = _tiny_mlp(latent_dim=2)
     x = np.asarray(jax.random.bernoulli(jax.random.key(1), 0.3, (20, 8, 8, 1)), np.float32)
-    mean_nz, _ = encoder.apply(params["encoder"], x)
+    mean_nz = vae.point(params, x)
     paths = evaluate.save_plots(
-        tmp_path / "plots", params, x, jax.random.key(2), encoder=encoder, decoder=decoder,
-        likelihood="bernoulli", kl_per_dim=np.array([0.1, 0.3]), mean_nz=np.asarray(mean_nz),
-        labels=np.arange(20) % 3)
+        tmp_path / "plots", vae, params, x, jax.random.key(2),
+        kl_per_dim=np.array([0.1, 0.3]), mean_nz=np.asarray(mean_nz), labels=np.arange(20) % 3)
     names = {p.name for p in paths}
     assert names == {"reconstructions.png", "samples.png", "traversals.png",
                      "interpolation.png", "latent_scatter.png", "manifold.png"}
@@ -493,16 +533,15 @@ def test_missing_workdir_or_checkpoint_is_a_clear_error(tmp_path):
 def test_restore_uses_the_ema_parameters_when_the_run_kept_them(tmp_path):
     config = _write_config(tmp_path / "ema", **{"optim.ema_decay": 0.9, "model.hidden": (16,),
                                                 "model.latent_dim": 2})
-    encoder, decoder = train.make_models(config, (8, 8, 1))
-    state = train.init_state(jax.random.key(0), encoder, decoder, (8, 8, 1),
-                             train.make_optimizer(config), ema=True)
+    vae = train.make_model(config, (8, 8, 1))
+    state = train.init_state(jax.random.key(0), vae, (8, 8, 1), train.make_optimizer(config),
+                             ema=True)
     ema = jax.tree.map(lambda p: p + 1.0, state.params)
     state = state.replace(step=jnp.asarray(7, jnp.int32), ema_params=ema)
     checkpoints = workdir_lib.Checkpoints(tmp_path / "ema" / "checkpoints", keep=2)
     checkpoints.save(7, state)
     checkpoints.close()
-    params, step = evaluate.restore_eval_params(config, tmp_path / "ema", encoder, decoder,
-                                                (8, 8, 1))
+    params, step = evaluate.restore_eval_params(config, tmp_path / "ema", vae, (8, 8, 1))
     assert step == 7
     chex.assert_trees_all_close(params, ema)
 
@@ -512,9 +551,9 @@ def two_checkpoint_run(tmp_path_factory):
     """A digits workdir with untrained checkpoints at steps 3 and 7 (different parameters)."""
     workdir = tmp_path_factory.mktemp("evaluate") / "two_checkpoints"
     config = _write_config(workdir, **{"model.hidden": (16,), "model.latent_dim": 2})
-    encoder, decoder = train.make_models(config, (8, 8, 1))
-    state = train.init_state(jax.random.key(0), encoder, decoder, (8, 8, 1),
-                             train.make_optimizer(config), ema=False)
+    vae = train.make_model(config, (8, 8, 1))
+    state = train.init_state(jax.random.key(0), vae, (8, 8, 1), train.make_optimizer(config),
+                             ema=False)
     checkpoints = workdir_lib.Checkpoints(workdir / "checkpoints", keep=3)
     params_by_step = {}
     for step, shift in ((3, 0.0), (7, 0.05)):
@@ -527,9 +566,8 @@ def two_checkpoint_run(tmp_path_factory):
 
 def test_restore_picks_the_step_asked_for_and_names_the_steps_there_are(two_checkpoint_run):
     workdir, config, params_by_step = two_checkpoint_run
-    encoder, decoder = train.make_models(config, (8, 8, 1))
-    restore = functools.partial(evaluate.restore_eval_params, config, workdir, encoder, decoder,
-                                (8, 8, 1))
+    restore = functools.partial(evaluate.restore_eval_params, config, workdir,
+                                train.make_model(config, (8, 8, 1)), (8, 8, 1))
     for step, want in ((None, 7), (7, 7), (3, 3)):
         params, got_step = restore(step=step)
         assert got_step == want
@@ -548,9 +586,8 @@ def test_a_corrupt_latest_checkpoint_is_skipped_and_left_in_place(two_checkpoint
                  key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[:-1] + bytes([victim.read_bytes()[-1] ^ 1]))
     before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
-    encoder, decoder = train.make_models(config, (8, 8, 1))
-    restore = functools.partial(evaluate.restore_eval_params, config, workdir, encoder, decoder,
-                                (8, 8, 1))
+    restore = functools.partial(evaluate.restore_eval_params, config, workdir,
+                                train.make_model(config, (8, 8, 1)), (8, 8, 1))
     params, step = restore()
     assert step == 3
     chex.assert_trees_all_close(params, params_by_step[3])
@@ -648,11 +685,17 @@ def test_a_read_only_workdir_still_prints_the_numbers_and_out_writes_elsewhere(
 
 
 EVAL_KEYS = ("nll_nats", "nll_stderr_nats", "bits_per_dim", "elbo_nats", "iwae_bounds",
-             "kl_per_dim", "active_units", "mutual_information_nats", "num_importance_samples",
-             "split", "num_examples", "checkpoint_step", "binarization_seed")
+             "kl_per_dim", "mean_variance_per_dim", "active_units", "mutual_information_nats",
+             "latent_dim", "latent_dims", "num_importance_samples", "split", "num_examples",
+             "checkpoint_step", "binarization_seed", "likelihood", "prior", "posterior")
+# Numbers a model does not define come as notes: kl_per_dim without a closed-form KL per
+# dimension, the mutual information unless q(z | x) is one diagonal Gaussian layer.
+NOTE_KEYS = ("kl_per_dim_note", "mutual_information_note")
+TWO_LAYER_KEYS = tuple(k for k in EVAL_KEYS
+                       if k not in ("kl_per_dim", "mutual_information_nats")) + NOTE_KEYS
 
 
-def check_eval_json(workdir, *, num_examples, num_importance_samples, step, latent_dim,
+def check_eval_json(workdir, *, num_examples, num_importance_samples, step, latent_dims,
                     keys=EVAL_KEYS):
     """eval.json has every key, finite numbers, and the orderings the bounds imply."""
     result = json.loads((workdir / "eval.json").read_text())
@@ -665,8 +708,18 @@ def check_eval_json(workdir, *, num_examples, num_importance_samples, step, late
     assert result["num_examples"] == num_examples
     assert result["num_importance_samples"] == num_importance_samples
     assert result["checkpoint_step"] == step
-    assert len(result["kl_per_dim"]) == latent_dim
-    assert 0 <= result["active_units"] <= latent_dim
+    latent_dim = sum(latent_dims)
+    assert result["latent_dims"] == list(latent_dims) and result["latent_dim"] == latent_dim
+    # A number or its note, never both.
+    assert ("kl_per_dim" in result) != ("kl_per_dim_note" in result), result
+    assert ("mutual_information_nats" in result) != ("mutual_information_note" in result)
+    if "kl_per_dim" in result:
+        assert len(result["kl_per_dim"]) == latent_dim
+        # kl_nats is the mean of the same closed-form KL, summed over dimensions.
+        assert result["kl_nats"] == pytest.approx(sum(result["kl_per_dim"]), rel=1e-4)
+    variances = np.asarray(result["mean_variance_per_dim"])
+    assert variances.shape == (latent_dim,)
+    assert result["active_units"] == int(np.sum(variances > 0.01)), variances
     iwae = result["iwae_bounds"]
     assert set(iwae) == {"1", "5", "50"}
     # L_1 <= L_5 <= L_50 in expectation; the draws are shared, so noise rarely reverses them.
@@ -697,7 +750,7 @@ def test_evaluate_command_end_to_end_on_digits(trained_digits):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nll_nats=" in proc.stdout
     result = check_eval_json(trained_digits, num_examples=input_pipeline.DIGITS_TEST_SIZE,
-                             num_importance_samples=50, step=20, latent_dim=8)
+                             num_importance_samples=50, step=20, latent_dims=(8,))
     assert result["split"] == "test" and result["binarization_seed"] == 0
     written = {p.name for p in (trained_digits / "plots").glob("*.png")}
     assert written == {"reconstructions.png", "samples.png", "traversals.png",
@@ -731,7 +784,7 @@ def test_evaluate_on_real_mnist(tmp_path, mnist_data_dir):
     evaluate.evaluate_workdir(workdir, num_importance_samples=50, chunk_size=25,
                               max_examples=200, batch_size=200, write_plots=False)
     result = check_eval_json(workdir, num_examples=200, num_importance_samples=50, step=10,
-                             latent_dim=config.model.latent_dim)
+                             latent_dims=(config.model.latent_dim,))
     # Ten steps from initialisation: far better than a uniform Bernoulli (784 log 2 = 543
     # nats, 1 bit per dimension), far worse than a trained model (~85 nats).
     assert 85 < result["nll_nats"] < 543 and result["bits_per_dim"] < 1.0
@@ -741,54 +794,59 @@ def test_evaluate_on_real_mnist(tmp_path, mnist_data_dir):
 
 
 def _two_layer_model(seed=0):
-    """A tiny two-stochastic-layer model with random weights (scale 0.5, so both layers
-    matter) and binary 6-pixel data."""
-    encoder = models.HierarchicalEncoder(latent_dims=(3, 2), hidden=((5,), (4,)))
-    decoder = models.HierarchicalDecoder((2, 3, 1), latent_dims=(3, 2), hidden=((5,), (4,)))
+    """A tiny two-stochastic-layer VAE (Z = 3, 2) with random weights (scale 0.5, so both
+    layers matter) and binary 6-pixel data."""
+    vae = model_lib.VAE(
+        encoder=models.MLPEncoder(3, hidden=(5,)),
+        decoder=models.MLPDecoder((2, 3, 1), hidden=(5,)),
+        likelihood=likelihoods.make_likelihood("bernoulli"),
+        prior=priors.make_prior("standard_normal"),
+        posterior=posteriors.make_posterior("diagonal"),
+        latent_dims=(3, 2),
+        upper_encoders=(models.MLPEncoder(2, hidden=(4,)),),
+        upper_priors=(models.MLPEncoder(3, hidden=(4,)),),
+    )
     rng = np.random.default_rng(seed)
-    shapes = {"encoder": jax.eval_shape(encoder.init, jax.random.key(0), jnp.zeros((1, 2, 3, 1))),
-              "decoder": jax.eval_shape(decoder.init, jax.random.key(0), jnp.zeros((1, 3)))}
+    shapes = jax.eval_shape(functools.partial(vae.init, image_shape=(2, 3, 1)),
+                            jax.random.key(0))
+    assert set(shapes) == {"encoder", "decoder", "upper_encoders", "upper_priors"}
     params = jax.tree.map(
         lambda s: jnp.asarray(0.5 * rng.standard_normal(s.shape), jnp.float32), shapes)
     x = (rng.random((_BATCH, 2, 3, 1)) < 0.4).astype(np.float32)
-    return encoder, decoder, params, x
+    return vae, params, x
 
 
-def _two_layer_estimator(encoder, decoder, num_samples, chunk_size):
-    return jax.jit(functools.partial(
-        evaluate.hierarchical_importance_sampled_log_likelihood, encoder=encoder,
-        decoder=decoder, likelihood="bernoulli", num_samples=num_samples, chunk_size=chunk_size))
+def _two_layer_estimator(vae, num_samples, chunk_size):
+    return jax.jit(functools.partial(model_lib.log_likelihood_estimate, vae,
+                                     num_samples=num_samples, chunk_size=chunk_size))
 
 
 @pytest.mark.parametrize("num_samples, chunk_sizes", [(77, (10, 40, 77, 100)), (1, (1, 100))])
 def test_two_layer_estimate_matches_one_big_logsumexp_and_ignores_chunk_size(num_samples,
                                                                              chunk_sizes):
     """Chunked logaddexp == logsumexp over all K log weights drawn at once (float64), for
-    chunk sizes that do and do not divide K (77 = 8 x 10 - 3 = 2 x 39 - 1)."""
-    encoder, decoder, params, x = _two_layer_model()
+    chunk sizes that do and do not divide K (77 = 7 x 10 + 7 = 40 + 37)."""
+    vae, params, x = _two_layer_model()
     key = jax.random.key(5)
-    log_w_kb = np.asarray(losses.hierarchical_log_weights(
-        params, x, key, encoder=encoder, decoder=decoder, num_samples=num_samples), np.float64)
+    log_w_kb = np.asarray(vae.log_weights(params, x, key, num_samples=num_samples).weights.log_w,
+                          np.float64)
     reference_b = special.logsumexp(log_w_kb, axis=0) - math.log(num_samples)
     for chunk_size in chunk_sizes:
-        got = _two_layer_estimator(encoder, decoder, num_samples, chunk_size)(params, x, key)
+        got = _two_layer_estimator(vae, num_samples, chunk_size)(params, x, key)
         np.testing.assert_allclose(np.asarray(got), reference_b, rtol=1e-5)
-    with pytest.raises(ValueError, match="must both be positive"):
-        _two_layer_estimator(encoder, decoder, num_samples, 0)(params, x, key)
+    with pytest.raises(ValueError, match=f"num_samples={num_samples} and chunk_size=0 must be"):
+        _two_layer_estimator(vae, num_samples, 0)(params, x, key)
 
 
 def test_two_layer_estimate_on_one_and_eight_devices_agree():
-    encoder, decoder, params, x = _two_layer_model(seed=1)
+    vae, params, x = _two_layer_model(seed=1)
     key = jax.random.key(6)
     example_ids = np.arange(_BATCH, dtype=np.int32)
-    single = np.asarray(_two_layer_estimator(encoder, decoder, 40, 20)(
-        params, x, key, example_ids=example_ids))
-    assert evaluate.log_likelihood_estimator(encoder) is (
-        evaluate.hierarchical_importance_sampled_log_likelihood)
+    single = np.asarray(_two_layer_estimator(vae, 40, 20)(params, x, key,
+                                                          example_ids=example_ids))
     for num_devices in (1, 8):
         mesh = parallel.make_mesh(jax.devices()[:num_devices])
-        program = evaluate.make_nll_program(mesh, encoder=encoder, decoder=decoder,
-                                            likelihood="bernoulli", num_samples=40, chunk_size=20)
+        program = evaluate.make_nll_program(mesh, vae, num_samples=40, chunk_size=20)
         got = program(parallel.replicate(params, mesh), parallel.shard_rows(x, mesh),
                       parallel.replicate(key, mesh), parallel.shard_rows(example_ids, mesh))
         assert len(got.sharding.device_set) == num_devices
@@ -796,25 +854,36 @@ def test_two_layer_estimate_on_one_and_eight_devices_agree():
 
 
 def test_two_layer_per_example_metrics():
-    encoder, decoder, params, x = _two_layer_model(seed=2)
-    out = jax.jit(functools.partial(evaluate.per_example_metrics, encoder=encoder,
-                                    decoder=decoder, likelihood="bernoulli"))(
-        params, x, jax.random.key(7))
+    vae, params, x = _two_layer_model(seed=2)
+    key = jax.random.key(7)
+    out = jax.jit(functools.partial(evaluate.per_example_metrics, vae))(params, x, key)
     chex.assert_shape([out["mean"], out["logvar"]], (_BATCH, 3))
-    chex.assert_shape([out["kl_per_dim"], out["latent_mean"]], (_BATCH, 3 + 2))
+    chex.assert_shape(out["point"], (_BATCH, 3 + 2))
     chex.assert_shape(out["iwae"], (_BATCH, len(evaluate.IWAE_KS)))
     chex.assert_tree_all_finite(out)
-    np.testing.assert_allclose(out["kl_per_dim"].sum(-1), out["kl"], rtol=1e-5, atol=1e-5)
+    # Two layers have no closed-form KL, so none per dimension either.
+    assert "kl_per_dim" not in out
     np.testing.assert_allclose(out["recon"] + out["kl"], -out["elbo"], rtol=1e-5)
+    # The ELBO's terms are those of the one draw from fold_in(key, 0), its KL the Monte Carlo
+    # log q - log p; the points are q(z1 | x)'s mean and q(z2 | z1)'s at that draw's z1.
+    draw = vae.log_weights(params, x, jax.random.fold_in(key, 0), num_samples=1)
+    weights = draw.weights
+    np.testing.assert_allclose(out["recon"], -weights.log_px_z[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["kl"], (weights.log_qz - weights.log_pz)[0], rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(out["point"][:, :3], out["mean"], rtol=1e-6)
+    upper_mean_bz, _ = vae.upper_encoders[0].apply(params["upper_encoders"][0], draw.z[0][0])
+    np.testing.assert_allclose(out["point"][:, 3:], upper_mean_bz, rtol=1e-5, atol=1e-6)
     # L_1 is the one-draw ELBO estimate; L_50 >= L_1 on average.
     assert np.mean(out["iwae"][:, -1]) >= np.mean(out["iwae"][:, 0])
 
 
 @pytest.fixture(scope="module")
 def trained_two_layer_digits(tmp_path_factory):
-    """A tiny run of the two-stochastic-layer model (20 steps) to evaluate."""
+    """A tiny run of the two-stochastic-layer model (model.num_layers=2, 20 steps)."""
     workdir = tmp_path_factory.mktemp("evaluate") / "two_layer"
     config = tests_train.tiny_two_layer_digits()
+    assert config.model.num_layers == 2
     train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
     return workdir
 
@@ -823,19 +892,21 @@ def test_evaluate_workdir_on_a_two_layer_run(trained_two_layer_digits):
     workdir = trained_two_layer_digits
     evaluate.evaluate_workdir(workdir, num_importance_samples=50, chunk_size=25,
                               max_examples=64, devices=jax.devices()[:2])
+    # Active units are counted from the variances of the points of both layers, [z1, z2].
     result = check_eval_json(workdir, num_examples=64, num_importance_samples=50, step=20,
-                             latent_dim=6 + 3)
-    assert result["latent_dims"] == [6, 3]
-    variances = np.asarray(result["mean_variance_per_dim"])
-    assert result["active_units"] == int(np.sum(variances > 0.01)), variances
-    assert result["kl_nats"] == pytest.approx(sum(result["kl_per_dim"]), rel=1e-4)
-    # One-Gaussian-layer pictures (traversals, manifold) are not drawn for this model.
+                             latent_dims=(6, 3), keys=TWO_LAYER_KEYS)
+    assert result["prior"] == "standard_normal" and result["posterior"] == "diagonal"
+    assert "kl_per_dim" not in result and "mutual_information_nats" not in result
+    # The pictures decode z1: traversals in standard deviations of its points (one row per
+    # dimension of z1); no manifold (Z1 = 6).
     written = {p.name for p in (workdir / "plots").glob("*.png")}
-    assert written == {"reconstructions.png", "samples.png", "interpolation.png",
-                       "latent_scatter.png", "training_curves.png"}
+    assert written == {"reconstructions.png", "samples.png", "traversals.png",
+                       "interpolation.png", "latent_scatter.png", "training_curves.png"}
     for name in written:
         with Image.open(workdir / "plots" / name) as image:
             image.verify()
+    with Image.open(workdir / "plots" / "traversals.png") as image:
+        assert image.height == 6 * (48 + 1) + 1
 
 
 # --------------------------------------------------------------------------- dequantised runs
@@ -863,7 +934,7 @@ def test_evaluate_workdir_scores_a_dequantized_run_as_a_model_of_the_levels(
     keys = tuple(k for k in EVAL_KEYS if k != "binarization_seed") + (
         "dequantization_seed", "dequantization_offset_nats")
     result = check_eval_json(workdir, num_examples=150, num_importance_samples=50, step=100,
-                             latent_dim=8, keys=keys)
+                             latent_dims=(8,), keys=keys)
     # 8 x 8 digits of L = 17 levels: log P(k) >= log p(y) - D log L (Theis et al. 2016), so
     # bits/dim = (-log p(y) + D ln L) / (D ln 2) = -log p(y) / (D ln 2) + log2 17.
     num_dims, offset_nats = 64, 64 * math.log(17)
