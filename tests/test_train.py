@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from vae_jax import input_pipeline, losses, train
+from vae_jax import model as model_lib
 from vae_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -140,10 +141,9 @@ def test_end_to_end_digits_through_the_entry_point(tmp_path):
     # The checkpoint restores into the model the config describes.
     config = tiny_digits()
     data = input_pipeline.load_dataset("digits", validation_size=150)
-    encoder, decoder = train.make_models(config, data.image_shape)
+    vae = train.make_model(config, data.image_shape)
     optimizer = train.make_optimizer(config)
-    fresh = train.init_state(jax.random.key(1), encoder, decoder, data.image_shape, optimizer,
-                             ema=False)
+    fresh = train.init_state(jax.random.key(1), vae, data.image_shape, optimizer, ema=False)
     checkpoints = workdir_lib.Checkpoints(workdir / "checkpoints", keep=3)
     restored = checkpoints.restore_latest(fresh)
     checkpoints.close()
@@ -246,8 +246,8 @@ def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
     def final_params(path):
         config = tiny_digits(**{"model.hidden": (256, 256)})
         data = input_pipeline.load_dataset("digits", validation_size=150)
-        encoder, decoder = train.make_models(config, data.image_shape)
-        state = train.init_state(jax.random.key(0), encoder, decoder, data.image_shape,
+        vae = train.make_model(config, data.image_shape)
+        state = train.init_state(jax.random.key(0), vae, data.image_shape,
                                  train.make_optimizer(config), ema=False)
         checkpoints = workdir_lib.Checkpoints(path / "checkpoints", keep=2)
         state = checkpoints.restore_latest(state)
@@ -464,72 +464,56 @@ def test_two_layer_model_end_to_end_on_digits(tmp_path, objective, num_samples):
     check_workdir(tmp_path / "w", 20, (8, 8), latent_dim=6 + 3, objective_keys=keys)
     assert -64 * np.log(2) * 2 < result.validation["val_elbo_nats"] < 0
     params = params_of(result)
-    assert set(params["encoder"]["params"]) == {"layer_1", "layer_2"}
-    assert set(params["decoder"]["params"]) == {"layer_1", "layer_2"}
+    assert len(params["upper_encoders"]) == 1 and len(params["upper_priors"]) == 1
 
 
-def test_two_layer_loss_fn_wraps_the_hierarchical_losses():
+def test_two_layer_loss_is_the_model_s_objective():
+    """The training loss of a two-layer config is the named objective of the built model:
+    the ELBO is E_q[log w] on the model's own draw, the IWAE bound its logsumexp."""
     config = tiny_two_layer_digits()
-    encoder, decoder = train.make_models(config, (8, 8, 1))
-    state = train.init_state(jax.random.key(0), encoder, decoder, (8, 8, 1), optax.adam(1e-3),
-                             ema=False)
+    vae = train.make_model(config, (8, 8, 1))
+    params = vae.init(jax.random.key(0), (8, 8, 1))
     x = (np.random.default_rng(0).random((4, 8, 8, 1)) < 0.5).astype(np.float32)
     key = jax.random.key(1)
-    elbo_fn = train.make_loss_fn(config, encoder, decoder, 17)
-    loss, metrics = elbo_fn(state.params, x, key, beta=0.5, example_ids=jnp.arange(4),
-                            axis_name="batch")
-    expected, _ = losses.hierarchical_elbo(state.params, x, key, encoder=encoder,
-                                           decoder=decoder, beta=0.5)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
-    chex.assert_shape(metrics["per_example"]["kl_per_dim"], (4, 9))
+    loss, metrics = train.make_loss_fn(config, vae)(params, x, key, beta=0.5,
+                                                    example_ids=jnp.arange(4))
+    w = vae.log_weights(params, x, key, num_samples=1, example_ids=jnp.arange(4)).weights
+    recon = -np.asarray(w.log_px_z, np.float64)[0]
+    kl = np.asarray(w.log_qz - w.log_pz, np.float64)[0]
+    assert float(loss) == pytest.approx(np.mean(recon) + 0.5 * np.mean(kl), rel=1e-5)
+    assert "kl_per_dim" not in metrics["per_example"]  # not defined for two layers
+    chex.assert_shape(metrics["per_example"]["mean"], (4, 9))
     config.objective.name, config.objective.num_samples = "iwae", 5
-    iwae_fn = train.make_loss_fn(config, encoder, decoder, 17)
-    loss, _ = iwae_fn(state.params, x, key, beta=0.5, axis_name="batch")
-    expected, _ = losses.hierarchical_iwae_bound(state.params, x, key, encoder=encoder,
-                                                 decoder=decoder, num_samples=5)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
-
-
-def test_prior_samples_of_the_two_layer_model_are_ancestral():
-    """z1 = mean(z2) + exp(logvar(z2) / 2) eps with z2 ~ N(0, I): the per-dimension sample
-    moments over many draws match those of p(z1 | z2) averaged over p(z2) (float64 numpy:
-    law of total mean and variance)."""
-    encoder, decoder = train.make_models(tiny_two_layer_digits(), (8, 8, 1))
-    params = train.init_state(jax.random.key(0), encoder, decoder, (8, 8, 1), optax.adam(1e-3),
-                              ema=False).params["decoder"]
-    sample = train.make_prior_sampler(encoder, decoder)
-    n = 20000
-    z1_nz = np.asarray(jax.jit(sample, static_argnums=2)(params, jax.random.key(2), n),
-                       np.float64)
-    chex.assert_shape(z1_nz, (n, 6))
-    z2_nz = np.random.default_rng(0).standard_normal((n, 3)).astype(np.float32)
-    mean_nz, logvar_nz = (np.asarray(a, np.float64) for a in decoder.apply(
-        params, jnp.asarray(z2_nz), method="prior_z1"))
-    expected_mean = mean_nz.mean(0)
-    expected_var = np.exp(logvar_nz).mean(0) + mean_nz.var(0)
-    np.testing.assert_array_less(np.abs(z1_nz.mean(0) - expected_mean),
-                                 5 * np.sqrt(expected_var / n))
-    np.testing.assert_allclose(z1_nz.var(0), expected_var, rtol=0.05)
-    # The standard-normal prior of one Gaussian layer is unchanged.
-    one_layer = train.make_models(tiny_digits(**{"model.latent_dim": 5}), (8, 8, 1))
-    z_nz = train.make_prior_sampler(*one_layer)(None, jax.random.key(3), 4)
-    np.testing.assert_array_equal(z_nz, jax.random.normal(jax.random.key(3), (4, 5)))
+    loss, _ = train.make_loss_fn(config, vae)(params, x, key)
+    log_w = np.asarray(vae.log_weights(params, x, key, num_samples=5).weights.log_w, np.float64)
+    expected = -np.mean(np.logaddexp.reduce(log_w, axis=0) - np.log(5))
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
 def test_two_layer_config_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"encoder='mlp2' and decoder='mlp'.*together"):
+    with pytest.raises(ValueError, match=r"unknown encoder 'mlp2'"):
         train.train_and_evaluate(tiny_digits(**{"model.encoder": "mlp2"}), tmp_path / "w",
                                  quiet=True)
-    with pytest.raises(ValueError, match=r"encoder='mlp' and decoder='mlp2'.*together"):
-        train.make_models(tiny_digits(**{"model.decoder": "mlp2"}), (8, 8, 1))
     with pytest.raises(ValueError,
-                       match=r"objective.free_bits=0.5.*set objective.free_bits=0"):
+                       match=r"free_bits=0.5 needs the ELBO with a closed-form KL per latent "
+                             r"dimension.*set objective.free_bits=0"):
         train.train_and_evaluate(tiny_two_layer_digits(**{"objective.free_bits": 0.5}),
                                  tmp_path / "w", quiet=True)
     with pytest.raises(ValueError, match=r"model.upper_latent_dims=\(3, 2\) gives 2 sizes"):
-        train.make_models(tiny_two_layer_digits(**{"model.upper_latent_dims": (3, 2)}),
-                          (8, 8, 1))
+        train.make_model(tiny_two_layer_digits(**{"model.upper_latent_dims": (3, 2)}),
+                         (8, 8, 1))
     assert not (tmp_path / "w").exists()
+
+
+def test_layer_sizes_follow_the_stated_rule():
+    # Z_l halves upward, and the networks between layers have two hidden layers of 2 Z_l.
+    config = tiny_digits(**{"model.num_layers": 3, "model.latent_dim": 10})
+    dims, hidden = model_lib.layer_sizes(config.model)
+    assert dims == (10, 5, 2) and hidden == ((10, 10), (4, 4))
+    spec = importlib.util.spec_from_file_location("burda", REPO / "experiments/mnist_vae_burda.py")
+    burda = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(burda)
+    assert model_lib.layer_sizes(burda.get_config("2layer").model) == ((100, 50), ((100, 100),))
 
 
 def test_burda_learning_rate_schedule():
@@ -594,14 +578,14 @@ def test_burda_experiment_configs(name, variants):
         assert config.model.decoder_bias_init == "data_mean"
         steps_per_epoch = (60000 - config.data.validation_size) // config.run.batch_size  # 2,750
         assert config.run.num_epochs * steps_per_epoch % config.run.steps_per_dispatch == 0
-        assert train.is_hierarchical(config) == variant.startswith("2layer")
-        encoder, _ = train.make_models(config, (28, 28, 1))
+        vae = train.make_model(config, (28, 28, 1))
+        assert vae.num_layers == (2 if variant.startswith("2layer") else 1)
         assert (config.objective.name == "iwae") == ("_k" in variant)
         if "_k" in variant:
             assert config.objective.num_samples == int(
                 variant.removesuffix("_short").split("_k")[1])
-        if not train.is_hierarchical(config):
-            assert (encoder.latent_dim, encoder.hidden) == (50, (200, 200))
+        if vae.num_layers == 1:
+            assert (vae.encoder.latent_dim, vae.encoder.hidden) == (50, (200, 200))
     with pytest.raises(ValueError, match="unknown variant"):
         module.get_config("3layer")
 

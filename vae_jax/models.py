@@ -814,149 +814,23 @@ def make_decoder(name: str, **kwargs: Any) -> nn.Module:
     return DECODERS[name](**kwargs)
 
 
-# ----------------------------------------------------------------------------------------------
-# Two stochastic layers (Burda et al. 2015)
-# ----------------------------------------------------------------------------------------------
-
-
-def _nested_tuple(module: nn.Module, field: str) -> None:
-    """Stores a sequence of sequences as a tuple of tuples so the module stays hashable."""
-    object.__setattr__(module, field, tuple(tuple(inner) for inner in getattr(module, field)))
-
-
-def _check_two_layers(latent_dims: Sequence[int], hidden: Sequence[Sequence[int]]) -> None:
-    if len(latent_dims) != 2 or len(hidden) != 2:
-        raise ValueError(
-            "need two stochastic layers: latent_dims=(Z1, Z2) and hidden=(hidden_1, hidden_2); "
-            f"got latent_dims={latent_dims}, hidden={hidden}"
-        )
-
-
-class HierarchicalEncoder(nn.Module):
-    """Inference network q(z1, z2 | x) = q(z1 | x) q(z2 | z1) with two Gaussian layers.
-
-    The "2 stochastic layers" architecture of Burda et al. 2015 (Table 1, appendix C), with
-    defaults for MNIST: x (784) -> [200-200 tanh] -> z1 (100) -> [100-100 tanh] -> z2 (50).
-    Each conditional is an `MLPEncoder` (hidden layers, then linear mean and log-variance heads):
-
-        q(z1 | x)  = N(mean1(x), diag exp(logvar1(x)))     `__call__(x)`    [B, Z1] each
-        q(z2 | z1) = N(mean2(z1), diag exp(logvar2(z1)))   `encode_z2(z1)`  [N, Z2] each
-
-    Both methods use submodules created in `setup`, so they share one parameter tree
-    {"params": {"layer_1": ..., "layer_2": ...}}. `init(key, x)` creates both layers (the second
-    is run on mean1 while initialising), so `encoder.init` gives the complete tree exactly as
-    for the single-layer encoders; call the second layer with
-    `encoder.apply(variables, z1, method="encode_z2")`. Sampling lives in
-    `losses.hierarchical_log_weights`; this module is deterministic.
-
-    Attributes:
-      latent_dims: (Z1, Z2).
-      hidden: (hidden widths of q(z1|x), hidden widths of q(z2|z1)), input side first.
-      activation: name for `get_activation`.
-      kernel_init: name for `get_kernel_init` (heads use the "linear" gain).
-    """
-
-    latent_dims: Sequence[int] = (100, 50)
-    hidden: Sequence[Sequence[int]] = ((200, 200), (100, 100))
-    activation: str = "tanh"
-    kernel_init: str = "lecun_normal"
-
-    def __post_init__(self):
-        _as_tuple(self, "latent_dims")
-        _nested_tuple(self, "hidden")
-        _check_two_layers(self.latent_dims, self.hidden)
-        super().__post_init__()
-
-    def setup(self):
-        common = dict(activation=self.activation, kernel_init=self.kernel_init)
-        self.layer_1 = MLPEncoder(self.latent_dims[0], hidden=self.hidden[0], **common)
-        self.layer_2 = MLPEncoder(self.latent_dims[1], hidden=self.hidden[1], **common)
-
-    def __call__(self, x: Array) -> tuple[Array, Array]:
-        """x [B, ...] -> (mean1, logvar1), each [B, Z1]: the parameters of q(z1 | x)."""
-        mean1_bz, logvar1_bz = self.layer_1(x)
-        if self.is_initializing():
-            self.layer_2(mean1_bz)  # creates the second layer's parameters as well
-        return mean1_bz, logvar1_bz
-
-    def encode_z2(self, z1_nz: Array) -> tuple[Array, Array]:
-        """z1 [N, Z1] -> (mean2, logvar2), each [N, Z2]: the parameters of q(z2 | z1)."""
-        return self.layer_2(z1_nz)
-
-
-class HierarchicalDecoder(nn.Module):
-    """Generative model p(x, z1, z2) = p(x | z1) p(z1 | z2) p(z2) mirroring `HierarchicalEncoder`.
-
-    Burda et al. 2015, Table 1 "2 stochastic layers": z2 (50) ~ N(0, I) -> [100-100 tanh] ->
-    z1 (100) Gaussian -> [200-200 tanh] -> x (784) Bernoulli logits.
-
-        p(z1 | z2) = N(mean(z2), diag exp(logvar(z2)))   `prior_z1(z2)`  [N, Z1] each
-        p(x | z1)  from the unconstrained outputs          `__call__(z1)`  [N, *output_shape]
-
-    `prior_z1` is an `MLPEncoder` with hidden widths `reversed(hidden[1])`; `__call__` is an
-    `MLPDecoder` with `hidden[0]` (which it applies in reverse), so one `hidden` builds both
-    halves. Like `MLPDecoder` the output has no final activation: logits or likelihood parameters
-    (`output_shape=(H, W, C * P)`). `init(key, z1)` also creates the `prior_z1` parameters
-    (run on zeros [N, Z2] while initialising); call it with
-    `decoder.apply(variables, z2, method="prior_z1")`.
-
-    Attributes:
-      output_shape: shape of one output, e.g. (28, 28, 1) for Bernoulli MNIST.
-      latent_dims: (Z1, Z2).
-      hidden: the ENCODER's (hidden_1, hidden_2), input side first; mirrored here.
-      activation: name for `get_activation`.
-      kernel_init: name for `get_kernel_init` (output layers use the "linear" gain).
-    """
-
-    output_shape: Sequence[int]
-    latent_dims: Sequence[int] = (100, 50)
-    hidden: Sequence[Sequence[int]] = ((200, 200), (100, 100))
-    activation: str = "tanh"
-    kernel_init: str = "lecun_normal"
-
-    def __post_init__(self):
-        _as_tuple(self, "output_shape", "latent_dims")
-        _nested_tuple(self, "hidden")
-        _check_two_layers(self.latent_dims, self.hidden)
-        super().__post_init__()
-
-    def setup(self):
-        common = dict(activation=self.activation, kernel_init=self.kernel_init)
-        self.layer_2 = MLPEncoder(
-            self.latent_dims[0], hidden=tuple(reversed(self.hidden[1])), **common
-        )
-        self.layer_1 = MLPDecoder(self.output_shape, hidden=self.hidden[0], **common)
-
-    def prior_z1(self, z2_nz: Array) -> tuple[Array, Array]:
-        """z2 [N, Z2] -> (mean, logvar), each [N, Z1]: the parameters of p(z1 | z2)."""
-        return self.layer_2(z2_nz)
-
-    def __call__(self, z1_nz: Array) -> Array:
-        """z1 [N, Z1] -> [N, *output_shape] parameters of p(x | z1), no final activation."""
-        if self.is_initializing():
-            self.layer_2(jnp.zeros((z1_nz.shape[0], self.latent_dims[1]), z1_nz.dtype))
-        return self.layer_1(z1_nz)
-
-
 def set_output_bias(decoder: nn.Module, variables, bias_f) -> Any:
     """`variables` of `decoder` with the bias of its output layer replaced by `bias_f`.
 
     For decoders whose last layer is dense, with one output unit per data value
-    (`MLPDecoder`, and the p(x | z1) half of `HierarchicalDecoder`): that layer computes
+    (`MLPDecoder`, also the p(x | z_1) network of a model of several layers): that layer computes
     out_f = sum_j h_j W_jf + bias_f, so `bias_f` [F] (F = prod(output_shape), in the order of
     `out.reshape(B, -1)`) is what the decoder outputs when its last hidden layer is zero. Used
     to start the likelihood at the data's pixel means (`losses.data_mean_output_bias`).
     Every other leaf is returned unchanged. A convolutional decoder has one bias per channel,
     not per pixel, and is refused.
     """
-    if isinstance(decoder, HierarchicalDecoder):
-        path = ("params", "layer_1", "output")
-    elif isinstance(decoder, MLPDecoder):
+    if isinstance(decoder, MLPDecoder):
         path = ("params", "output")
     else:
         raise ValueError(
-            f"an output bias per data value needs a dense output layer (MLPDecoder or "
-            f"HierarchicalDecoder); {type(decoder).__name__} has one bias per channel"
+            f"an output bias per data value needs a dense output layer (MLPDecoder); "
+            f"{type(decoder).__name__} has one bias per channel"
         )
     layer = variables
     for name in path:
