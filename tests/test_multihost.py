@@ -60,8 +60,8 @@ def finish(procs):
 def restore_params(workdir):
     config = tiny_digits()
     data = input_pipeline.load_dataset("digits", validation_size=150)
-    encoder, decoder = train.make_models(config, data.image_shape)
-    state = train.init_state(jax.random.key(7), encoder, decoder, data.image_shape,
+    vae = train.make_model(config, data.image_shape)
+    state = train.init_state(jax.random.key(7), vae, data.image_shape,
                              train.make_optimizer(config), ema=False)
     checkpoints = workdir_lib.Checkpoints(pathlib.Path(workdir) / "checkpoints", keep=3)
     state = checkpoints.restore_latest(state)
