@@ -2,12 +2,12 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import parallel, train
+from vae_jax import config_defaults, parallel, train
+from vae_jax import model as model_lib
 
 
 def test_mesh_spans_all_devices_on_one_axis():
@@ -91,10 +91,13 @@ def test_compiler_options_turn_off_ynnpack_only_for_conv_programs_on_cpu(backend
 def test_program_options_follow_the_model(monkeypatch, encoder, decoder, convolutional):
     assert jax.default_backend() == "cpu"
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-    config = ml_collections.ConfigDict({"model": {"encoder": encoder, "decoder": decoder}})
-    got = train.program_options(config)
+    config = config_defaults.default_config()
+    config.model.encoder, config.model.decoder = encoder, decoder
+    vae = model_lib.build_model(config.model, (28, 28, 1))
+    assert vae.convolutional == convolutional
+    got = parallel.compiler_options(convolutional=vae.convolutional)
     assert ("xla_cpu_experimental_ynn_fusion_type" in got) == convolutional
-    assert got == parallel.compiler_options(convolutional=convolutional)
+    assert train.program_options(config) == got
 
 
 def test_conv_program_compiled_without_ynnpack_matches_float64():

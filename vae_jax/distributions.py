@@ -1,6 +1,8 @@
 """Probability distributions for VAEs: reparameterised sampling, KL divergences, likelihoods.
 
-Pure `jax.numpy`; no Flax, no state, no hidden randomness (every sampler takes a `key`).
+Pure `jax.numpy`; no Flax, no state, no hidden randomness (every sampler takes a `key`). The
+Gaussian noise, softplus and the per-example sums go through `vae_jax.fastpath` (their CPU fast
+forms, or `jax.random`, `jax.nn.softplus` and `jnp.sum`).
 
 Conventions used throughout the package:
 
@@ -23,31 +25,13 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from vae_jax import threefry
+from vae_jax import fastpath
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 # |logits| below which log C(logits) of the continuous Bernoulli uses its Taylor series; see
 # `_continuous_bernoulli_log_norm` for the error analysis behind the value.
 _CB_TAYLOR_BAND = 0.1
-
-
-def _sum_non_batch(x_b_etc: jax.Array) -> jax.Array:
-    """Sums over every axis except the leading batch axis: [B, ...] -> [B].
-
-    Flattened to [B, D] first: XLA:CPU reduced [B, 28, 28, 1] over its last three axes about 7x
-    slower than the same numbers as [B, 784] over one (measured in the importance-sampled NLL).
-    The sum is then the matrix-vector product [B, D] @ 1_D. As a reduction, XLA:CPU computes
-    the summed terms (the per-pixel log-likelihood) inside the reduction's loop, where softplus
-    ran 2-3x slower than in a loop of its own; as a product it gives them their own vectorised
-    loop. In one process, interleaved: W4 of benchmarks/ 78 -> 97 images/s, W2 unchanged (57k).
-    The ones are opaque (`optimization_barrier`) so the simplifier cannot turn the product back
-    into a reduction; HIGHEST precision keeps GPUs and TPUs from rounding the terms to
-    bfloat16/TF32 in the product.
-    """
-    x_bd = x_b_etc.reshape(x_b_etc.shape[0], -1)
-    ones_d = jax.lax.optimization_barrier(jnp.ones(x_bd.shape[1], x_bd.dtype))
-    return jnp.dot(x_bd, ones_d, precision=jax.lax.Precision.HIGHEST)
 
 
 def _assert_batched(x: jax.Array, name: str) -> None:
@@ -93,7 +77,7 @@ def reparameterize(
     """
     chex.assert_equal_shape([mean, logvar])
     shape = mean.shape if num_samples is None else (num_samples, *mean.shape)
-    eps = threefry.normal(key, shape, jnp.result_type(mean, logvar))  # = jax.random.normal
+    eps = fastpath.normal(key, shape, jnp.result_type(mean, logvar))  # jax.random.normal
     return mean + jnp.exp(0.5 * logvar) * eps
 
 
@@ -302,56 +286,6 @@ def gaussian_log_density(z: jax.Array, mean: jax.Array, logvar: jax.Array) -> ja
 # Log-likelihoods of data, [B, ...] -> [B].
 
 
-def _log1p_of_unit(y: jax.Array) -> jax.Array:
-    """log(1 + y) for y in [0, 1], elementwise, to within 2 ulps in float32, without log1p.
-
-    XLA:CPU's `log1p` is several times slower than its `log` and `exp`: the Bernoulli
-    log-likelihood of the 20 x 784 decoder outputs of one W2 step (benchmarks/) took 31 us with
-    `jnp.log1p` and 4.8 us with this function, on one core. (Computed inside a reduction's loop
-    it was the slower of the two, which is why `_sum_non_batch` sums by a product.) With
-    s = y / (2 + y), in [0, 1/3],
-
-        log(1 + y) = 2 artanh(s) = 2 (s + s^3/3 + s^5/5 + ...)
-                   = y - s (y - 2 s^2 (1/3 + s^2/5 + ... + s^14/17))   (using 2s = y - y s),
-
-    a series of positive terms in s^2 <= 1/9, truncated after s^17/17 (the rest is below
-    3^-18 / 19 * 9/8 < 2e-10 of the total). The leading y is exact, so rounding enters only
-    through the correction, which is at most y/3. That truncation is far below float32's
-    precision but not float64's, so float64 input goes to `jnp.log1p`.
-    """
-    if jnp.finfo(jnp.result_type(y)).nmant > 23:
-        return jnp.log1p(y)
-    s = y / (2.0 + y)
-    s_sq = s * s
-    series = 1.0 / 17
-    for k in (15, 13, 11, 9, 7, 5, 3):
-        series = 1.0 / k + s_sq * series
-    return y - s * (y - 2.0 * s_sq * series)
-
-
-@jax.custom_jvp
-def softplus(x: jax.Array) -> jax.Array:
-    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), elementwise, accurate for any finite x
-    (within 2.1 ulps in float32); derivative sigmoid(x).
-
-    The same function as `jax.nn.softplus`, written out for speed on XLA:CPU:
-    `jax.nn.softplus` goes through `jnp.logaddexp` and `log1p`, and `log1p` of exp(-|x|),
-    which lies in (0, 1], is taken here by `_log1p_of_unit`, which is several times faster
-    there. Softplus is the elementwise pass over every decoder output, so it sets the speed
-    of the importance-sampled NLL (benchmark W4, K x 784 of them per image) and is on the
-    critical path of every Bernoulli training step. The derivative is given explicitly:
-    differentiating the expression would give 0 instead of 1/2 at x = 0 and lose sigmoid(x)'s
-    relative precision for x << 0.
-    """
-    return jnp.maximum(x, 0.0) + _log1p_of_unit(jnp.exp(-jnp.abs(x)))
-
-
-@softplus.defjvp
-def _softplus_jvp(primals, tangents):
-    (x,), (x_dot,) = primals, tangents
-    return softplus(x), jax.nn.sigmoid(x) * x_dot
-
-
 def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
     """log Bernoulli(x; sigmoid(logits)), summed over all non-batch axes.
 
@@ -372,7 +306,7 @@ def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
     """
     chex.assert_equal_shape([logits, x])
     _assert_batched(x, "x")
-    return _sum_non_batch(x * logits - softplus(logits))
+    return fastpath.sum_non_batch(x * logits - fastpath.softplus(logits))
 
 
 def gaussian_log_likelihood(
@@ -405,7 +339,7 @@ def gaussian_log_likelihood(
     _assert_batched(x, "x")
     chex.assert_is_broadcastable(jnp.shape(logvar), x.shape)
     log_density = -0.5 * (jnp.square(x - mean) * jnp.exp(-logvar) + logvar + _LOG_2PI)
-    return _sum_non_batch(jnp.broadcast_to(log_density, x.shape))
+    return fastpath.sum_non_batch(jnp.broadcast_to(log_density, x.shape))
 
 
 def _continuous_bernoulli_log_norm(logits: jax.Array) -> jax.Array:
@@ -430,7 +364,7 @@ def _continuous_bernoulli_log_norm(logits: jax.Array) -> jax.Array:
     exact = (
         jnp.log(abs_large)
         - jnp.log(-jnp.expm1(-abs_large))
-        + _log1p_of_unit(jnp.exp(-abs_large))
+        + fastpath.log1p_of_unit(jnp.exp(-abs_large))
     )
     eta_sq = jnp.square(jnp.where(is_small, logits, 0.0))
     taylor = math.log(2.0) + eta_sq * (1 / 12 + eta_sq * (-7 / 1440 + eta_sq * 31 / 90720))
@@ -465,8 +399,8 @@ def continuous_bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.
     """
     chex.assert_equal_shape([logits, x])
     _assert_batched(x, "x")
-    log_bernoulli = x * logits - softplus(logits)
-    return _sum_non_batch(log_bernoulli + _continuous_bernoulli_log_norm(logits))
+    log_bernoulli = x * logits - fastpath.softplus(logits)
+    return fastpath.sum_non_batch(log_bernoulli + _continuous_bernoulli_log_norm(logits))
 
 
 def discretized_logistic_log_likelihood(
@@ -522,4 +456,4 @@ def discretized_logistic_log_likelihood(
         log_cdf_upper,
         jnp.where(x > 1.0 - half_width, log_survival_lower, log_interior),
     )
-    return _sum_non_batch(jnp.broadcast_to(log_mass, x.shape))
+    return fastpath.sum_non_batch(jnp.broadcast_to(log_mass, x.shape))

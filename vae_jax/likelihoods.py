@@ -76,8 +76,8 @@ def check_data_support(x, likelihood: str, *, num_bins: int = 256) -> None:
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
     if lo < 0.0 or hi > 1.0:
         raise ValueError(
-            f"the {likelihood!r} likelihood needs data in [0, 1]; got values in [{lo:.4g}, {hi:.4g}]"
-            " (scale pixels to [0, 1] first)"
+            f"the {likelihood!r} likelihood needs data in [0, 1]; got values in "
+            f"[{lo:.4g}, {hi:.4g}] (scale pixels to [0, 1] first)"
         )
     if likelihood == "discretized_logistic":
         levels = x * (num_bins - 1)
@@ -105,6 +105,13 @@ def support_violations(x, likelihood: str, *, num_bins: int = 256):
         levels = x * (num_bins - 1)
         outside |= jnp.abs(levels - jnp.round(levels)) > 1e-4
     return jnp.sum(outside, dtype=jnp.int32)
+
+
+def is_grey_level_bernoulli(likelihood: str, *, binarized: bool, num_levels: int) -> bool:
+    """Whether a Bernoulli would be fitted to grey levels (pytorch/examples#460): a binary
+    likelihood on data with more than two levels that are not binarised, which is a
+    cross-entropy loss but not a likelihood."""
+    return likelihood == "bernoulli" and not binarized and num_levels > 2
 
 
 def dequantized_log_mass_bound(log_density, num_dims: int, num_levels: int = 256):

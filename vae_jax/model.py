@@ -37,7 +37,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions, threefry
+from vae_jax import distributions, fastpath
 from vae_jax.likelihoods import Likelihood
 from vae_jax.posteriors import Encoded
 
@@ -109,6 +109,15 @@ class VAE:
     def num_layers(self) -> int:
         return len(self.latent_dims)
 
+    @property
+    def convolutional(self) -> bool:
+        """Whether the encoder or the decoder has convolutions (they change the compiler
+        options of the model's programs, `parallel.compiler_options`)."""
+        from vae_jax import models
+
+        return (isinstance(self.encoder, models.ConvEncoder)
+                or isinstance(self.decoder, models.ConvDecoder))
+
     # ------------------------------------------------------------------ parameters
 
     def init(self, key, image_shape) -> Params:
@@ -179,14 +188,14 @@ class VAE:
         k, b = num_samples, x.shape[0]
         if example_ids is None:
             example_ids = jnp.arange(b)
-        keys_b = jax.vmap(threefry.fold_in, in_axes=(None, 0))(key, example_ids)
+        keys_b = jax.vmap(fastpath.fold_in, in_axes=(None, 0))(key, example_ids)
         sample_ids = first_sample + jnp.arange(k)
-        keys_kb = jax.vmap(jax.vmap(threefry.fold_in, in_axes=(0, None)),
+        keys_kb = jax.vmap(jax.vmap(fastpath.fold_in, in_axes=(0, None)),
                            in_axes=(None, 0))(keys_b, sample_ids)
 
         def noise(layer: int, dim: int):
             def draw(key_):
-                return threefry.normal(threefry.fold_in(key_, layer), (dim,))
+                return fastpath.normal(fastpath.fold_in(key_, layer), (dim,))
             return jax.vmap(jax.vmap(draw))(keys_kb)  # [K, B, dim]
 
         encoded = self.encode(params, x)

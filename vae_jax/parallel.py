@@ -8,8 +8,9 @@ top of `shard_map` and recommends `shard_map` directly. Arrays are placed with
 `jax.device_put` / `jax.make_array_from_process_local_data` and a `NamedSharding`, never with the
 deprecated `jax.device_put_replicated` or `flax.jax_utils.replicate`.
 
-The training, evaluation and NLL programs are compiled with `compiler_options()` (512-bit vector
-code on CPUs with AVX-512; for conv models, no YNNPACK fusions on CPU).
+The training, evaluation and NLL programs are compiled with `compiler_options()` (one of the CPU
+fast paths of `vae_jax.fastpath`: 512-bit vector code on CPUs with AVX-512; for conv models, no
+YNNPACK fusions; nothing on other backends or with the fast paths off).
 
 Multi-host: `initialize_distributed` calls `jax.distributed.initialize` first; afterwards the
 mesh spans the devices of every process, each process feeds only its own rows, and
@@ -18,14 +19,14 @@ mesh spans the devices of every process, each process feeds only its own rows, a
 
 from __future__ import annotations
 
-import functools
 import os
-import pathlib
 from typing import Any, Callable
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from vae_jax.fastpath import compiler_options
 
 AXIS = "batch"
 REPLICATED = PartitionSpec()
@@ -56,62 +57,6 @@ def initialize_distributed(
     )
 
 
-@functools.cache
-def _host_cpu_flags() -> frozenset[str]:
-    """The feature flags of this machine's CPU from /proc/cpuinfo (empty where there is none)."""
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
-
-
-def compiler_options(backend: str | None = None, cpu_flags=None, xla_flags: str | None = None,
-                     *, convolutional: bool = False) -> dict[str, Any]:
-    """XLA options for the package's jitted programs (`jax.jit(..., compiler_options=...)`).
-
-    On a CPU backend:
-    - with AVX-512, 512-bit vector code (`xla_cpu_prefer_vector_width=512`); XLA's default of
-      256 leaves half of every vector register unused in the elementwise fusions (the Adam
-      update, the likelihood). On the 2-core AMD EPYC of benchmarks/README.md it made the
-      training step of W2 7% faster.
-    - for a program with convolutions (`convolutional=True`), no YNNPACK fusions
-      (`xla_cpu_experimental_ynn_fusion_type=""`), so XLA's own (Eigen) kernels run the
-      convolutions and matrix products. On the same machine the conv VAE's training step (W3)
-      ran 1.17-1.20x faster (in one process, interleaved); the MLP steps need YNNPACK's matrix
-      products (W2 lost 28% with them restricted), so this is asked only for conv models.
-    Nothing is asked on other backends, and an option that `XLA_FLAGS` already sets is left to
-    it (a user's choice wins).
-
-    Args:
-      backend: default `jax.default_backend()`.
-      cpu_flags: the CPU's feature flags; default read from /proc/cpuinfo.
-      xla_flags: default the `XLA_FLAGS` environment variable.
-      convolutional: whether the program's model has convolutions.
-    """
-    backend = jax.default_backend() if backend is None else backend
-    if backend != "cpu":
-        return {}
-    cpu_flags = _host_cpu_flags() if cpu_flags is None else cpu_flags
-    xla_flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
-    options = {}
-    if "avx512f" in cpu_flags and "xla_cpu_prefer_vector_width" not in xla_flags:
-        options["xla_cpu_prefer_vector_width"] = 512
-    if convolutional and "xla_cpu_experimental_ynn_fusion_type" not in xla_flags:
-        options["xla_cpu_experimental_ynn_fusion_type"] = ""
-    return options
-
-
-def fast_paths_enabled(switch: bool = True, backend: str | None = None) -> bool:
-    """Whether the CPU fast paths apply: `switch` (config `run.cpu_fast_paths`) on the CPU
-    backend. They were measured faster on XLA:CPU only; elsewhere the library forms run."""
-    backend = jax.default_backend() if backend is None else backend
-    return bool(switch) and backend == "cpu"
-
-
 def options_or_default(options: dict | None) -> dict:
     """`options`, or `compiler_options()` when None (the program makers' default)."""
     return compiler_options() if options is None else options
@@ -126,9 +71,10 @@ def make_mesh(devices=None) -> Mesh:
 def check_batch_divisible(global_batch: int, num_devices: int, what: str = "batch_size") -> int:
     """Returns the per-device batch; a clear error when the batch does not split evenly."""
     if global_batch <= 0 or global_batch % num_devices:
+        example = max(1, global_batch // num_devices) * num_devices
         raise ValueError(
             f"{what}={global_batch} does not divide evenly across {num_devices} devices; "
-            f"choose a multiple of {num_devices} (e.g. {max(1, global_batch // num_devices) * num_devices})"
+            f"choose a multiple of {num_devices} (e.g. {example})"
         )
     return global_batch // num_devices
 

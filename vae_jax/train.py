@@ -5,11 +5,19 @@ Data flow of one run (all of it on the devices after start-up):
     dataset rows (uint8) ──split across devices──► rows_shard [N/D, H, W, C] per device
     epoch permutation (drawn on device, replicated) ─► global batch indices [B]
     gather_rows + psum_scatter ─► local batch [B/D, H, W, C] ─► scale / binarise ─► train_step
-    train_step: value_and_grad(elbo) ─► pmean(grads, "batch") ─► optax update ─► new state
+    train_step: value_and_grad(objective) ─► pmean(grads, "batch") ─► optax update ─► new state
 
 `train_step` is a pure, undecorated function of one device's shard. `make_train_chunk` maps it
 over the mesh with `jax.shard_map` and runs `steps_per_dispatch` steps inside one `lax.scan`, so a
 small model pays Python dispatch once per chunk. Only the training loop reads the config.
+
+`train_and_evaluate` is three parts: `set_up_run` (data, model, optimiser, programs' arguments;
+nothing written yet), a batch feeder (`InMemoryFeeder` for a training set held on the devices,
+`StreamFeeder` for one streamed from disk by tf.data; one interface, `advance`), and
+`train_loop` (guards, logging, validation, pictures, checkpoints, signals), which does not know
+which feeder it drives. The state and the optimiser live in `vae_jax.optim`, the CPU fast paths
+in `vae_jax.fastpath` (switched by `config.run.cpu_fast_paths` for the whole run); their names
+are re-exported here.
 
 Randomness: one seed -> `jax.random.key(seed)` -> `init_key`, `train_key`, `eval_key`,
 `data_key`. Step s uses `fold_in(train_key, s)`; epoch e's order is
@@ -20,10 +28,9 @@ folded with the example's position in the global batch. Nothing depends on the d
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import functools
-import inspect
 import math
 import pathlib
 import signal
@@ -31,27 +38,33 @@ import threading
 import time
 from typing import Any, Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from vae_jax import input_pipeline, losses, models, objectives, parallel, threefry
+from vae_jax import fastpath, input_pipeline, likelihoods, losses, objectives, parallel
 from vae_jax import model as model_lib
 from vae_jax import workdir as workdir_lib
 
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything that changes during training (all of it is checkpointed)."""
-
-    step: jax.Array  # int32 []
-    params: Any  # {"encoder": ..., "decoder": ...}
-    opt_state: Any
-    ema_params: Any  # same tree as params, or None when EMA is off
-
+# The state, the optimiser and the fast forms moved to `optim` and `fastpath`; callers of
+# `train.<name>` keep working.
+from vae_jax.fastpath import global_norm, scale_by_adam  # noqa: F401
+from vae_jax.optim import (  # noqa: F401
+    BURDA_STAGES,
+    OPTIMIZER_ARGS,
+    TrainState,
+    apply_finite_update,
+    burda_schedule,
+    burda_stage_epochs,
+    eval_params,
+    init_skip_state,
+    init_state,
+    make_lr_schedule,
+    make_optimizer,
+    optimizer_factory,
+)
 
 # --------------------------------------------------------------------------- construction
 
@@ -59,216 +72,6 @@ class TrainState:
 def make_model(config: ml_collections.ConfigDict, image_shape) -> model_lib.VAE:
     """The model `config.model` names (`model.build_model`)."""
     return model_lib.build_model(config.model, image_shape)
-
-
-BURDA_STAGES = 8  # Burda et al. 2015, section 5: stages i = 0 .. 7
-
-
-def burda_stage_epochs(epoch_scale: float = 1.0) -> list[int]:
-    """Epochs of stages i = 0 .. 7 of Burda et al.'s schedule: 3^i each, or
-    max(1, round(epoch_scale * 3^i)) for a compressed version (their sum is the run's length)."""
-    return [max(1, round(epoch_scale * 3**i)) for i in range(BURDA_STAGES)]
-
-
-def burda_schedule(learning_rate: float, steps_per_epoch: int, epoch_scale: float = 1.0
-                   ) -> Callable:
-    """The learning-rate schedule of Burda et al. 2015 (section 5, "Training procedure").
-
-        stage i = 0 .. 7 lasts 3^i epochs at learning_rate * 10^(-i / 7)
-
-    3,280 epochs in all; the last rate (learning_rate / 10) is kept after them. `epoch_scale`
-    < 1 shortens every stage in proportion (`burda_stage_epochs`) and keeps the eight rates.
-    Built with `optax.piecewise_constant_schedule` on step counts.
-    """
-    boundaries, epochs = {}, 0
-    for stage_epochs in burda_stage_epochs(epoch_scale)[:-1]:
-        epochs += stage_epochs
-        boundaries[epochs * steps_per_epoch] = 10.0 ** (-1.0 / 7.0)
-    return optax.piecewise_constant_schedule(learning_rate, boundaries)
-
-
-def make_lr_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch: int | None = None
-                     ) -> Callable:
-    """Learning-rate schedule: constant, cosine decay, linear warm-up then cosine decay, or
-    "burda" (`burda_schedule`, which needs `steps_per_epoch`)."""
-    optim = config.optim
-    name, lr, steps = optim.lr_schedule, optim.learning_rate, config.run.num_steps
-    if name == "constant":
-        return optax.constant_schedule(lr)
-    if name == "cosine":
-        return optax.cosine_decay_schedule(lr, decay_steps=steps)
-    if name == "warmup_cosine":
-        return optax.warmup_cosine_decay_schedule(
-            0.0, lr, warmup_steps=optim.lr_warmup_steps, decay_steps=steps
-        )
-    if name == "burda":
-        if not steps_per_epoch:
-            raise ValueError('lr_schedule="burda" counts epochs: pass steps_per_epoch')
-        return burda_schedule(lr, steps_per_epoch, optim.burda_epoch_scale)
-    raise ValueError(
-        f"unknown lr_schedule {name!r}; valid: ['burda', 'constant', 'cosine', 'warmup_cosine']"
-    )
-
-
-# The arguments of `config.optim` an optax optimiser gets when its signature takes them.
-OPTIMIZER_ARGS = ("b1", "b2", "eps", "weight_decay", "momentum", "nesterov")
-
-
-def optimizer_factory(name: str) -> Callable:
-    """The optax optimiser `name` (a function taking `learning_rate`), or a clear error."""
-    factory = getattr(optax, name, None)
-    if not callable(factory) or "learning_rate" not in inspect.signature(factory).parameters:
-        raise ValueError(
-            f"unknown optimizer {name!r}: optim.name must be an optax optimiser that takes a "
-            "learning_rate, e.g. 'adam', 'adamw', 'adamax', 'lion', 'sgd', 'nadam', 'rmsprop'")
-    return factory
-
-
-def make_optimizer(config: ml_collections.ConfigDict, *, steps_per_epoch: int | None = None
-                   ) -> optax.GradientTransformation:
-    """The optax optimiser `config.optim.name` with the learning-rate schedule and whichever of
-    `OPTIMIZER_ARGS` its signature takes (momentum 0 means none), after optional gradient
-    clipping. `train_step` skips non-finite updates around it (`apply_finite_update`).
-
-    "adam" on the CPU backend with `run.cpu_fast_paths` is vae_jax's `scale_by_adam` chained
-    with the learning rate: the state layout of `optax.adam`, fewer divisions per parameter.
-    """
-    optim = config.optim
-    schedule = make_lr_schedule(config, steps_per_epoch=steps_per_epoch)
-    parts = []
-    if optim.grad_clip_norm:
-        parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
-    if optim.name == "adam" and parallel.fast_paths_enabled(config.run.cpu_fast_paths):
-        # Nested chain: the state layout of optax.adam, so either form reads the checkpoints.
-        parts.append(optax.chain(scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
-                                 optax.scale_by_learning_rate(schedule)))
-    else:
-        factory = optimizer_factory(optim.name)
-        accepted = inspect.signature(factory).parameters
-        kwargs = {arg: optim[arg] for arg in OPTIMIZER_ARGS if arg in accepted}
-        if "momentum" in kwargs and not kwargs["momentum"]:
-            kwargs["momentum"] = None
-        parts.append(factory(learning_rate=schedule, **kwargs))
-    return optax.chain(*parts)
-
-
-def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
-                  ) -> optax.GradientTransformation:
-    """Adam's scaling (Kingma & Ba 2015, Algorithm 1), as `optax.scale_by_adam`, with one
-    division per parameter instead of three.
-
-        m_t = b1 m_{t-1} + (1 - b1) g_t,   v_t = b2 v_{t-1} + (1 - b2) g_t^2,
-        u_t = m_t c1 / (sqrt(v_t c2) + eps),   c1 = 1 / (1 - b1^t),  c2 = 1 / (1 - b2^t).
-
-    optax divides every element by 1 - b1^t and by 1 - b2^t; XLA does not turn a division by
-    a scalar into a multiplication (it rounds differently), so each Adam update carried three
-    divisions and a square root per parameter, the costliest part of the update on CPU.
-    Here the bias corrections are scalar reciprocals, so one division and one square root
-    remain. The results equal optax's to float32 rounding (tests/test_train.py checks them
-    against a float64 Adam and against optax), and the state is optax's `ScaleByAdamState`, so
-    `optax.chain(scale_by_adam(...), optax.scale_by_learning_rate(lr))` has the state layout
-    of `optax.adam(lr)` and reads its checkpoints. On W2 of benchmarks/ (batch-20 MLP) the
-    training step ran 5% faster with XLA's default 256-bit vectors and 8% faster with 512-bit
-    ones (benchmarks/README.md).
-    """
-
-    def init(params):
-        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32),
-                                      mu=optax.tree.zeros_like(params),
-                                      nu=optax.tree.zeros_like(params))
-
-    def update(grads, state, params=None):
-        del params
-        mu = optax.tree.update_moment(grads, state.mu, b1, 1)
-        nu = optax.tree.update_moment_per_elem_norm(grads, state.nu, b2, 2)
-        count = optax.safe_increment(state.count)
-        t = count.astype(jnp.float32)
-        c1 = 1.0 / (1.0 - b1 ** t)
-        c2 = 1.0 / (1.0 - b2 ** t)
-        updates = jax.tree.map(lambda m, v: m * c1 / (jnp.sqrt(v * c2) + eps), mu, nu)
-        return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
-
-    return optax.GradientTransformation(init, update)
-
-
-def global_norm(tree) -> jax.Array:
-    """sqrt(sum of squares of every element of every leaf), as `optax.global_norm`.
-
-    A matrix's sum of squares is taken as the product (x * x) @ 1 @ 1, a matrix-vector product
-    XLA:CPU runs as one fused pass; a plain `sum(x * x)` over a large matrix becomes a tree of
-    32 x 32 reduce-windows there, which took several times longer. On W2 of benchmarks/ (the
-    non-finite check and the `grad_norm` metric of every step) this made the training step
-    11% faster (benchmarks/README.md). Other leaves are summed directly.
-    """
-    total = jnp.float32(0.0)
-    for x in jax.tree.leaves(tree):
-        x = x.astype(jnp.float32)
-        if x.ndim >= 2:
-            x_rc = x.reshape(-1, x.shape[-1])
-            # Opaque ones: the simplifier may rewrite a product with constant ones as a reduce.
-            ones_c = jax.lax.optimization_barrier(jnp.ones(x_rc.shape[1], jnp.float32))
-            ones_r = jax.lax.optimization_barrier(jnp.ones(x_rc.shape[0], jnp.float32))
-            # HIGHEST: no bfloat16/TF32 rounding of the squares on GPUs and TPUs.
-            row_sums = jnp.dot(x_rc * x_rc, ones_c, precision=jax.lax.Precision.HIGHEST)
-            total = total + jnp.dot(ones_r, row_sums, precision=jax.lax.Precision.HIGHEST)
-        else:
-            total = total + jnp.sum(x * x)
-    return jnp.sqrt(total)
-
-
-def init_skip_state(optimizer: optax.GradientTransformation, params) -> optax.ApplyIfFiniteState:
-    """The optimiser state of a run: `optimizer`'s state plus counters of skipped updates, in
-    the layout of `optax.apply_if_finite` (`notfinite_count` consecutive skips,
-    `total_notfinite` in all, `last_finite` whether the last update was applied)."""
-    return optax.ApplyIfFiniteState(
-        notfinite_count=jnp.zeros([], jnp.int32),
-        last_finite=jnp.array(True),
-        total_notfinite=jnp.zeros([], jnp.int32),
-        inner_state=optimizer.init(params),
-    )
-
-
-def apply_finite_update(optimizer: optax.GradientTransformation, grads, params,
-                        opt_state: optax.ApplyIfFiniteState, *, branch: bool = True,
-                        grad_norm: jax.Array | None = None):
-    """One optimiser update if every gradient is finite; otherwise parameters and moments stay
-    exactly as they were and the skip is counted. Returns `(params, opt_state)`.
-
-    Finiteness is read from the global norm (one reduction: it is NaN or inf iff some gradient
-    is); pass `grad_norm` when the caller has computed it already. This is the behaviour of `optax.apply_if_finite` (the run stops after
-    `max_consecutive_skips`, see `train_and_evaluate`), restructured for speed, in one of two
-    forms that XLA:CPU favours in different programs (measured through the real entry point):
-      branch=True: the whole update, `optimizer.update` and `optax.apply_updates`, in one
-        `lax.cond` whose skip branch is the identity. Inside the `lax.scan` of several steps per
-        dispatch the state is then updated in place: batch-20 MLP (benchmark W2) 33-36k
-        images/s, against 22-23k with `optax.apply_if_finite` and 25k with the select.
-      branch=False: the update always computed and the new state picked with `jnp.where`. For
-        one step per jitted call: conv VAE (benchmark W3) 9.4k images/s, against 8.4k with
-        `optax.apply_if_finite` and 5.9k with the `lax.cond`.
-    `where` selects and does not blend, so NaNs in the discarded update never reach the state.
-    """
-    if grad_norm is None:
-        grad_norm = global_norm(grads)
-    finite = jnp.isfinite(grad_norm)
-
-    def update(_):
-        updates, inner_state = optimizer.update(grads, opt_state.inner_state, params)
-        return optax.apply_updates(params, updates), inner_state
-
-    def skip(_):
-        return params, opt_state.inner_state
-
-    if branch:
-        new_params, inner_state = jax.lax.cond(finite, update, skip, None)
-    else:
-        new_params, inner_state = jax.tree.map(
-            functools.partial(jnp.where, finite), update(None), skip(None))
-    return new_params, optax.ApplyIfFiniteState(
-        notfinite_count=jnp.where(finite, 0, opt_state.notfinite_count + 1),
-        last_finite=finite,
-        total_notfinite=opt_state.total_notfinite + jnp.where(finite, 0, 1),
-        inner_state=inner_state,
-    )
 
 
 def make_kl_schedule(config: ml_collections.ConfigDict) -> Callable:
@@ -307,25 +110,6 @@ def make_loss_fn(config: ml_collections.ConfigDict, vae: model_lib.VAE, *,
     to the model: `(params, x, key, *, step, beta, example_ids, axis_name) -> (loss, metrics)`."""
     return objectives.make_loss_fn(
         objective_settings(config, dataset_size=dataset_size, name=objective), vae)
-
-
-def init_state(init_key, vae: model_lib.VAE, image_shape, optimizer, *, ema: bool,
-               output_bias=None) -> TrainState:
-    """Initial parameters (`VAE.init` from `init_key`), optimiser state and step 0.
-
-    `output_bias` [F], if given, replaces the decoder's zero output bias
-    (`models.set_output_bias`; see `initial_output_bias`).
-    """
-    params = vae.init(init_key, image_shape)
-    if output_bias is not None:
-        params = dict(params, decoder=models.set_output_bias(vae.decoder, params["decoder"],
-                                                             output_bias))
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=init_skip_state(optimizer, params),
-        ema_params=params if ema else None,
-    )
 
 
 def initial_output_bias(config: ml_collections.ConfigDict, data) -> np.ndarray | None:
@@ -422,7 +206,7 @@ def train_step(
     Returns:
       `(new_state, metrics)` with scalar metrics averaged over the global batch.
     """
-    binarize_key, latent_key = threefry.split(key)
+    binarize_key, latent_key = fastpath.split(key)
     example_ids = local_example_ids(batch.shape[0], axis_name)
     x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids,
                    dequantize_levels=dequantize_levels)
@@ -437,7 +221,7 @@ def train_step(
     if axis_name is not None and jax.lax.axis_size(axis_name) > 1:
         grads = jax.lax.pmean(grads, axis_name)
         metrics = jax.lax.pmean(metrics, axis_name)
-    grad_norm = global_norm(grads)
+    grad_norm = fastpath.global_norm(grads)
     params, opt_state = apply_finite_update(optimizer, grads, state.params, state.opt_state,
                                             branch=scanned, grad_norm=grad_norm)
     ema_params = state.ema_params
@@ -474,7 +258,7 @@ def eval_step(params, batch, mask, key, *, loss_fn, scale, binarize, dequantize_
     `support` (as in `train_step`), `support_violations`. The caller divides by the count at
     the end of the pass.
     """
-    binarize_key, latent_key = threefry.split(key)
+    binarize_key, latent_key = fastpath.split(key)
     example_ids = local_example_ids(batch.shape[0], axis_name)
     x = preprocess(batch, binarize_key, scale=scale, binarize=binarize, example_ids=example_ids,
                    dequantize_levels=dequantize_levels)
@@ -521,7 +305,8 @@ def validation_summary(totals: dict) -> dict:
 
 
 def program_options(config: ml_collections.ConfigDict) -> dict:
-    """`parallel.compiler_options` for the programs of this config's model."""
+    """`parallel.compiler_options` for the programs of this config's model, from its network
+    names (the run itself asks the built model, `VAE.convolutional`)."""
     return parallel.compiler_options(
         convolutional="conv" in (config.model.encoder, config.model.decoder))
 
@@ -559,7 +344,7 @@ def make_train_chunk(
         order = perms[epoch - first_epoch]
         indices = jax.lax.dynamic_slice_in_dim(order, start, batch_size)
         batch = parallel.gather_rows(rows_shard, indices)
-        return step_fn(state, batch, threefry.fold_in(train_key, step))
+        return step_fn(state, batch, fastpath.fold_in(train_key, step))
 
     def per_device(state, rows_shard, perms, first_epoch, train_key):
         if num_steps == 1:
@@ -578,7 +363,8 @@ def make_train_chunk(
                   parallel.REPLICATED),
         out_specs=(parallel.REPLICATED, parallel.REPLICATED),
     )
-    return jax.jit(mapped, donate_argnums=(0,), compiler_options=parallel.options_or_default(compiler_options))
+    return jax.jit(mapped, donate_argnums=(0,),
+                   compiler_options=parallel.options_or_default(compiler_options))
 
 
 def make_stream_step(step_fn: Callable, mesh, *, compiler_options: dict | None = None
@@ -586,7 +372,7 @@ def make_stream_step(step_fn: Callable, mesh, *, compiler_options: dict | None =
     """A jitted program for one step on a global batch streamed from the host."""
 
     def per_device(state, batch, train_key):
-        state, metrics = step_fn(state, batch, threefry.fold_in(train_key, state.step))
+        state, metrics = step_fn(state, batch, fastpath.fold_in(train_key, state.step))
         return state, jax.tree.map(lambda m: m[None], metrics)
 
     mapped = parallel.data_parallel(
@@ -595,7 +381,8 @@ def make_stream_step(step_fn: Callable, mesh, *, compiler_options: dict | None =
         in_specs=(parallel.REPLICATED, parallel.SHARDED, parallel.REPLICATED),
         out_specs=(parallel.REPLICATED, parallel.REPLICATED),
     )
-    return jax.jit(mapped, donate_argnums=(0,), compiler_options=parallel.options_or_default(compiler_options))
+    return jax.jit(mapped, donate_argnums=(0,),
+                   compiler_options=parallel.options_or_default(compiler_options))
 
 
 def make_eval_program(eval_fn: Callable, mesh, *, batch_size: int,
@@ -609,7 +396,7 @@ def make_eval_program(eval_fn: Callable, mesh, *, batch_size: int,
         mask = (local_indices < num_valid).astype(jnp.float32)
         # Noise keyed by the batch's start: every example of the split keeps its noise
         # whatever the device count.
-        return eval_fn(params, batch, mask, threefry.fold_in(eval_key, start))
+        return eval_fn(params, batch, mask, fastpath.fold_in(eval_key, start))
 
     mapped = parallel.data_parallel(
         per_device,
@@ -621,11 +408,6 @@ def make_eval_program(eval_fn: Callable, mesh, *, batch_size: int,
 
 
 # --------------------------------------------------------------------------- the loop
-
-
-def eval_params(state: TrainState):
-    """The parameters evaluation uses: the EMA when it is kept, else the live ones."""
-    return state.ema_params if state.ema_params is not None else state.params
 
 
 @dataclasses.dataclass
@@ -807,25 +589,30 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         )
 
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    *,
-    allow_config_change: bool = False,
-    quiet: bool = False,
-    devices=None,
-) -> TrainResult:
-    """Trains the VAE the config describes, writing everything into `workdir`.
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+    """What `set_up_run` builds from a config before the run touches its workdir."""
 
-    Resumes from the latest checkpoint in `workdir/checkpoints` when there is one. See the
-    README ("What is in a workdir") for the files it writes.
-    """
+    config: ml_collections.ConfigDict
+    mesh: Any
+    data: Any  # input_pipeline's dataset: validation rows, the training rows unless streamed
+    vae: model_lib.VAE
+    streaming: bool  # the training set is streamed from disk (`StreamFeeder`)
+    num_steps: int
+    steps_per_epoch: int
+    initial_state: TrainState  # on the host, before any checkpoint is restored
+    step_fn: Callable  # `train_step` with its static arguments bound (all but `scanned`)
+    eval_fn: Callable  # `eval_step` with its static arguments bound
+    keys: tuple  # (train_key, eval_key, data_key)
+    labels: dict  # added to every metrics row
+    compiler_options: dict
+
+
+def set_up_run(config: ml_collections.ConfigDict, devices=None) -> RunSetup:
+    """Checks the config, finds the data and builds the model, the optimiser and the step
+    functions: every error a config can cause is raised here, before anything is written."""
     mesh = parallel.make_mesh(devices)
-    num_devices = mesh.devices.size
-    validate_config(config, num_devices)
-    workdir = pathlib.Path(workdir)
-    is_chief = jax.process_index() == 0
-
+    validate_config(config, mesh.devices.size)
     train_bytes = input_pipeline.dataset_nbytes(
         config.data.name, split="train", data_dir=config.data.data_dir,
         download=config.data.download,
@@ -869,75 +656,88 @@ def train_and_evaluate(
     init_key, train_key, eval_key, data_key = jax.random.split(root_key, 4)
     vae = model_lib.build_model(config.model, data.image_shape, num_levels=data.num_levels)
     optimizer = make_optimizer(config, steps_per_epoch=steps_per_epoch)
-    lr_schedule = make_lr_schedule(config, steps_per_epoch=steps_per_epoch)
-    loss_fn = make_loss_fn(config, vae, dataset_size=num_train)
-    beta_schedule = make_kl_schedule(config)
     binarize = config.data.binarization == "dynamic"
     dequantize_levels = data.num_levels if config.data.dequantize else 0
+    return RunSetup(
+        config=config, mesh=mesh, data=data, vae=vae, streaming=streaming, num_steps=num_steps,
+        steps_per_epoch=steps_per_epoch,
+        initial_state=init_state(init_key, vae, data.image_shape, optimizer,
+                                 ema=config.optim.ema_decay > 0,
+                                 output_bias=initial_output_bias(config, data)),
+        step_fn=functools.partial(
+            train_step,
+            loss_fn=make_loss_fn(config, vae, dataset_size=num_train),
+            optimizer=optimizer,
+            beta_schedule=make_kl_schedule(config),
+            lr_schedule=make_lr_schedule(config, steps_per_epoch=steps_per_epoch),
+            scale=data.scale,
+            binarize=binarize,
+            dequantize_levels=dequantize_levels,
+            ema_decay=config.optim.ema_decay,
+            support=vae.likelihood.support_violations,
+            axis_name=parallel.AXIS,
+        ),
+        eval_fn=functools.partial(
+            eval_step,
+            loss_fn=make_loss_fn(config, vae, dataset_size=num_train, objective="elbo"),
+            scale=data.scale, binarize=binarize, dequantize_levels=dequantize_levels,
+            support=vae.likelihood.support_violations, axis_name=parallel.AXIS,
+        ),
+        keys=(train_key, eval_key, data_key),
+        labels={"normalised_likelihood": 0.0} if grey_bernoulli else {},
+        compiler_options=parallel.compiler_options(convolutional=vae.convolutional),
+    )
 
-    state = init_state(init_key, vae, data.image_shape, optimizer,
-                       ema=config.optim.ema_decay > 0,
-                       output_bias=initial_output_bias(config, data))
-    # Only now, with the data found and the model built, does the run touch the workdir: a typo
-    # in the config leaves nothing behind to block the corrected command. The lock comes first,
-    # so a second run on the same workdir is refused before it reads or writes anything else.
-    lock = (workdir_lib.WorkdirLock(workdir, purpose="training") if is_chief
-            else contextlib.nullcontext())
-    with lock:
-        # A workdir without a checkpoint holds no trained state: a differing config.json there
-        # (a run that failed before its first checkpoint) is replaced, not a reason to refuse.
-        workdir_lib.check_workdir_config(
-            workdir, config,
-            allow_config_change=allow_config_change or not has_checkpoint(workdir))
-        state = parallel.replicate(state, mesh)
-        checkpoints = workdir_lib.Checkpoints(workdir / "checkpoints",
-                                              keep=run.keep_checkpoints)
-        try:
-            state = checkpoints.restore_latest(state)
-        except BaseException:
-            checkpoints.close()
-            raise
-        workdir_lib.record_config(workdir, config)
-        return _train_loop(
-            config, workdir, mesh, data, state, checkpoints,
-            step_fn=functools.partial(
-                train_step,
-                loss_fn=loss_fn,
-                optimizer=optimizer,
-                beta_schedule=beta_schedule,
-                lr_schedule=lr_schedule,
-                scale=data.scale,
-                binarize=binarize,
-                dequantize_levels=dequantize_levels,
-                ema_decay=config.optim.ema_decay,
-                support=vae.likelihood.support_violations,
-                axis_name=parallel.AXIS,
-                scanned=not streaming and run.steps_per_dispatch > 1,
-            ),
-            eval_fn=functools.partial(
-                eval_step,
-                loss_fn=make_loss_fn(config, vae, dataset_size=num_train, objective="elbo"),
-                scale=data.scale, binarize=binarize, dequantize_levels=dequantize_levels,
-                support=vae.likelihood.support_violations, axis_name=parallel.AXIS,
-            ),
-            pictures=workdir_lib.Pictures(
-                workdir, vae,
-                examples=(data.validation[: run.num_image_examples].astype(np.float32)
-                          * data.scale),
-                enabled=is_chief,
-            ),
-            keys=(train_key, eval_key, data_key),
-            streaming=streaming, num_steps=num_steps, steps_per_epoch=steps_per_epoch,
-            labels={"normalised_likelihood": 0.0} if grey_bernoulli else {},
-            quiet=quiet,
-        )
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    allow_config_change: bool = False,
+    quiet: bool = False,
+    devices=None,
+) -> TrainResult:
+    """Trains the VAE the config describes, writing everything into `workdir`.
+
+    Resumes from the latest checkpoint in `workdir/checkpoints` when there is one. See the
+    README ("What is in a workdir") for the files it writes. The whole run, from building the
+    optimiser to the last step, has the CPU fast paths switched by `config.run.cpu_fast_paths`
+    (`fastpath.switched`).
+    """
+    with fastpath.switched(config.run.cpu_fast_paths):
+        setup = set_up_run(config, devices)
+        workdir = pathlib.Path(workdir)
+        # Only now, with the data found and the model built, does the run touch the workdir: a
+        # typo in the config leaves nothing behind to block the corrected command. The lock
+        # comes first, so a second run on the same workdir is refused before it reads or writes
+        # anything else.
+        lock = (workdir_lib.WorkdirLock(workdir, purpose="training")
+                if jax.process_index() == 0 else contextlib.nullcontext())
+        with lock:
+            # A workdir without a checkpoint holds no trained state: a differing config.json
+            # there (a run that failed before its first checkpoint) is replaced, not a reason to
+            # refuse.
+            workdir_lib.check_workdir_config(
+                workdir, config,
+                allow_config_change=allow_config_change or not has_checkpoint(workdir))
+            state = parallel.replicate(setup.initial_state, setup.mesh)
+            checkpoints = workdir_lib.Checkpoints(workdir / "checkpoints",
+                                                  keep=config.run.keep_checkpoints)
+            try:
+                state = checkpoints.restore_latest(state)
+                workdir_lib.record_config(workdir, config)
+                feeder = make_feeder(setup, start_step=int(jax.device_get(state.step)))
+            except BaseException:
+                checkpoints.close()
+                raise
+            return train_loop(setup, workdir, state, checkpoints, feeder, quiet=quiet)
 
 
 def is_grey_level_bernoulli(config: ml_collections.ConfigDict, num_levels: int) -> bool:
-    """Whether the run would fit a Bernoulli to grey levels (pytorch/examples#460): a binary
-    likelihood on non-binary data, which is a cross-entropy loss but not a likelihood."""
-    return (config.model.likelihood == "bernoulli" and config.data.binarization == "none"
-            and num_levels > 2)
+    """`likelihoods.is_grey_level_bernoulli` of the run's likelihood and data."""
+    return likelihoods.is_grey_level_bernoulli(
+        config.model.likelihood, binarized=config.data.binarization != "none",
+        num_levels=num_levels)
 
 
 def has_checkpoint(workdir) -> bool:
@@ -977,28 +777,83 @@ def _signals_recorded(signums):
             signal.signal(s, handler)
 
 
-def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eval_fn, pictures,
-                keys, streaming, num_steps, steps_per_epoch, labels, quiet) -> TrainResult:
-    """The loop of `train_and_evaluate` from the restored `state` to `num_steps`.
+# --------------------------------------------------------------------------- batch feeders
 
-    After every dispatch the previous dispatch's guards are read (one behind, so the devices
-    stay busy): more than `max_consecutive_skips` non-finite updates in a row, or data outside
-    the likelihood's support, stop the run at once, after the window up to that point is
-    written to metrics.jsonl; no checkpoint is saved after either.
+
+class InMemoryFeeder:
+    """Feeds the training loop from a training set held on the devices.
+
+    The rows are split across the devices once; each dispatch runs `steps_per_dispatch` steps
+    in one program (`make_train_chunk`), gathering its batches by the epochs' permutations
+    (drawn on the device, `epoch_permutations`). A run whose length is not a multiple of
+    `steps_per_dispatch` ends with one shorter chunk.
     """
-    train_key, eval_key, data_key = keys
-    is_chief = jax.process_index() == 0
-    start_step = int(jax.device_get(state.step))
-    options = program_options(config)
-    eval_program = make_eval_program(eval_fn, mesh, batch_size=config.run.eval_batch_size,
-                                     compiler_options=options)
-    val_rows = _device_rows(data.validation, mesh)
 
-    if streaming:
-        stream_program = make_stream_step(step_fn, mesh, compiler_options=options)
+    def __init__(self, step_fn: Callable, mesh, rows: np.ndarray, *, train_key, data_key,
+                 batch_size: int, steps_per_epoch: int, steps_per_dispatch: int,
+                 num_steps: int, compiler_options: dict):
+        self._step_fn, self._mesh = step_fn, mesh
+        self._batch_size, self._steps_per_epoch = batch_size, steps_per_epoch
+        self._steps_per_dispatch, self._num_steps = steps_per_dispatch, num_steps
+        self._options = compiler_options
+        self._rows = _device_rows(rows, mesh)
+        self._train_key, self._data_key = parallel.replicate((train_key, data_key), mesh)
+        self._perms_fn = jax.jit(
+            functools.partial(epoch_permutations, num_examples=len(rows),
+                              num_epochs=epochs_per_chunk(steps_per_dispatch, steps_per_epoch)),
+            out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED),
+        )
+        self._epoch, self._perms = None, None
+        self._programs = {}  # chunk length -> program
+
+    def _program(self, length: int) -> Callable:
+        if length not in self._programs:
+            # The faster form of the finite-update select depends on the scan
+            # (`apply_finite_update`).
+            step_fn = functools.partial(self._step_fn, scanned=length > 1)
+            self._programs[length] = make_train_chunk(
+                step_fn, self._mesh, num_steps=length, batch_size=self._batch_size,
+                steps_per_epoch=self._steps_per_epoch, compiler_options=self._options)
+        return self._programs[length]
+
+    def advance(self, state, step: int):
+        """Runs the next chunk from `step` (= state.step): `(state, metrics [n], n)`."""
+        epoch = step // self._steps_per_epoch
+        if epoch != self._epoch:
+            self._perms, self._epoch = self._perms_fn(self._data_key, epoch), epoch
+        length = min(self._steps_per_dispatch, self._num_steps - step)
+        state, metrics = self._program(length)(state, self._rows, self._perms, epoch,
+                                               self._train_key)
+        return state, metrics, length
+
+
+class StreamFeeder:
+    """Feeds the training loop one global batch per dispatch from a tf.data stream
+    (`input_pipeline.stream_batches`; each process reads its own rows), for training sets
+    over the device budget. A resumed run skips the batches of the steps it has done."""
+
+    def __init__(self, step_fn: Callable, mesh, batches, *, train_key, compiler_options: dict):
+        self._mesh, self._batches = mesh, batches
+        self._program = make_stream_step(functools.partial(step_fn, scanned=False), mesh,
+                                         compiler_options=compiler_options)
+        self._train_key = parallel.replicate(train_key, mesh)
+
+    def advance(self, state, step: int):
+        """Runs one step on the next batch: `(state, metrics [1], 1)`."""
+        del step  # the stream is positioned already
+        batch = parallel.shard_rows(next(self._batches), self._mesh)
+        state, metrics = self._program(state, batch, self._train_key)
+        return state, metrics, 1
+
+
+def make_feeder(setup: RunSetup, *, start_step: int):
+    """The feeder of the run's data path, positioned at `start_step`."""
+    config, mesh = setup.config, setup.mesh
+    train_key, _, data_key = setup.keys
+    if setup.streaming:
         batches = input_pipeline.stream_batches(
             config.data.name,
-            split=data.train_split,
+            split=setup.data.train_split,
             batch_size=config.run.batch_size // jax.process_count(),
             data_dir=config.data.data_dir,
             download=config.data.download,
@@ -1007,28 +862,43 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
             process_count=jax.process_count(),
             skip_batches=start_step,  # a resumed run continues where the stream stopped
         )
-    else:
-        k = config.run.steps_per_dispatch
+        return StreamFeeder(setup.step_fn, mesh, batches, train_key=train_key,
+                            compiler_options=setup.compiler_options)
+    return InMemoryFeeder(
+        setup.step_fn, mesh, setup.data.train, train_key=train_key, data_key=data_key,
+        batch_size=config.run.batch_size, steps_per_epoch=setup.steps_per_epoch,
+        steps_per_dispatch=config.run.steps_per_dispatch, num_steps=setup.num_steps,
+        compiler_options=setup.compiler_options)
 
-        @functools.cache
-        def chunk_program(length: int):
-            # A run whose length is not a multiple of k ends with one shorter chunk.
-            return make_train_chunk(
-                step_fn, mesh, num_steps=length, batch_size=config.run.batch_size,
-                steps_per_epoch=steps_per_epoch, compiler_options=options,
-            )
 
-        rows = _device_rows(data.train, mesh)
-        perms_fn = jax.jit(
-            functools.partial(
-                epoch_permutations,
-                num_examples=data.num_train,
-                num_epochs=epochs_per_chunk(k, steps_per_epoch),
-            ),
-            out_shardings=jax.sharding.NamedSharding(mesh, parallel.REPLICATED),
-        )
-        data_key = parallel.replicate(data_key, mesh)
-    train_key, eval_key = parallel.replicate((train_key, eval_key), mesh)
+# --------------------------------------------------------------------------- the loop
+
+
+def train_loop(setup: RunSetup, workdir: pathlib.Path, state, checkpoints, feeder, *,
+               quiet: bool = False) -> TrainResult:
+    """The loop of `train_and_evaluate` from the restored `state` to `setup.num_steps`,
+    dispatching `feeder.advance` (either feeder) and, between dispatches, logging, validating,
+    drawing pictures and saving checkpoints at the config's cadence.
+
+    After every dispatch the previous dispatch's guards are read (one behind, so the devices
+    stay busy): more than `max_consecutive_skips` non-finite updates in a row, or data outside
+    the likelihood's support, stop the run at once, after the window up to that point is
+    written to metrics.jsonl; no checkpoint is saved after either. SIGINT and SIGTERM save the
+    current step and raise `TrainingInterrupted`.
+    """
+    config, mesh, data, num_steps, labels = (setup.config, setup.mesh, setup.data,
+                                             setup.num_steps, setup.labels)
+    is_chief = jax.process_index() == 0
+    start_step = int(jax.device_get(state.step))
+    eval_program = make_eval_program(setup.eval_fn, mesh, batch_size=config.run.eval_batch_size,
+                                     compiler_options=setup.compiler_options)
+    val_rows = _device_rows(data.validation, mesh)
+    eval_key = parallel.replicate(setup.keys[1], mesh)
+    pictures = workdir_lib.Pictures(
+        workdir, setup.vae,
+        examples=data.validation[: config.run.num_image_examples].astype(np.float32) * data.scale,
+        enabled=is_chief,
+    )
 
     def evaluate(state):
         params = eval_params(state)
@@ -1083,14 +953,15 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
             guards = jax.device_get({k: metrics[k] for k in metrics
                                      if k in ("consecutive_skips", "support_violations")})
             first = end_step - len(guards["consecutive_skips"]) + 1  # step of element 0
-            over = np.flatnonzero(guards["consecutive_skips"] > config.optim.max_consecutive_skips)
+            limit = config.optim.max_consecutive_skips
+            over = np.flatnonzero(guards["consecutive_skips"] > limit)
             if over.size:
                 at = first + int(over[0])
                 log_window(end_step, diverged_at_step=at)
                 raise FloatingPointError(
-                    f"{config.optim.max_consecutive_skips + 1} consecutive updates had non-finite "
-                    f"gradients (limit optim.max_consecutive_skips={config.optim.max_consecutive_skips}) at "
-                    f"step {at}; stopping. {checkpoint_note()}")
+                    f"{limit + 1} consecutive updates had non-finite gradients (limit "
+                    f"optim.max_consecutive_skips={limit}) at step {at}; stopping. "
+                    f"{checkpoint_note()}")
             outside = np.flatnonzero(guards.get("support_violations", np.zeros(1)))
             if outside.size:
                 at = first + int(outside[0])
@@ -1102,25 +973,15 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
                     f"losses.support_violations); stopping. {checkpoint_note()}")
 
     last_metrics, validation = {}, {}
-    cached_epoch, perms = None, None
     step = start_step
     try:
         with _signals_recorded((signal.SIGINT, signal.SIGTERM)) as caught:
             while step < num_steps:
-                if streaming:
-                    batch = parallel.shard_rows(next(batches), mesh)
-                    state, metrics = stream_program(state, batch, train_key)
-                    step += 1
-                else:
-                    epoch = step // steps_per_epoch
-                    if epoch != cached_epoch:
-                        perms, cached_epoch = perms_fn(data_key, epoch), epoch
-                    length = min(k, num_steps - step)
-                    state, metrics = chunk_program(length)(state, rows, perms, epoch, train_key)
-                    step += length
+                state, metrics, length = feeder.advance(state, step)
+                step += length
                 pending.append(metrics)
                 inflight.append((metrics, step))
-                window_steps += 1 if streaming else length
+                window_steps += length
                 check_guards(upto=1)
                 last = step >= num_steps
                 if step % config.run.log_every == 0 or last:
@@ -1149,3 +1010,4 @@ def _train_loop(config, workdir, mesh, data, state, checkpoints, *, step_fn, eva
     if is_chief:
         workdir_lib.write_json(workdir / "final_metrics.json", {**last_metrics, **validation})
     return TrainResult(state=state, last_metrics=last_metrics, validation=validation)
+
