@@ -8,23 +8,22 @@ prints the numbers, then writes `runs/x/eval.json` and `runs/x/plots/*.png` (or 
 `--out DIR`) from the run's latest checkpoint (or that of `--step N`). Any K >= 1 works; the
 chunk size only bounds memory.
 
-Pure functions (the caller jits them after binding static arguments with `functools.partial`):
-`importance_sampled_log_likelihood`, `per_example_metrics` (posterior, ELBO, IWAE-k bounds),
-`latent_diagnostics` (KL per dimension, active units, mutual information), and the latent
-paths of the pictures (`traversal_latents`, `interpolation_latents`, `manifold_latents`).
-`make_nll_program` and `make_per_example_program` wrap the per-example passes in the
-data-parallel `jax.shard_map` pattern of `vae_jax.parallel`; `evaluate_workdir` is the command
-as a function, `save_plots` its pictures (drawn by `vae_jax.plots`). Units are nats per example,
-summed over data dimensions, as everywhere in vae_jax.
-
-The two-stochastic-layer model (config encoder = decoder = "mlp2") has its own NLL estimator,
-`hierarchical_importance_sampled_log_likelihood`; `log_likelihood_estimator` picks the one that
-fits the model, so the programs and the command work for both kinds.
+Every number asks the model (`vae_jax.model.VAE`), so it works for every prior, posterior
+family and number of layers: the NLL is `model.log_likelihood_estimate` (the one chunked scan
+over `VAE.log_weights`), `per_example_metrics` gives the posterior's point summaries, the ELBO
+terms and IWAE-k bounds, `latent_mean_diagnostics` the active units (and the KL per dimension
+where it is defined), `latent_diagnostics` the mutual information of one diagonal Gaussian
+layer, and the latent paths of the pictures come from `traversal_latents`,
+`interpolation_latents`, `manifold_latents`. `make_nll_program` and `make_per_example_program`
+wrap the per-example passes in the data-parallel `jax.shard_map` pattern of `vae_jax.parallel`;
+`evaluate_workdir` is the command as a function, `save_plots` its pictures (drawn by
+`vae_jax.plots`). Units are nats per example, summed over data dimensions, as everywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -37,8 +36,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae_jax import (config_defaults, distributions, input_pipeline, losses, objectives,
-                     parallel, plots, train)
+from vae_jax import (
+    config_defaults,
+    distributions,
+    fastpath,
+    input_pipeline,
+    likelihoods,
+    losses,
+    objectives,
+    optim,
+    parallel,
+    plots,
+)
 from vae_jax import model as model_lib
 from vae_jax import workdir as workdir_lib
 
@@ -84,8 +93,8 @@ def make_nll_program(mesh, vae: model_lib.VAE, *, num_samples: int = 5000,
     It returns [B] estimates split along "batch". Because each example's noise comes from its
     global id, the values do not depend on the number of devices (up to float summation order).
     B must divide evenly across the mesh. Any K >= 1 works, whatever the chunk size.
-    `compiler_options` default `parallel.compiler_options()` (`train.program_options(config)`
-    gives a config's).
+    `compiler_options` default `parallel.compiler_options()`
+    (`parallel.compiler_options(convolutional=vae.convolutional)` gives the model's).
     """
     if num_samples < 1 or chunk_size < 1:
         raise ValueError(f"num_samples={num_samples} and chunk_size={chunk_size} must both be "
@@ -394,9 +403,9 @@ def restore_eval_params(config, workdir, vae, image_shape, *, step=None):
             raise missing
         # Only the structure is needed: shapes from eval_shape, placed on one device.
         abstract = jax.eval_shape(functools.partial(
-            train.init_state, vae=vae, image_shape=image_shape,
+            optim.init_state, vae=vae, image_shape=image_shape,
             # Only the optimiser state's structure matters here, not the schedule's epochs.
-            optimizer=train.make_optimizer(config, steps_per_epoch=1),
+            optimizer=optim.make_optimizer(config, steps_per_epoch=1),
             ema=config.optim.ema_decay > 0,
         ), jax.random.key(0))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -405,7 +414,7 @@ def restore_eval_params(config, workdir, vae, image_shape, *, step=None):
         restored = checkpoints.restore(abstract, step, move_corrupt=False)
     finally:
         checkpoints.close()
-    return train.eval_params(restored.state), int(restored.step)
+    return optim.eval_params(restored.state), int(restored.step)
 
 
 def run_in_batches(program, params, x_nhwc, key, mesh, *, batch_size: int):
@@ -445,6 +454,29 @@ def _refuse_if_in_use(workdir: pathlib.Path) -> None:
     with contextlib.suppress(OSError):
         with workdir_lib.WorkdirLock(workdir, purpose="evaluation"):
             pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """What `compute_evaluation` computed: the model, the data and the per-example numbers."""
+
+    config: ml_collections.ConfigDict
+    vae: model_lib.VAE
+    params: dict  # on one device
+    step: int  # of the checkpoint
+    split: str
+    x_nhwc: np.ndarray  # the evaluated data, as the model saw them
+    labels: np.ndarray | None
+    num_levels: int
+    log_px_n: np.ndarray  # [N] importance-sampled log p(x), nats
+    per_example: dict  # `per_example_metrics` of every example, numpy [N, ...]
+    mutual_information_nats: float | None  # where q(z | x) is one diagonal Gaussian layer
+    iwae_ks: tuple
+    num_importance_samples: int
+    seed: int
+    binarization_seed: int
+    dequantization_seed: int
+    plot_key: jax.Array
 
 
 def evaluate_workdir(
@@ -506,6 +538,10 @@ def evaluate_workdir(
     and again at the writing if one has started meanwhile. Reading the checkpoints needs no
     lock.
 
+    Three steps: `compute_evaluation` (the per-example numbers), `summarise_evaluation` (the
+    dict of eval.json) and `write_evaluation`, with `report` between the last two; the CPU
+    fast paths are switched as the run had them (`run.cpu_fast_paths`, `fastpath.switched`).
+
     Returns:
       the dict written to eval.json (every number finite).
     """
@@ -517,17 +553,50 @@ def evaluate_workdir(
     workdir = pathlib.Path(workdir)
     out_dir = workdir if out_dir is None else pathlib.Path(out_dir)
     config = _load_config(workdir)
-    into_workdir = _inside(out_dir, workdir)
-    if into_workdir:
+    if _inside(out_dir, workdir):
         _refuse_if_in_use(workdir)
+    with fastpath.switched(config.run.cpu_fast_paths):
+        evaluation = compute_evaluation(
+            workdir, config, num_importance_samples=num_importance_samples,
+            chunk_size=chunk_size, split=split, max_examples=max_examples,
+            batch_size=batch_size, seed=seed, binarization_seed=binarization_seed,
+            dequantization_seed=dequantization_seed, iwae_ks=iwae_ks, devices=devices,
+            step=step)
+        result = summarise_evaluation(evaluation)
+        if out_dir.absolute() != workdir.absolute():
+            result["workdir"] = str(workdir.absolute())
+        if report is not None:
+            report(result)
+        return write_evaluation(evaluation, result, out_dir, workdir=workdir,
+                                write_plots=write_plots)
+
+
+def compute_evaluation(
+    workdir,
+    config: ml_collections.ConfigDict | None = None,
+    *,
+    num_importance_samples: int = 5000,
+    chunk_size: int = 100,
+    split: str = "test",
+    max_examples: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    binarization_seed: int = 0,
+    dequantization_seed: int = 0,
+    iwae_ks=IWAE_KS,
+    devices=None,
+    step: int | None = None,
+) -> Evaluation:
+    """The per-example numbers of `evaluate_workdir` (see there for the arguments), computed
+    on every device of `devices`; nothing is written. `config` defaults to the run's."""
+    workdir = pathlib.Path(workdir)
+    config = _load_config(workdir) if config is None else config
     if jax.process_count() > 1:
         raise NotImplementedError("the evaluation command runs in a single process")
     levels, labels, data = _load_split(config, split)
-    binarize = config.data.binarization == "dynamic"
-    dequantize = config.data.dequantize
-    if binarize:
+    if config.data.binarization == "dynamic":
         x_nhwc = binarize_once(levels, data.scale, binarization_seed)
-    elif dequantize:
+    elif config.data.dequantize:
         x_nhwc = dequantize_once(levels, data.num_levels, dequantization_seed)
     else:
         x_nhwc = levels.astype(np.float32) * np.float32(data.scale)
@@ -553,45 +622,65 @@ def evaluate_workdir(
         return run_in_batches(program, replicated_params, x_nhwc, parallel.replicate(key, mesh),
                               mesh, batch_size=batch_size)
 
-    options = train.program_options(config)
+    options = parallel.compiler_options(convolutional=vae.convolutional)
     log_px_n = run(make_nll_program(mesh, vae, num_samples=num_importance_samples,
                                     chunk_size=chunk_size, compiler_options=options), nll_key)
     per_example = run(make_per_example_program(functools.partial(
         per_example_metrics, vae, iwae_ks=tuple(iwae_ks)), mesh,
         compiler_options=options), metrics_key)
-    iwae = {str(k): float(np.mean(per_example["iwae"][:, i], dtype=np.float64))
-            for i, k in enumerate(iwae_ks)}
-    # Active units from the posterior's point summaries of every layer; the KL per dimension
-    # where the model has it in closed form; the mutual information where q(z | x) is one
-    # diagonal Gaussian layer (its estimator needs the closed-form posterior density).
-    diagnostics = latent_mean_diagnostics(per_example["point"], per_example.get("kl_per_dim"))
-    one_gaussian = vae.num_layers == 1 and vae.posterior.name == "diagonal"
-    if one_gaussian:
-        diagnostics["mutual_information_nats"] = float(jax.jit(latent_diagnostics)(
+    # The mutual information where q(z | x) is one diagonal Gaussian layer (its estimator
+    # needs the closed-form posterior density).
+    mutual_information_nats = None
+    if vae.num_layers == 1 and vae.posterior.name == "diagonal":
+        mutual_information_nats = float(jax.jit(latent_diagnostics)(
             jnp.asarray(per_example["mean"]), jnp.asarray(per_example["logvar"]),
             diag_key)["mutual_information_nats"])
-    latent_dim = int(sum(vae.latent_dims))
+    return Evaluation(
+        config=config, vae=vae, params=params, step=step, split=split, x_nhwc=x_nhwc,
+        labels=labels, num_levels=data.num_levels, log_px_n=log_px_n, per_example=per_example,
+        mutual_information_nats=mutual_information_nats, iwae_ks=tuple(iwae_ks),
+        num_importance_samples=int(num_importance_samples), seed=int(seed),
+        binarization_seed=int(binarization_seed), dequantization_seed=int(dequantization_seed),
+        plot_key=plot_key)
 
-    num_dims = math.prod(data.image_shape)
+
+def _latent_mean_diagnostics(evaluation: Evaluation) -> dict:
+    """Active units from the posterior's point summaries of every layer; the KL per dimension
+    where the model has it in closed form."""
+    per_example = evaluation.per_example
+    return latent_mean_diagnostics(per_example["point"], per_example.get("kl_per_dim"))
+
+
+def summarise_evaluation(evaluation: Evaluation) -> dict:
+    """The dict of eval.json from an `Evaluation` (see `evaluate_workdir`); a number that is
+    not defined for the model is absent, with a note saying why. Raises FloatingPointError
+    when a number is not finite."""
+    config, vae, per_example = evaluation.config, evaluation.vae, evaluation.per_example
+    num_examples = len(evaluation.x_nhwc)
+    num_dims = math.prod(evaluation.x_nhwc.shape[1:])
+    iwae = {str(k): float(np.mean(per_example["iwae"][:, i], dtype=np.float64))
+            for i, k in enumerate(evaluation.iwae_ks)}
+    diagnostics = _latent_mean_diagnostics(evaluation)
+    log_px_n = evaluation.log_px_n
+    dequantize = config.data.dequantize
     if dequantize:
-        log_px_n = losses.dequantized_log_mass_bound(log_px_n, num_dims, data.num_levels)
-    summary = nll_summary(log_px_n, num_dims=num_dims)
+        log_px_n = losses.dequantized_log_mass_bound(log_px_n, num_dims, evaluation.num_levels)
     result = {
-        **summary,
+        **nll_summary(log_px_n, num_dims=num_dims),
         "elbo_nats": float(np.mean(per_example["elbo"], dtype=np.float64)),
         "elbo_stderr_nats": float(np.std(per_example["elbo"], ddof=1, dtype=np.float64)
-                                  / math.sqrt(len(x_nhwc))),
+                                  / math.sqrt(num_examples)),
         "recon_nats": float(np.mean(per_example["recon"], dtype=np.float64)),
         "kl_nats": float(np.mean(per_example["kl"], dtype=np.float64)),
         "iwae_bounds": iwae,
         "mean_variance_per_dim": [float(v) for v in diagnostics["mean_variance_per_dim"]],
         "active_units": int(diagnostics["active_units"]),
-        "latent_dim": latent_dim,
+        "latent_dim": int(sum(vae.latent_dims)),
         "latent_dims": list(vae.latent_dims),
-        "num_importance_samples": int(num_importance_samples),
-        "split": split,
-        "checkpoint_step": step,
-        "seed": int(seed),
+        "num_importance_samples": evaluation.num_importance_samples,
+        "split": evaluation.split,
+        "checkpoint_step": evaluation.step,
+        "seed": evaluation.seed,
         "likelihood": config.model.likelihood,
         "prior": config.model.prior,
         "posterior": config.model.posterior,
@@ -604,24 +693,26 @@ def evaluate_workdir(
             "not defined: the KL of this model has no closed-form per-dimension terms "
             f"(posterior {vae.posterior.name!r}, prior {vae.prior.name!r}, "
             f"{vae.num_layers} layer(s)); kl_nats is its Monte Carlo estimate")
-    if one_gaussian:
-        result["mutual_information_nats"] = diagnostics["mutual_information_nats"]
+    if evaluation.mutual_information_nats is not None:
+        result["mutual_information_nats"] = evaluation.mutual_information_nats
     else:
         result["mutual_information_note"] = (
             "not computed: the estimator needs q(z | x) as one diagonal Gaussian layer")
-    if train.is_grey_level_bernoulli(config, data.num_levels):
+    if likelihoods.is_grey_level_bernoulli(
+            config.model.likelihood, binarized=config.data.binarization != "none",
+            num_levels=evaluation.num_levels):
         result["normalised_likelihood"] = 0.0
-    if binarize:
-        result["binarization_seed"] = int(binarization_seed)
+    if config.data.binarization == "dynamic":
+        result["binarization_seed"] = evaluation.binarization_seed
     if dequantize:
         # The same bound as the NLL's (bin volume L^-D) for the ELBO and the IWAE bounds.
-        offset_nats = num_dims * math.log(data.num_levels)
+        offset_nats = num_dims * math.log(evaluation.num_levels)
         iwae = {k: v - offset_nats for k, v in iwae.items()}
         result.update(
             elbo_nats=result["elbo_nats"] - offset_nats,
             recon_nats=result["recon_nats"] + offset_nats,
             iwae_bounds=iwae,
-            dequantization_seed=int(dequantization_seed),
+            dequantization_seed=evaluation.dequantization_seed,
             dequantization_offset_nats=offset_nats,
         )
     numbers = {k: v for k, v in result.items() if not isinstance(v, str)}
@@ -629,27 +720,37 @@ def evaluate_workdir(
     bad = sorted(k for k, v in numbers.items() if not _finite(v))
     if bad:
         raise FloatingPointError(f"non-finite evaluation results: {bad}")
-    if out_dir.absolute() != workdir.absolute():
-        result["workdir"] = str(workdir.absolute())
-    if report is not None:
-        report(result)
+    return result
+
+
+def write_evaluation(evaluation: Evaluation, result: dict, out_dir, *, workdir,
+                     write_plots: bool = True) -> dict:
+    """Writes `result` as eval.json into `out_dir` (created if missing) and, with
+    `write_plots`, the pictures into `out_dir/plots` (`save_plots`), then eval.json again
+    with their paths; returns `result`. eval.json is written first, so the numbers survive a
+    plotting error. Inside the workdir, it writes holding the workdir's lock (`evaluate_workdir`
+    says why). A failed write raises OSError naming the directory."""
+    out_dir, workdir = pathlib.Path(out_dir), pathlib.Path(workdir)
+    vae = evaluation.vae
+    diagnostics = _latent_mean_diagnostics(evaluation)
     # The pictures decode z1: its KL per dimension (else the variance of its point summary
     # over the data) orders the traversals.
     z1_dim = vae.latent_dims[0]
     order_by = (diagnostics["kl_per_dim"] if diagnostics["kl_per_dim"] is not None
                 else diagnostics["mean_variance_per_dim"])
     decoder_kl_per_dim = np.asarray(order_by)[:z1_dim]
-    lock = (workdir_lib.WorkdirLock(workdir, purpose="evaluation") if into_workdir
-            else contextlib.nullcontext())
+    lock = (workdir_lib.WorkdirLock(workdir, purpose="evaluation")
+            if _inside(out_dir, workdir) else contextlib.nullcontext())
     try:
         with lock:
             out_dir.mkdir(parents=True, exist_ok=True)
             workdir_lib.write_json(out_dir / EVAL_JSON, result)  # survives a plotting error
             if write_plots:
                 result["plots"] = sorted(str(p.relative_to(out_dir)) for p in save_plots(
-                    out_dir / PLOTS_DIR, vae, params, x_nhwc, plot_key,
-                    kl_per_dim=decoder_kl_per_dim, mean_nz=per_example["point"][:, :z1_dim],
-                    labels=labels, workdir=workdir))
+                    out_dir / PLOTS_DIR, vae, evaluation.params, evaluation.x_nhwc,
+                    evaluation.plot_key, kl_per_dim=decoder_kl_per_dim,
+                    mean_nz=evaluation.per_example["point"][:, :z1_dim],
+                    labels=evaluation.labels, workdir=workdir))
                 workdir_lib.write_json(out_dir / EVAL_JSON, result)
     except OSError as err:
         raise type(err)(f"could not write the evaluation into {out_dir} ({err}); choose "
