@@ -8,7 +8,7 @@ that step has to do, scanned 50 steps per dispatch exactly like vae_jax's traini
              input gradients, at W2's exact shapes, with biases) on a linear model, no sampling,
              no tanh, no likelihood, updated with plain SGD (3 memory passes over the 425k
              parameters);
-  gemm_adam: the same, updated with vae_jax's Adam (`train.scale_by_adam`, then the learning
+  gemm_adam: the same, updated with vae_jax's Adam (`fastpath.scale_by_adam`, then the learning
              rate; at least 7 passes: parameters, gradients, two
              moments; XLA:CPU's three fusions per parameter make 10).
 
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vae_jax import parallel, train
+from vae_jax import fastpath, parallel
 
 BATCH = 20
 STEPS_PER_DISPATCH = 50
@@ -93,7 +93,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20000, help="steps per timed window")
     args = parser.parse_args()
-    vae_jax_adam = optax.chain(train.scale_by_adam(), optax.scale_by_learning_rate(1e-3))
+    vae_jax_adam = optax.chain(fastpath.scale_by_adam(), optax.scale_by_learning_rate(1e-3))
     for name, optimizer in (("gemm_sgd", optax.sgd(1e-3)), ("gemm_adam", vae_jax_adam)):
         median, rates = images_per_sec(optimizer, args.steps)
         print(f"{name:10s} {median:9.0f} images/s  (windows: "

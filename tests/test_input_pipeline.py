@@ -224,7 +224,7 @@ def test_uniform_dequantize_keeps_the_largest_u_inside_the_bin(monkeypatch):
     # k + u with u = 1 - 2^-24 rounds up to k + 1 in float32 for k >= 1; the result must stay
     # below the next bin (and below 1 in the top bin).
     largest_u = np.nextafter(np.float32(1.0), np.float32(0.0))
-    monkeypatch.setattr(input_pipeline.threefry, "uniform",
+    monkeypatch.setattr(input_pipeline.fastpath, "uniform",
                         lambda key, shape: jnp.full(shape, largest_u, jnp.float32))
     levels = np.arange(256, dtype=np.uint8)
     y = np.asarray(input_pipeline.uniform_dequantize(jax.random.key(0), levels, 256))

@@ -58,3 +58,11 @@ def test_likelihoods_are_static_values_chosen_by_name():
     assert int(traced(jnp.array([0.5 + 1 / 32]), a)) == 1
     with pytest.raises(ValueError, match=r"unknown likelihood 'poisson'.*'bernoulli'"):
         likelihoods.make_likelihood("poisson")
+
+
+def test_only_a_bernoulli_on_unbinarised_grey_levels_is_flagged():
+    flag = likelihoods.is_grey_level_bernoulli
+    assert flag("bernoulli", binarized=False, num_levels=17)
+    assert not flag("bernoulli", binarized=True, num_levels=256)  # binarised copies
+    assert not flag("bernoulli", binarized=False, num_levels=2)  # data that are binary already
+    assert not flag("continuous_bernoulli", binarized=False, num_levels=256)  # a density on [0, 1]

@@ -38,7 +38,7 @@ def data(batch=4, seed=0):
 
 
 def reference_noise(key, example_ids, num_samples, layer, dim):
-    """The documented scheme with jax.random (threefry is bit-identical to it): [K, B, dim]."""
+    """The documented scheme with jax.random (vae_jax.fastpath is bit-identical to it): [K, B, dim]."""
     out = np.zeros((num_samples, len(example_ids), dim))
     for b, i in enumerate(example_ids):
         key_b = jax.random.fold_in(key, i)

@@ -717,34 +717,6 @@ def test_output_bias_config_errors(tmp_path, overrides, message):
     assert not (tmp_path / "w").exists()
 
 
-def _adam_float64(grads_steps, b1, b2, eps):
-    """Kingma & Ba (2015), Algorithm 1, in float64: the update direction of every step."""
-    m = np.zeros_like(grads_steps[0], dtype=np.float64)
-    v = np.zeros_like(m)
-    out = []
-    for t, g in enumerate(grads_steps, start=1):
-        g = g.astype(np.float64)
-        m = b1 * m + (1 - b1) * g
-        v = b2 * v + (1 - b2) * g * g
-        out.append((m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps))
-    return out
-
-
-@pytest.mark.parametrize("b1, b2, eps", [(0.9, 0.999, 1e-8), (0.5, 0.9, 1e-4)])
-def test_scale_by_adam_matches_a_float64_adam(b1, b2, eps):
-    rng = np.random.default_rng(0)
-    grads_steps = [rng.normal(size=(4, 3)).astype(np.float32) * 10.0 ** rng.integers(-4, 2)
-                   for _ in range(40)]
-    transform = train.scale_by_adam(b1=b1, b2=b2, eps=eps)
-    params = {"w": jnp.zeros((4, 3))}
-    state = transform.init(params)
-    update = jax.jit(transform.update)
-    for g, want in zip(grads_steps, _adam_float64(grads_steps, b1, b2, eps)):
-        got, state = update({"w": jnp.asarray(g)}, state)
-        np.testing.assert_allclose(got["w"], want, rtol=2e-5)
-    assert int(state.count) == len(grads_steps)
-
-
 @pytest.mark.parametrize("optimizer, reference", [
     ("adam", lambda schedule: optax.adam(schedule)),
     ("adamw", lambda schedule: optax.adamw(schedule, weight_decay=1e-4)),
@@ -766,20 +738,6 @@ def test_make_optimizer_has_optax_state_layout_and_updates(optimizer, reference)
         want, theirs_state = theirs.update(grads, theirs_state, params)
         for key in params:
             np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-12)
-
-
-@chex.variants(with_jit=True, without_jit=True)
-def test_global_norm_matches_float64():
-    rng = np.random.default_rng(2)
-    tree = {"kernel": rng.normal(size=(784, 200)), "bias": rng.normal(size=(200,)),
-            "conv": rng.normal(size=(3, 3, 8, 16)), "scale": np.float32(3.0)}
-    tree = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-    want = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree)))
-    norm = test_global_norm_matches_float64.variant(train.global_norm)
-    np.testing.assert_allclose(norm(tree), want, rtol=1e-5)
-    for bad in (np.inf, np.nan):
-        tree_bad = dict(tree, kernel=tree["kernel"].at[7, 3].set(bad))
-        assert not np.isfinite(float(norm(tree_bad)))
 
 
 # ---------------------------------------------------------------------------- failing early

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import threefry
+from vae_jax import fastpath
 
 DIGITS_NUM_IMAGES = 1797
 DIGITS_TEST_SIZE = 297
@@ -383,7 +383,7 @@ def dynamic_binarize(key: jax.Array, x: jax.Array) -> jax.Array:
     Returns:
         float32 array of 0s and 1s with x's shape.
     """
-    return threefry.bernoulli(key, x).astype(jnp.float32)  # = jax.random.bernoulli
+    return fastpath.bernoulli(key, x).astype(jnp.float32)  # = jax.random.bernoulli
 
 
 def uniform_dequantize(key: jax.Array, levels: jax.Array, num_levels: int) -> jax.Array:
@@ -413,7 +413,7 @@ def uniform_dequantize(key: jax.Array, levels: jax.Array, num_levels: int) -> ja
         (rounding of k + u up to k + 1 is clipped back inside the bin).
     """
     k = levels.astype(jnp.float32)
-    u = threefry.uniform(key, k.shape)  # = jax.random.uniform
+    u = fastpath.uniform(key, k.shape)  # = jax.random.uniform
     below_next_bin = jnp.nextafter((k + 1.0) / num_levels, jnp.float32(0.0))
     return jnp.minimum((k + u) / num_levels, below_next_bin)
 

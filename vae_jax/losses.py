@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vae_jax import model, objectives, posteriors, priors, threefry
+from vae_jax import fastpath, model, objectives, posteriors, priors
 # The likelihoods moved to `vae_jax.likelihoods`; their functions keep these names here.
 from vae_jax.likelihoods import (  # noqa: F401
     DATA_MEAN_BIAS_LIKELIHOODS,
@@ -49,7 +49,7 @@ def per_example_keys(key, example_ids):
     Noise drawn from these keys does not depend on how the batch is split across devices:
     example i gets `fold_in(key, i)` whether it lives on device 0 of 1 or device 5 of 8.
     """
-    return jax.vmap(threefry.fold_in, in_axes=(None, 0))(key, example_ids)
+    return jax.vmap(fastpath.fold_in, in_axes=(None, 0))(key, example_ids)
 
 
 def _one_layer_vae(encoder, decoder, likelihood, gaussian_logvar, num_bins):

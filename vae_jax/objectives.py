@@ -52,7 +52,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions, threefry
+from vae_jax import distributions, fastpath
 
 _ESTIMATORS = ("mws", "mss")
 _DIP_KINDS = ("i", "ii")
@@ -549,10 +549,10 @@ def info_vae_mmd_objective(model, params, x, key, *, step, beta, example_ids, ax
     draw, metrics = _elbo_terms(model, params, x, key, 1, example_ids, axis_name)
     if example_ids is None:
         example_ids = jnp.arange(x.shape[0])
-    prior_key = threefry.fold_in(key, 2**31 - 1)  # disjoint from the latent noise's ids
+    prior_key = fastpath.fold_in(key, 2**31 - 1)  # disjoint from the latent noise's ids
 
     def one_prior_draw(example_id):
-        return model.sample_prior(params, threefry.fold_in(prior_key, example_id), 1)[0]
+        return model.sample_prior(params, fastpath.fold_in(prior_key, example_id), 1)[0]
 
     prior_z = jax.vmap(one_prior_draw)(example_ids)
     distance = mmd(draw.z[-1][0], prior_z, kernel=settings.mmd_kernel, axis_name=axis_name)
