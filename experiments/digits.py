@@ -13,8 +13,8 @@ Hardware and time: 2-core CPU, 20,000 steps of batch 64 in 15-45 s after start-u
 Expected numbers (measured on that machine, seed 0, commit a20ee54): the validation ELBO
 (`val_elbo_nats` in eval_metrics.jsonl) is -23.3 nats per image at step 5,000 and -22.7 at step
 20,000 (reconstruction 17.4 nats, KL 5.3 nats); `python -m vae_jax.evaluate --workdir
-runs/digits` then gives a test NLL of 21.93 +- 0.21 nats (K = 5000). The reconstructions are recognisable digits and
-the prior samples mostly look like digits.
+runs/digits` then gives a test NLL of 21.93 +- 0.21 nats (K = 5000). The reconstructions
+are recognisable digits and the prior samples mostly look like digits.
 """
 
 from vae_jax.config_defaults import default_config

@@ -13,7 +13,8 @@ The decoder's output bias starts at the logit of the training set's pixel means
 (it holds out 400), the initialisation is Glorot-normal (theirs Glorot-uniform), and Adam is the
 standard one of Kingma & Ba (their Adam starts the second moment at 1, which slowed our two-layer
 VAE: validation ELBO -108.3 after 10 epochs against -106.2). The runs below were trained with
-`optax.adam`; `fastpath.scale_by_adam`, which replaced it, gives the same updates to float32 rounding.
+`optax.adam`; `fastpath.scale_by_adam`, which replaced it, gives the same updates to float32
+rounding.
 
 Variants (the part after ":"): "1layer", "2layer" run the paper's 3,280 epochs;
 "1layer_short", "2layer_short" run the same eight learning rates with every stage at 0.3x its length

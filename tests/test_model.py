@@ -8,7 +8,8 @@ import pytest
 from scipy import stats
 from scipy.special import logsumexp
 
-from vae_jax import likelihoods, model as model_lib, models, posteriors, priors
+from vae_jax import likelihoods, models, posteriors, priors
+from vae_jax import model as model_lib
 
 IMAGE = (3, 3, 1)
 
@@ -38,7 +39,7 @@ def data(batch=4, seed=0):
 
 
 def reference_noise(key, example_ids, num_samples, layer, dim):
-    """The documented scheme with jax.random (vae_jax.fastpath is bit-identical to it): [K, B, dim]."""
+    """The documented scheme with jax.random (bit-identical to vae_jax.fastpath): [K, B, Z]."""
     out = np.zeros((num_samples, len(example_ids), dim))
     for b, i in enumerate(example_ids):
         key_b = jax.random.fold_in(key, i)

@@ -378,7 +378,7 @@ class IAFTest(chex.TestCase):
         _, log_q_kb = self.posterior.sample(self.params, self.enc, eps_kbz)
         for k in range(2):
             for b in range(3):
-                enc_b = jax.tree.map(lambda a: a[b:b + 1], self.enc)
+                enc_b = jax.tree.map(lambda a, b=b: a[b:b + 1], self.enc)
 
                 def flow(eps_z, enc_b=enc_b):
                     return self.posterior.sample(self.params, enc_b, eps_z[None, None])[0][0, 0]

@@ -262,7 +262,8 @@ def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
         return state
 
     a, b = final_params(tmp_path / "reference"), final_params(workdir)
-    for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
+    for x, y in zip(jax.tree.leaves((a.params, a.opt_state)),
+                    jax.tree.leaves((b.params, b.opt_state))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from vae_jax import fastpath, model, objectives, posteriors, priors
+
 # The likelihoods moved to `vae_jax.likelihoods`; their functions keep these names here.
 from vae_jax.likelihoods import (  # noqa: F401
     DATA_MEAN_BIAS_LIKELIHOODS,
@@ -32,12 +33,12 @@ from vae_jax.likelihoods import (  # noqa: F401
     OUTPUT_BIAS_INITS,
     _check_likelihood,
     check_data_support,
-    make_likelihood,
     data_mean_output_bias,
     dequantized_log_mass_bound,
     likelihood_mean,
     likelihood_num_params,
     log_likelihood,
+    make_likelihood,
     support_violations,
 )
 

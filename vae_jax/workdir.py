@@ -44,7 +44,6 @@ from absl import logging as absl_logging
 from PIL import Image
 
 
-
 class WorkdirConfigMismatch(RuntimeError):
     """The workdir belongs to a run with a different config."""
 
