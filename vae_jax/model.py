@@ -348,6 +348,10 @@ def build_model(model_config, image_shape, *, num_levels: int = 256) -> VAE:
     posterior = posteriors.make_posterior(mc.posterior, **posterior_kwargs)
     prior_kwargs = {}
     if mc.prior_components:
+        if mc.prior not in ("mixture", "vamp"):
+            raise ValueError(
+                f"model.prior_components={mc.prior_components} sizes a 'mixture' or 'vamp' "
+                f"prior; model.prior={mc.prior!r} has no components (set it to 0)")
         prior_kwargs["num_components"] = int(mc.prior_components)
     if mc.prior == "vamp":
         if mc.num_layers != 1:

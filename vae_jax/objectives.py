@@ -585,6 +585,11 @@ def check_objective(settings: Settings, model) -> None:
             f"objective {settings.name!r} reads the posterior's means and variances as one "
             f"diagonal Gaussian layer; it needs model.posterior='diagonal' and "
             f"model.num_layers=1 (got {model.posterior.name!r}, {model.num_layers})")
+    if settings.name == "beta_tc" and model.prior.name != "standard_normal":
+        raise ValueError(
+            f"objective 'beta_tc' splits the KL against the factorised N(0, I) (its "
+            f"dimension-wise KL needs p(z) = prod_j p(z_j)); model.prior={model.prior.name!r} "
+            "is not; use model.prior='standard_normal'")
     if settings.name == "beta_tc" and settings.dataset_size < 2:
         raise ValueError("objective 'beta_tc' needs the training set's size (dataset_size)")
     if settings.name == "info_vae_mmd" and model.num_layers != 1:
