@@ -18,8 +18,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import workloads
+
 from vae_jax import evaluate, input_pipeline, model, parallel, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -22,9 +22,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 import workloads
+from torch import nn
 
 
 class MLPVAE(nn.Module):

@@ -26,8 +26,18 @@ from PIL import Image
 from scipy import special, stats
 
 from tests import test_train as tests_train
-from vae_jax import (distributions, evaluate, input_pipeline, likelihoods, models, objectives,
-                     parallel, posteriors, priors, train)
+from vae_jax import (
+    distributions,
+    evaluate,
+    input_pipeline,
+    likelihoods,
+    models,
+    objectives,
+    parallel,
+    posteriors,
+    priors,
+    train,
+)
 from vae_jax import model as model_lib
 from vae_jax import workdir as workdir_lib
 

@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import pytest
 
+from tests.test_train import tiny_digits
 from vae_jax import input_pipeline, train
 from vae_jax import workdir as workdir_lib
-from tests.test_train import tiny_digits
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLAGS = ("--config", str(REPO / "experiments" / "digits.py"), "--quiet",
