@@ -580,3 +580,18 @@ class Float64Test(absltest.TestCase):
 
 if __name__ == "__main__":
     absltest.main()
+
+
+def test_kl_mvn_tril_against_standard_normal_equals_the_general_form():
+    rng = np.random.default_rng(3)
+    mean = rng.normal(size=(5, 4)).astype(np.float32)
+    tril = np.tril(rng.normal(size=(5, 4, 4))).astype(np.float32)
+    tril[:, np.arange(4), np.arange(4)] = np.exp(rng.normal(size=(5, 4)))
+    identity = np.eye(4, dtype=np.float32)
+    general = distributions.kl_mvn_tril(mean, tril, np.zeros_like(mean), identity)
+    special = distributions.kl_mvn_tril_standard_normal(mean, tril)
+    np.testing.assert_allclose(special, general, rtol=1e-5)
+    cov = np.einsum("bij,bkj->bik", tril.astype(np.float64), tril.astype(np.float64))
+    want = 0.5 * (np.trace(cov, axis1=1, axis2=2) + np.sum(mean.astype(np.float64) ** 2, -1)
+                  - 4 - np.linalg.slogdet(cov)[1])
+    np.testing.assert_allclose(special, want, rtol=1e-5)
