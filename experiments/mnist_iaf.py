@@ -10,7 +10,18 @@ Commands (one workdir per variant; rerunning a command resumes it):
         --workdir ../runs/families/iaf --config.data.data_dir=../shared/data/tfds
     python -m vae_jax.evaluate --workdir ../runs/families/iaf --num_importance_samples 1000
 
-RESULTS
+Measured (dynamically binarised MNIST, 10 epochs = 4,290 steps of batch 128, seed 0; test set
+binarised once with seed 0; AMD EPYC, 2 cores shared with other jobs; records in
+experiments/results/<file>_<variant>.json with commits and wall times):
+
+| variant | test NLL (K = 1000) | ELBO | L_50 | active | val. ELBO | train + eval |
+| --- | --- | --- | --- | --- | --- | --- |
+| `diagonal` (`standard`) | 93.76 +- 0.24 | -100.75 | -95.06 | 24 of 32 | -101.68 | 242 s + 223 s |
+| `iaf` | 93.05 +- 0.25 | -99.74 | -94.29 | 32 of 32 | -100.67 | 94 s + 141 s |
+
+Two IAF steps gain 0.7 nats of test NLL and keep all 32 units active (24 with the diagonal
+posterior); the KL of a flow has no per-dimension terms, so eval.json carries
+kl_per_dim_note instead.
 """
 
 import importlib.util

@@ -10,7 +10,21 @@ Commands (one workdir per variant; rerunning a command resumes it):
         --workdir ../runs/families/vamp --config.data.data_dir=../shared/data/tfds
     python -m vae_jax.evaluate --workdir ../runs/families/vamp --num_importance_samples 1000
 
-RESULTS
+Measured (dynamically binarised MNIST, 10 epochs = 4,290 steps of batch 128, seed 0; test set
+binarised once with seed 0; AMD EPYC, 2 cores shared with other jobs; records in
+experiments/results/<file>_<variant>.json with commits and wall times):
+
+| variant | test NLL (K = 1000) | ELBO | L_50 | active | val. ELBO | train + eval |
+| --- | --- | --- | --- | --- | --- | --- |
+| `standard` | 93.76 +- 0.24 | -100.75 | -95.06 | 24 of 32 | -101.68 | 242 s + 223 s |
+| `mixture` | 93.07 +- 0.25 | -99.94 | -94.34 | 32 of 32 | -100.79 | 83 s + 149 s |
+| `vamp` | 90.59 +- 0.25 | -96.70 | -91.72 | 24 of 32 | -97.73 | 327 s + 295 s |
+
+The VampPrior gains 3.2 nats of test NLL over N(0, I) on this short schedule (the paper's
+gain with its own recipe is 2.0 nats, Tomczak & Welling 2018, Table 2); its steps are slower
+(the 500 pseudo-inputs pass through the encoder at every step; wall times here were taken on a
+shared machine and do not compare). The learned mixture of 10 Gaussians gains 0.7 nats and
+keeps all 32 units active.
 """
 
 import importlib.util
