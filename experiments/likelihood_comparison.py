@@ -4,7 +4,7 @@
         [--num_importance_samples 100] [--max_examples 1000] [--seed 0]
 
 writes `<out>.json` and `<out>.md` and prints the markdown table. Every number is an
-importance-sampled estimate (`vae_jax.evaluate.importance_sampled_log_likelihood`, K samples)
+importance-sampled estimate (`vae_jax.model.log_likelihood_estimate`, K samples)
 of the log-likelihood of the first N test images, reported as bits per dimension
 (bits/dim = -log P / (D ln 2), D = 784 for MNIST). How each model is scored depends on what
 its likelihood is a distribution *of* (`footing`):

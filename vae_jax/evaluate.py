@@ -61,7 +61,7 @@ def nll_summary(log_px_b, num_dims: int) -> dict:
 
     Args:
       log_px_b: [N] estimates of log p(x_b) in nats, e.g. from
-        `importance_sampled_log_likelihood` concatenated over batches.
+        `model.log_likelihood_estimate` concatenated over batches.
       num_dims: data dimensions per example (H * W * C).
 
     Returns:
@@ -269,9 +269,9 @@ def latent_mean_diagnostics(latent_mean_nz, kl_nz=None, *,
         mean_variance_per_dim [Z]  Var_n(latent_mean_nz) (ddof = 0, float64)
         active_units               #{i : mean_variance_per_dim_i > active_threshold}
 
-    For posteriors without a closed form, e.g. both layers [z1, z2] of the two-stochastic-layer
-    model (`per_example_metrics`' `latent_mean` and `kl_per_dim`); `latent_diagnostics` is
-    the closed-form counterpart for one Gaussian layer.
+    Used for every model on `per_example_metrics`' `point` (all layers) and, where defined, its
+    `kl_per_dim`; kl_per_dim is None without `kl_nz`. `latent_diagnostics` is the closed-form
+    counterpart for one diagonal Gaussian layer (it adds the mutual information).
     """
     variance_z = np.var(np.asarray(latent_mean_nz, np.float64), axis=0)
     return {
@@ -507,13 +507,14 @@ def evaluate_workdir(
       nll_nats (+ stderr, bits_per_dim)  -log p(x) by importance sampling with K =
                                          `num_importance_samples` (`make_nll_program`)
       iwae_bounds {"1", "5", "50"}       mean IWAE-k bounds L_k with common random numbers
-      elbo_nats, recon_nats, kl_nats     the ELBO with the closed-form KL and one z draw
-                                         (both from `per_example_metrics`)
-      latent diagnostics                 `latent_diagnostics` over the whole split
-
-    For the two-stochastic-layer model the ELBO's KL is a one-draw Monte Carlo estimate,
-    kl_per_dim / mean_variance_per_dim / active_units cover [z1, z2] (latent_dim = Z1 + Z2,
-    `latent_dims` = [Z1, Z2] is added), and the mutual information is that of z1.
+      elbo_nats, recon_nats, kl_nats     the ELBO with one z draw: the closed-form KL where the
+                                         model has one, else its Monte Carlo estimate (both
+                                         from `per_example_metrics`)
+      latent diagnostics                 active units and mean_variance_per_dim over the
+                                         point summaries of every layer (latent_dim = sum of
+                                         `latent_dims`); kl_per_dim where the KL has
+                                         per-dimension terms, mutual_information_nats for one
+                                         diagonal layer, otherwise a `*_note` saying why not
 
     Dynamically binarised data are binarised once from `binarization_seed` (recorded). A run
     trained on dequantised data (config `data.dequantize`) is evaluated on one dequantisation
