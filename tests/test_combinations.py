@@ -3,21 +3,24 @@ evaluates, or is refused with a ValueError saying why before anything is written
 
 The refusal rules are restated here, independently of `objectives.check_objective` and
 `model.build_model`, so a rule that disappears or appears there fails a test. The whole cross
-product (126 combinations, and free bits with each) is checked for acceptance or refusal, which
+product (144 combinations, and free bits with each) is checked for acceptance or refusal, which
 is cheap: nothing compiles.
 
 Compilation dominates an end-to-end run (10-20 s of CPU each: the training chunk, the
 validation program, the pictures, the NLL and per-example programs), so the compiled runs are
-a covering set rather than all 63 allowed (prior, posterior, layers, objective) cells: every
+a covering set rather than all 76 allowed (prior, posterior, layers, objective) cells: every
 objective once (an objective only changes the training loss); every prior and every posterior
 at one layer; each learned prior with a non-diagonal posterior (mixture x full_covariance,
 vamp x iaf); each non-diagonal posterior with two layers (two diagonal layers are
 tests/test_train.py's); and the closed-form KL without per-dimension terms (standard_normal x
-full_covariance). vamp x iaf with info_vae_mmd is the device-count test's model.
+full_covariance). vamp x iaf with info_vae_mmd is the device-count test's model, and
+factor_vae (the one objective with a network and an optimiser of its own) trains, resumes and
+evaluates in its own device-count test.
 """
 
 import functools
 import itertools
+import shutil
 
 import chex
 import jax
@@ -31,7 +34,8 @@ from vae_jax import model as model_lib
 PRIORS = ("standard_normal", "mixture", "vamp")
 POSTERIORS = ("diagonal", "full_covariance", "iaf")
 NUM_LAYERS = (1, 2)
-OBJECTIVES = ("elbo", "iwae", "capacity", "beta_tc", "dip_vae_i", "dip_vae_ii", "info_vae_mmd")
+OBJECTIVES = ("elbo", "iwae", "capacity", "beta_tc", "dip_vae_i", "dip_vae_ii", "info_vae_mmd",
+              "factor_vae")
 
 
 def refusal_reason(prior, posterior, num_layers, objective, free_bits=0.0):
@@ -56,7 +60,7 @@ def combination_config(prior, posterior, num_layers, objective, **overrides):
     settings = {
         "model.prior": prior, "model.posterior": posterior, "model.num_layers": num_layers,
         "objective.name": objective, "model.latent_dim": 3, "model.hidden": (16,),
-        "model.iaf_steps": 1,
+        "model.iaf_steps": 1, "objective.discriminator_hidden": (16, 16),
         "data.validation_size": 64, "run.batch_size": 16, "run.eval_batch_size": 32,
         "run.num_steps": 2, "run.steps_per_dispatch": 1, "run.log_every": 2,
         "run.eval_every": 2, "run.checkpoint_every": 2, "run.num_image_examples": 4,
@@ -91,9 +95,11 @@ def _id(combination):
 
 def test_the_rules_leave_something_to_refuse_and_the_runs_cover_every_part():
     # Guards the parametrisations below against a typo that would empty or skew them.
-    assert len(REFUSED) == 65 and len(FREE_BITS_REFUSED) == 35
+    assert len(REFUSED) == 68 and len(FREE_BITS_REFUSED) == 35
     assert not any(refusal_reason(*c) for c in RUN)
-    covered = [*RUN, ("vamp", "iaf", 1, "info_vae_mmd")]  # and the device-count test
+    # and the device-count tests (InfoVAE; FactorVAE, which also resumes and evaluates)
+    covered = [*RUN, ("vamp", "iaf", 1, "info_vae_mmd"),
+               ("standard_normal", "diagonal", 1, "factor_vae")]
     for parts, axis in zip(zip(*covered), (PRIORS, POSTERIORS, NUM_LAYERS, OBJECTIVES)):
         assert set(parts) == set(axis)
 
@@ -192,6 +198,37 @@ def test_one_and_eight_devices_follow_the_same_trajectory_with_vamp_and_iaf(tmp_
         results[8].validation["val_elbo_nats"], rel=1e-5)
     # The eight-device checkpoint evaluates on one device.
     check_evaluation(tmp_path / "d8", "vamp", "iaf", 1)
+
+
+def test_factor_vae_resumes_exactly_and_does_not_depend_on_the_device_count(tmp_path):
+    # The discriminator and its optimiser state live in the TrainState (params["objective"],
+    # the second part of the optimiser), so they are checkpointed, restored and averaged over
+    # the devices like the model's; its permutations act on the global batch.
+    assert len(jax.devices()) == 8
+    config = combination_config("standard_normal", "diagonal", 1, "factor_vae", **{
+        "run.num_steps": 4, "run.log_every": 1, "run.eval_every": 4,
+        "run.checkpoint_every": 2, "objective.factor_gamma": 5.0})
+    results = {n: train.train_and_evaluate(config, tmp_path / f"d{n}", quiet=True,
+                                           devices=jax.devices()[:n]) for n in (1, 8)}
+    rows = {n: read_jsonl(tmp_path / f"d{n}" / "metrics.jsonl") for n in (1, 8)}
+    for key in ("loss", "discriminator_loss", "total_correlation_nats"):
+        np.testing.assert_allclose([m[key] for m in rows[1]], [m[key] for m in rows[8]],
+                                   rtol=1e-5, atol=1e-6)
+    assert max_abs_diff(params_of(results[1]), params_of(results[8])) < 1e-5
+    disc_1 = params_of(results[1])["objective"]["discriminator"]
+    initial = train.set_up_run(config, devices=jax.devices()[:1]).initial_state
+    assert max_abs_diff(disc_1, initial.params["objective"]["discriminator"]) > 1e-6
+
+    # Kill after the checkpoint of step 2 (its step-4 checkpoint gone): rerunning the command
+    # resumes at step 2 and ends at the same parameters, discriminator included.
+    workdir = tmp_path / "d1"
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    (workdir / "checkpoint_checksums" / "4.json").unlink()
+    resumed = train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
+    assert int(jax.device_get(resumed.state.step)) == 4
+    assert max_abs_diff(params_of(resumed), params_of(results[1])) == 0.0
+    assert [m["step"] for m in read_jsonl(workdir / "metrics.jsonl")] == [1, 2, 3, 4]
+    check_evaluation(workdir, "standard_normal", "diagonal", 1)
 
 
 @pytest.mark.parametrize("prior", ["standard_normal", "mixture", "vamp"])

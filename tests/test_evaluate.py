@@ -8,6 +8,7 @@ scipy. The encoder is deliberately imperfect (the exact posterior mean, but the 
 the posterior covariance inflated by `_VAR_INFLATION`), so the K = 1 bound is not tight.
 """
 
+import dataclasses
 import functools
 import json
 import math
@@ -25,6 +26,7 @@ import pytest
 from PIL import Image
 from scipy import special, stats
 
+from tests import test_priors as tests_priors
 from tests import test_train as tests_train
 from vae_jax import (
     distributions,
@@ -248,6 +250,94 @@ def test_non_positive_k_or_chunk_size_is_a_clear_error(ppca, tmp_path, num_sampl
     with pytest.raises(ValueError, match=f"{given} must both be positive"):
         evaluate.evaluate_workdir(tmp_path / "not_read", num_importance_samples=num_samples,
                                   chunk_size=chunk_size)
+
+
+# The same estimator with learned priors. With a Gaussian-mixture prior
+# p(z) = sum_c pi_c N(mu_c, diag v_c) and p(x|z) = N(W z + b, sigma^2 I) the marginal is a
+# Gaussian mixture in closed form (`tests.test_priors.linear_gaussian_ref`, float64). A `vamp`
+# prior with the linear encoder is such a mixture: pi_c = 1/C, mu_c = A u_c + a, v_c = exp(logvar)
+# at the pseudo-inputs u_c, and the same encoder is the proposal q(z|x) = N(A x + a, v).
+
+
+def _learned_prior_case(name):
+    """(VAE, float32 params, x [B, 2, 2, 1], exact float64 log p(x) [B]) for `name`."""
+    rng = np.random.default_rng(5)
+    w_dz = 0.5 * rng.normal(size=(_DATA_DIM, _LATENT_DIM))
+    b_d = rng.normal(size=_DATA_DIM)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    if name == "mixture":
+        weights_c = np.array([0.5, 0.3, 0.2])
+        mean_cz = np.array([[-1.5, 0.0], [1.5, 0.5], [0.0, -1.5]])
+        var_cz = np.array([[0.3, 0.5], [0.6, 0.2], [0.4, 0.4]])
+        prior = priors.make_prior("mixture", num_components=3)
+        prior_params = {"logits": f32(np.log(weights_c)), "mean": f32(mean_cz),
+                        "logvar": f32(np.log(var_cz))}
+    else:
+        # The components sit at the encoder's outputs A u_c + a for three pseudo-inputs in
+        # [0, 1]^4, with variance v; the encoder is the posterior-mean map under the Gaussian
+        # N(m, v I) at the components' mean m = A u_bar + a, a good proposal:
+        #   A x + a = S (W^T (x - b) / sigma^2 + m / v),  S = (W^T W / sigma^2 + I / v)^-1.
+        var = 0.5
+        s_zz = np.linalg.inv(w_dz.T @ w_dz / _NOISE_VAR + np.eye(_LATENT_DIM) / var)
+        a_zd = s_zz @ w_dz.T / _NOISE_VAR
+        u_cd = rng.uniform(size=(3, _DATA_DIM))
+        a_z = np.linalg.solve(np.eye(_LATENT_DIM) - s_zz / var,
+                              s_zz @ (a_zd @ u_cd.mean(0) / var - w_dz.T @ b_d / _NOISE_VAR))
+        weights_c = np.full(3, 1 / 3)
+        mean_cz = u_cd @ a_zd.T + a_z
+        var_cz = np.full((3, _LATENT_DIM), var)
+        prior = priors.make_prior("vamp", num_components=3, posterior=PPCA_VAE.posterior)
+        prior_params = {"pseudo_inputs": f32(u_cd.reshape((3,) + _IMAGE_SHAPE))}
+    component_b = rng.choice(3, size=_BATCH, p=weights_c)
+    z_bz = mean_cz[component_b] + np.sqrt(var_cz[component_b]) * rng.normal(
+        size=(_BATCH, _LATENT_DIM))
+    x_bd = z_bz @ w_dz.T + b_d + math.sqrt(_NOISE_VAR) * rng.normal(size=(_BATCH, _DATA_DIM))
+    exact_b, q_mean_bz, q_logvar_bz = tests_priors.linear_gaussian_ref(
+        weights_c, mean_cz, var_cz, w=w_dz, b=b_d, s2=_NOISE_VAR, x=x_bd)
+    if name == "mixture":
+        # The linear encoder closest (least squares) to the float64 proposal of every example,
+        # with the widest of their variances.
+        x1_bd = np.concatenate([x_bd, np.ones((_BATCH, 1))], axis=1)
+        coef = np.linalg.lstsq(x1_bd, q_mean_bz, rcond=None)[0]
+        a_zd, a_z = coef[:-1].T, coef[-1]
+        logvar_z = q_logvar_bz.max(axis=0)
+    else:
+        logvar_z = np.full(_LATENT_DIM, math.log(var))
+    params = {
+        "encoder": {"params": {"Dense_0": {"kernel": f32(a_zd.T), "bias": f32(a_z)},
+                               "logvar": f32(logvar_z)}},
+        "decoder": {"params": {"Dense_0": {"kernel": f32(w_dz.T), "bias": f32(b_d)}}},
+        "prior": prior_params,
+    }
+    x = np.asarray(x_bd.reshape((_BATCH,) + _IMAGE_SHAPE), np.float32)
+    return dataclasses.replace(PPCA_VAE, prior=prior), params, x, exact_b
+
+
+@pytest.mark.parametrize("prior_name", ["mixture", "vamp"])
+def test_estimator_with_a_learned_prior_converges_to_the_closed_form_from_below(prior_name):
+    vae, params, x, exact_b = _learned_prior_case(prior_name)
+    chex.assert_trees_all_equal_shapes(params, vae.init(jax.random.key(0), _IMAGE_SHAPE))
+
+    def errors(num_samples, repeats):  # [R, B] estimate - exact, R copies told apart by id
+        estimate = jax.jit(functools.partial(model_lib.log_likelihood_estimate, vae,
+                                             num_samples=num_samples, chunk_size=1000))
+        got = estimate(params, np.tile(x, (repeats, 1, 1, 1)), jax.random.key(num_samples),
+                       example_ids=jnp.arange(repeats * _BATCH))
+        return np.asarray(got, np.float64).reshape(repeats, _BATCH) - exact_b
+
+    err = {k: errors(k, r) for k, r in ((10, 10_000), (100, 200), (10_000, 10))}
+    # The error shrinks with K (roughly as 1 / sqrt(K)).
+    mean_abs = [np.abs(e).mean() for e in err.values()]
+    assert mean_abs[0] > 2.0 * mean_abs[1] and mean_abs[1] > 4.0 * mean_abs[2], mean_abs
+    # K = 10,000: every estimate within 0.05 nats of the closed form, and the mean over the
+    # repeats within 5 standard errors of it.
+    final = err[10_000]
+    np.testing.assert_array_less(np.abs(final), 0.05)
+    np.testing.assert_array_less(np.abs(final.mean(0)), 5.0 * final.std(0) / math.sqrt(10))
+    # Jensen: at K = 10 the estimate is low on average (NLL overestimated) for every example,
+    # by more than 5 standard errors.
+    small = err[10]
+    np.testing.assert_array_less(small.mean(0), -5.0 * small.std(0) / math.sqrt(len(small)))
 
 
 def test_nll_summary_matches_numpy():

@@ -157,3 +157,32 @@ def test_layer_counts_must_match():
     with pytest.raises(ValueError, match="2 latent layers need 1 upper encoders"):
         model_lib.VAE(encoder=vae.encoder, decoder=vae.decoder, likelihood=vae.likelihood,
                       prior=vae.prior, posterior=vae.posterior, latent_dims=(3, 2))
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_a_full_covariance_posterior_starts_diagonal(num_layers):
+    # The Cholesky off-diagonal head starts at zero (kernel and bias), so q starts as the
+    # diagonal Gaussian of the same encoder; the IAF context head keeps its random start.
+    from vae_jax import config_defaults
+
+    def built(posterior):
+        mc = config_defaults.default_config().model
+        mc.update(posterior=posterior, num_layers=num_layers, latent_dim=4, hidden=(8,))
+        vae = model_lib.build_model(mc, IMAGE)
+        return vae, vae.init(jax.random.key(0), IMAGE)
+
+    vae, params = built("full_covariance")
+    heads = [params["encoder"]["params"]["extra"]] + [
+        p["params"]["extra"] for p in params.get("upper_encoders", [])]
+    assert len(heads) == num_layers
+    for head in heads:
+        assert not np.any(np.asarray(head["kernel"])) and not np.any(np.asarray(head["bias"]))
+    scale_bzz = np.asarray(vae.posterior.scale_tril(vae.encode(params, data())))
+    np.testing.assert_array_equal(scale_bzz, np.tril(np.triu(scale_bzz)))
+    assert np.all(np.diagonal(scale_bzz, axis1=1, axis2=2) > 0)
+    # Gradients reach the zero head: it is trained, not frozen.
+    _, iaf_params = built("iaf")
+    assert np.any(np.asarray(iaf_params["encoder"]["params"]["extra"]["kernel"]))
+    grads = jax.grad(lambda p: jnp.sum(vae.log_weights(
+        p, data(), jax.random.key(1), num_samples=2).weights.log_w))(params)
+    assert np.any(np.asarray(grads["encoder"]["params"]["extra"]["kernel"]))

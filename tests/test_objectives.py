@@ -17,7 +17,8 @@ import pytest
 from absl.testing import absltest, parameterized
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import objectives, parallel
+from vae_jax import likelihoods, models, objectives, parallel, posteriors, priors
+from vae_jax import model as model_lib
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -327,9 +328,120 @@ def test_capacity_rises_linearly_then_stays():
 
 
 # ---------------------------------------------------------------------------------------------
+# FactorVAE (Kim & Mnih 2018): the discriminator, its loss and the density-ratio TC.
+
+
+def _discriminator_ref(disc_params, z_bz, slope=0.2):
+    """The discriminator's logits [B, 2] in float64: leaky-ReLU dense layers, a linear head."""
+    layers = disc_params["params"]
+    h = np.asarray(z_bz, np.float64)
+    hidden = sorted((k for k in layers if k.startswith("hidden_")), key=lambda k: int(k[7:]))
+    for name in hidden:
+        h = h @ np.asarray(layers[name]["kernel"], np.float64) + np.asarray(
+            layers[name]["bias"], np.float64)
+        h = np.where(h > 0, h, slope * h)
+    return h @ np.asarray(layers["logits"]["kernel"], np.float64) + np.asarray(
+        layers["logits"]["bias"], np.float64)
+
+
+def _factor_vae_terms_ref(disc_params, z_bz, permuted_bz):
+    """(TC, discriminator loss, accuracy) in float64 from the paper's formulas, per example."""
+    tc_terms, loss_terms, correct = [], [], []
+    for z, z_perm in zip(z_bz, permuted_bz):
+        l_q = _discriminator_ref(disc_params, z[None])[0]
+        l_p = _discriminator_ref(disc_params, z_perm[None])[0]
+        d_q = math.exp(l_q[0]) / (math.exp(l_q[0]) + math.exp(l_q[1]))  # D(z)
+        d_p = math.exp(l_p[0]) / (math.exp(l_p[0]) + math.exp(l_p[1]))  # D(z~)
+        tc_terms.append(math.log(d_q / (1.0 - d_q)))
+        loss_terms.append(-0.5 * (math.log(d_q) + math.log(1.0 - d_p)))
+        correct += [d_q > 0.5, d_p <= 0.5]
+    return np.mean(tc_terms), np.mean(loss_terms), np.mean(correct)
+
+
+def _disc_setup(seed=21, batch=8, latent=3, hidden=(7, 5)):
+    disc = models.Discriminator(hidden=hidden)
+    z, _, _ = _batch(seed, batch=batch, latent=latent)
+    disc_params = disc.init(jax.random.key(seed), jnp.zeros((1, latent)))
+    return disc, disc_params, z
+
+
+def test_permute_dims_permutes_each_dimension_over_the_batch():
+    z = np.arange(40, dtype=np.float32).reshape(10, 4) * np.array([1, 100, 1e4, 1e6], np.float32)
+    out = np.asarray(objectives.permute_dims(jnp.asarray(z), jax.random.key(0)))
+    for j in range(4):
+        np.testing.assert_array_equal(np.sort(out[:, j]), np.sort(z[:, j]))
+    # Independent permutations: the rows are mixed, not moved whole.
+    rows = {tuple(r) for r in z}
+    assert sum(tuple(r) in rows for r in out) < 10
+    assert not np.array_equal(out[:, 0], z[:, 0]) and not np.array_equal(out[:, 1], out[:, 2])
+
+
+def test_density_ratio_tc_and_discriminator_loss_match_float64():
+    disc, disc_params, z = _disc_setup()
+    permuted = np.asarray(objectives.permute_dims(jnp.asarray(z), jax.random.key(1)))
+    logits_q = disc.apply(disc_params, z)
+    logits_p = disc.apply(disc_params, permuted)
+    np.testing.assert_allclose(logits_q, _discriminator_ref(disc_params, z), rtol=1e-5,
+                               atol=1e-6)
+    tc_ref, loss_ref, accuracy_ref = _factor_vae_terms_ref(disc_params, z, permuted)
+    np.testing.assert_allclose(objectives.density_ratio_tc(logits_q), tc_ref, rtol=1e-5,
+                               atol=1e-6)
+    loss, accuracy = objectives.discriminator_loss(logits_q, logits_p)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+    np.testing.assert_allclose(accuracy, accuracy_ref)
+
+
+def test_factor_vae_sends_each_gradient_to_its_own_network():
+    # The summed value's gradient is the VAE loss's for the model (the discriminator fixed)
+    # and the discriminator loss's for the discriminator (z fixed).
+    vae = model_lib.VAE(
+        encoder=models.MLPEncoder(3, hidden=(6,), activation="tanh"),
+        decoder=models.MLPDecoder((2, 2, 1), hidden=(6,), activation="tanh"),
+        likelihood=likelihoods.make_likelihood("bernoulli"),
+        prior=priors.make_prior("standard_normal"),
+        posterior=posteriors.make_posterior("diagonal"), latent_dims=(3,))
+    settings = objectives.Settings(name="factor_vae", factor_gamma=7.0,
+                                   discriminator_hidden=(5, 4))
+    params = vae.init(jax.random.key(0), (2, 2, 1))
+    params["objective"] = objectives.init_objective_params(settings, jax.random.key(1), vae)
+    x = (np.random.default_rng(2).uniform(size=(6, 2, 2, 1)) > 0.5).astype(np.float32)
+    key = jax.random.key(3)
+    loss_fn = objectives.make_loss_fn(settings, vae)
+    grads, metrics = jax.grad(lambda p: loss_fn(p, x, key, beta=0.5), has_aux=True)(params)
+
+    disc = models.Discriminator(hidden=(5, 4))
+
+    def vae_part(model_params):
+        elbo = objectives.make_loss_fn(objectives.Settings(name="elbo"), vae)
+        loss, m = elbo(model_params, x, key, beta=0.5)
+        draw = vae.log_weights(model_params, x, key, num_samples=1)
+        logits = disc.apply(params["objective"]["discriminator"], draw.z[0][0])
+        return loss + 7.0 * jnp.mean(logits[:, 0] - logits[:, 1])
+
+    def disc_part(disc_params):
+        z = vae.log_weights(params, x, key, num_samples=1).z[0][0]
+        z_perm = objectives.permute_dims(z, jax.random.fold_in(key, 2**31 - 2))
+        return objectives.discriminator_loss(disc.apply(disc_params, z),
+                                             disc.apply(disc_params, z_perm))[0]
+
+    model_params = {k: v for k, v in params.items() if k != "objective"}
+    want_model = jax.grad(vae_part)(model_params)
+    want_disc = jax.grad(disc_part)(params["objective"]["discriminator"])
+    chex.assert_trees_all_close({k: grads[k] for k in model_params}, want_model, rtol=1e-5,
+                                atol=1e-6)
+    chex.assert_trees_all_close(grads["objective"]["discriminator"], want_disc, rtol=1e-5,
+                                atol=1e-6)
+    assert float(metrics["loss"]) == pytest.approx(float(vae_part(model_params)), rel=1e-5)
+    assert set(metrics) >= {"total_correlation_nats", "discriminator_loss",
+                            "discriminator_accuracy", "recon_nats", "kl_nats"}
+
+
+# ---------------------------------------------------------------------------------------------
 # The global batch under shard_map.
 
 CASES = {
+    "permute_dims": lambda z, mean, logvar, prior, axis_name=None: objectives.permute_dims(
+        z, jax.random.key(5), axis_name=axis_name),
     "tc_mws": functools.partial(objectives.tc_decomposition, dataset_size=100, estimator="mws"),
     "tc_mss": functools.partial(objectives.tc_decomposition, dataset_size=100, estimator="mss"),
     "dip_i": lambda z, mean, logvar, prior, axis_name=None: objectives.dip_regulariser(
@@ -366,7 +478,8 @@ def test_values_do_not_depend_on_the_device_count(name, num_devices):
     mesh = parallel.make_mesh(jax.devices()[:num_devices])
     program = jax.jit(parallel.data_parallel(
         functools.partial(_call, name, axis_name=parallel.AXIS), mesh,
-        in_specs=(P(parallel.AXIS),) * 4, out_specs=_out_specs(single)))
+        in_specs=(P(parallel.AXIS),) * 4,
+        out_specs=P(parallel.AXIS) if name == "permute_dims" else _out_specs(single)))
     sharded = program(*(parallel.shard_rows(a, mesh) for a in (z, mean, logvar, prior)))
     chex.assert_trees_all_close(sharded, single, rtol=1e-5, atol=1e-5)
 

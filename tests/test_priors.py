@@ -404,15 +404,16 @@ _S2 = 0.3
 _X = np.array([[0.5, 1.0, -0.5], [-2.0, 1.5, 1.0], [2.0, -1.0, 0.0]])  # [B, D]
 
 
-def _linear_gaussian_ref(weights_c, mean_cz, var_cz):
-    """log p(x) [B] and the proposal's (mean [B, Z], logvar [B, Z]), float64."""
+def linear_gaussian_ref(weights_c, mean_cz, var_cz, *, w=_W, b=_B, s2=_S2, x=_X):
+    """log p(x) [B] and the proposal's (mean [B, Z], logvar [B, Z]), float64, for the mixture
+    prior (weights_c, mean_cz, var_cz) and p(x|z) = N(x; w z + b, s2 I); x [B, D]."""
     log_px_bc, post_mean_bcz, post_cov_czz = [], [], []
     for pi, mu, var in zip(weights_c, mean_cz, var_cz):
-        cov_x = _W @ np.diag(var) @ _W.T + _S2 * np.eye(len(_B))
-        log_px_bc.append(np.log(pi) + stats.multivariate_normal.logpdf(_X, _W @ mu + _B, cov_x))
-        post_cov = np.linalg.inv(np.diag(1 / var) + _W.T @ _W / _S2)
+        cov_x = w @ np.diag(var) @ w.T + s2 * np.eye(len(b))
+        log_px_bc.append(np.log(pi) + stats.multivariate_normal.logpdf(x, w @ mu + b, cov_x))
+        post_cov = np.linalg.inv(np.diag(1 / var) + w.T @ w / s2)
         post_cov_czz.append(post_cov)
-        post_mean_bcz.append((post_cov @ (mu / var + (_X - _B) @ _W / _S2).T).T)
+        post_mean_bcz.append((post_cov @ (mu / var + (x - b) @ w / s2).T).T)
     log_px_bc = np.stack(log_px_bc, -1)
     log_px_b = special.logsumexp(log_px_bc, axis=-1)
     resp_bc = np.exp(log_px_bc - log_px_b[:, None])
@@ -461,7 +462,7 @@ class LinearGaussianMarginalTest(chex.TestCase):
     @parameterized.named_parameters(("mixture", _mixture_case), ("vamp", _vamp_case))
     def test_importance_sampling_converges_to_the_closed_form_from_below(self, make_case):
         prior, params, encode, components = make_case()
-        log_px_b, q_mean_bz, q_logvar_bz = _linear_gaussian_ref(*components)
+        log_px_b, q_mean_bz, q_logvar_bz = linear_gaussian_ref(*components)
         q_mean_bz, q_logvar_bz = _to_jax((q_mean_bz, q_logvar_bz))
 
         @functools.partial(jax.jit, static_argnums=(1, 2))

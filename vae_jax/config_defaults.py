@@ -72,7 +72,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Objective (`vae_jax.objectives.OBJECTIVES`), by name.
     o = config.objective = ml_collections.ConfigDict()
     o.name = "elbo"  # "elbo", "iwae", "capacity", "beta_tc", "dip_vae_i", "dip_vae_ii",
-    #                  "info_vae_mmd"
+    #                  "info_vae_mmd", "factor_vae"
     o.num_samples = 1  # latent samples per example (K for IWAE)
     o.beta = 1.0  # the KL weight the schedule reaches (beta_tc: the weight of the TC term)
     o.kl_schedule = "constant"  # "constant", "linear" (warm-up), "cyclical"
@@ -90,6 +90,13 @@ def default_config() -> ml_collections.ConfigDict:
     o.mmd_kernel = "rbf"  # "info_vae_mmd": "rbf" or "imq"
     o.info_alpha = 0.0  # InfoVAE (Zhao et al. 2017): recon + (1 - alpha) KL
     o.info_lambda = 1000.0  # ... + (alpha + lambda - 1) MMD(q(z), p(z))
+    # "factor_vae" (Kim & Mnih 2018): recon + beta KL + factor_gamma TC, the TC from a
+    # discriminator (leaky-ReLU MLP of discriminator_hidden) trained by its own Adam.
+    o.factor_gamma = 30.0
+    o.discriminator_hidden = (1000, 1000, 1000, 1000, 1000, 1000)
+    o.discriminator_learning_rate = 1e-4
+    o.discriminator_b1 = 0.5
+    o.discriminator_b2 = 0.9
 
     # Optimisation: any optax optimiser by name with the arguments below that it takes.
     p = config.optim = ml_collections.ConfigDict()

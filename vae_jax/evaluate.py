@@ -407,6 +407,8 @@ def restore_eval_params(config, workdir, vae, image_shape, *, step=None):
             # Only the optimiser state's structure matters here, not the schedule's epochs.
             optimizer=optim.make_optimizer(config, steps_per_epoch=1),
             ema=config.optim.ema_decay > 0,
+            objective_params=objectives.init_objective_params(
+                objectives.Settings.from_config(config.objective), jax.random.key(1), vae),
         ), jax.random.key(0))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(

@@ -364,7 +364,8 @@ def build_model(model_config, image_shape, *, num_levels: int = 256) -> VAE:
     dims, upper_hidden = layer_sizes(mc)
     common = dict(activation=mc.activation, kernel_init=mc.kernel_init)
     enc_kwargs = dict(latent_dim=dims[0], hidden=tuple(mc.hidden),
-                      extra_dim=posterior.extra_dim(dims[0]), **common)
+                      extra_dim=posterior.extra_dim(dims[0]),
+                      extra_zero_init=posterior.extra_zero_init, **common)
     dec_kwargs = dict(output_shape=(h, w, c * likelihood.num_params), hidden=tuple(mc.hidden),
                       **common)
     for name, kwargs in ((mc.encoder, enc_kwargs), (mc.decoder, dec_kwargs)):
@@ -375,7 +376,8 @@ def build_model(model_config, image_shape, *, num_levels: int = 256) -> VAE:
     decoder = models.make_decoder(mc.decoder, **dec_kwargs)
     upper_encoders = tuple(
         models.MLPEncoder(dims[i + 1], hidden=upper_hidden[i],
-                          extra_dim=posterior.extra_dim(dims[i + 1]), **common)
+                          extra_dim=posterior.extra_dim(dims[i + 1]),
+                          extra_zero_init=posterior.extra_zero_init, **common)
         for i in range(len(dims) - 1))
     upper_priors = tuple(
         models.MLPEncoder(dims[i], hidden=tuple(reversed(upper_hidden[i])), **common)

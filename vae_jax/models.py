@@ -574,15 +574,18 @@ def _mirror_crop_start(n_in: int, kernel_size: int, stride: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _gaussian_heads(h_bf: Array, latent_dim: int, extra_dim: int, kernel_init: str):
+def _gaussian_heads(h_bf: Array, latent_dim: int, extra_dim: int, kernel_init: str,
+                    extra_zero_init: bool = False):
     """The linear heads of a Gaussian encoder: (mean_bz, logvar_bz), plus extra_be when
-    extra_dim > 0. The heads use the "linear" gain: no nonlinearity follows them."""
+    extra_dim > 0. The heads use the "linear" gain: no nonlinearity follows them; the extra
+    head starts at zero (kernel and bias) when `extra_zero_init`."""
     head_init = get_kernel_init(kernel_init, "linear")
     mean_bz = nn.Dense(latent_dim, kernel_init=head_init, name="mean")(h_bf)
     logvar_bz = nn.Dense(latent_dim, kernel_init=head_init, name="logvar")(h_bf)
     if not extra_dim:
         return mean_bz, logvar_bz
-    return mean_bz, logvar_bz, nn.Dense(extra_dim, kernel_init=head_init, name="extra")(h_bf)
+    extra_init = nn.initializers.zeros if extra_zero_init else head_init
+    return mean_bz, logvar_bz, nn.Dense(extra_dim, kernel_init=extra_init, name="extra")(h_bf)
 
 
 class MLPEncoder(nn.Module):
@@ -600,6 +603,8 @@ class MLPEncoder(nn.Module):
       extra_dim: E > 0 adds a third linear head [B, E] that a posterior family reads
         (`posteriors.Posterior.extra_dim`: a Cholesky factor's off-diagonal, an IAF context);
         the output is then (mean_bz, logvar_bz, extra_be).
+      extra_zero_init: start the extra head at zero (`Posterior.extra_zero_init`: a Cholesky
+        off-diagonal that starts at 0 makes q start diagonal).
     """
 
     latent_dim: int
@@ -607,6 +612,7 @@ class MLPEncoder(nn.Module):
     activation: str = "relu"
     kernel_init: str = "lecun_normal"
     extra_dim: int = 0
+    extra_zero_init: bool = False
 
     def __post_init__(self):
         _as_tuple(self, "hidden")
@@ -619,7 +625,36 @@ class MLPEncoder(nn.Module):
         init = get_kernel_init(self.kernel_init, self.activation)
         for i, width in enumerate(self.hidden):
             h_bf = act(nn.Dense(width, kernel_init=init, name=f"hidden_{i}")(h_bf))
-        return _gaussian_heads(h_bf, self.latent_dim, self.extra_dim, self.kernel_init)
+        return _gaussian_heads(h_bf, self.latent_dim, self.extra_dim, self.kernel_init,
+                               self.extra_zero_init)
+
+
+class Discriminator(nn.Module):
+    """The FactorVAE discriminator (Kim & Mnih 2018, appendix): z_bz [B, Z] -> logits [B, 2]
+    of "drawn from q(z)" (class 0) against "drawn from prod_j q(z_j)" (class 1).
+
+    `hidden` dense layers with leaky ReLU of slope `negative_slope` (0.2, as the paper's and
+    disentanglement_lib's six layers of 1000 units), then a linear layer of two logits.
+    Kernels use `get_kernel_init(kernel_init, "leaky_relu")`.
+    """
+
+    hidden: Sequence[int] = (1000,) * 6
+    negative_slope: float = 0.2
+    kernel_init: str = "kaiming_normal"
+
+    def __post_init__(self):
+        _as_tuple(self, "hidden")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, z_bz: Array) -> Array:
+        h_bf = z_bz
+        init = get_kernel_init(self.kernel_init, "leaky_relu")
+        for i, width in enumerate(self.hidden):
+            h_bf = nn.Dense(width, kernel_init=init, name=f"hidden_{i}")(h_bf)
+            h_bf = jax.nn.leaky_relu(h_bf, self.negative_slope)
+        head_init = get_kernel_init(self.kernel_init, "linear")
+        return nn.Dense(2, kernel_init=head_init, name="logits")(h_bf)
 
 
 class MLPDecoder(nn.Module):
@@ -676,7 +711,7 @@ class ConvEncoder(nn.Module):
       activation: name for `get_activation`.
       kernel_init: name for `get_kernel_init` (heads use the "linear" gain).
       hidden: widths of dense layers between the flattened feature map and the heads.
-      extra_dim: as in `MLPEncoder`.
+      extra_dim, extra_zero_init: as in `MLPEncoder`.
     """
 
     latent_dim: int
@@ -687,6 +722,7 @@ class ConvEncoder(nn.Module):
     kernel_init: str = "lecun_normal"
     hidden: Sequence[int] = ()
     extra_dim: int = 0
+    extra_zero_init: bool = False
 
     def __post_init__(self):
         _as_tuple(self, "features", "strides", "hidden")
@@ -715,7 +751,8 @@ class ConvEncoder(nn.Module):
         h_bf = h_bhwc.reshape((h_bhwc.shape[0], -1))
         for i, width in enumerate(self.hidden):
             h_bf = act(nn.Dense(width, kernel_init=init, name=f"hidden_{i}")(h_bf))
-        return _gaussian_heads(h_bf, self.latent_dim, self.extra_dim, self.kernel_init)
+        return _gaussian_heads(h_bf, self.latent_dim, self.extra_dim, self.kernel_init,
+                               self.extra_zero_init)
 
 
 class ConvDecoder(nn.Module):

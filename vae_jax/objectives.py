@@ -1,11 +1,12 @@
 """Objectives by name (`OBJECTIVES`), and the math of the disentangling ones.
 
 The named objectives ("elbo", "iwae", "capacity", "beta_tc", "dip_vae_i", "dip_vae_ii",
-"info_vae_mmd", at the end of this module) are reductions of `model.VAE.log_weights` plus the
-regularisers below; `make_loss_fn` binds one to a model. The regularisers are pure
-`jax.numpy` on encoder statistics and latent samples, like `distributions`: no Flax, no
-randomness. Units are nats; per-example terms are
-summed over the latent axis, batch values are means over examples (the package convention).
+"info_vae_mmd", "factor_vae", at the end of this module) are reductions of
+`model.VAE.log_weights` plus the regularisers below; `make_loss_fn` binds one to a model.
+The regularisers are pure `jax.numpy` on encoder statistics and latent samples, like
+`distributions`: no Flax, no randomness (FactorVAE's discriminator is a `models` network).
+Units are nats; per-example terms are summed over the latent axis, batch values are means
+over examples (the package convention).
 
 Notation: a batch of B examples x_b with diagonal Gaussian posteriors
 q(z|x_b) = N(mean_b, diag exp(logvar_b)), one sample z_b ~ q(z|x_b) each, Z latent dimensions,
@@ -35,6 +36,14 @@ N examples in the data set, p(z) = N(0, I).
 * The capacity schedule of Burgess et al. 2018, "Understanding disentangling in beta-VAE",
   Sec. 5: loss = recon + gamma * |KL - C(step)|. `capacity_target`.
 
+* FactorVAE (Kim & Mnih 2018, "Disentangling by Factorising", eq. 2-3): the total correlation
+  KL(q(z) || prod_j q(z_j)) by the density-ratio trick, with a discriminator D told samples of
+  q(z) from samples of prod_j q(z_j) (each dimension permuted independently over the batch):
+      TC ~= E_q(z)[log D(z) / (1 - D(z))].
+  `permute_dims`, `density_ratio_tc`, `discriminator_loss`. The discriminator is the
+  objective's own network, trained by its own optimiser (`init_objective_params`,
+  `objective_optimizer`).
+
 Data parallelism: every function takes `axis_name`. Inside `jax.shard_map` over that axis, the
 batch statistics (q(z) of the aggregate posterior, covariances, kernel sums) span the GLOBAL
 batch, so the values equal the single-device values on the concatenated batch and do not depend
@@ -51,8 +60,9 @@ from typing import Callable
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 
-from vae_jax import distributions, fastpath
+from vae_jax import distributions, fastpath, models
 
 _ESTIMATORS = ("mws", "mss")
 _DIP_KINDS = ("i", "ii")
@@ -401,6 +411,62 @@ def capacity_target(step, *, max_capacity: float, num_steps: int) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------------------------
+# FactorVAE: the total correlation by the density-ratio trick.
+
+
+def permute_dims(z_bz: jax.Array, key: jax.Array, *, axis_name: str | None = None
+                 ) -> jax.Array:
+    """Samples of prod_j q(z_j) from samples of q(z): every latent dimension j permuted
+    independently over the GLOBAL batch (Kim & Mnih 2018, Algorithm 1):
+
+        z~_bj = z_{pi_j(b), j},   pi_j = permutation(fold_in(key, j), B_global)
+
+    Args:
+      z_bz: [B, Z] this device's rows of z ~ q(z | x).
+      key: the permutations' key, the same on every device.
+      axis_name: the device axis; the permutations act on the concatenated batch, so the result
+        does not depend on the device count.
+
+    Returns:
+      [B, Z]: this device's rows of the permuted global batch.
+    """
+    all_bz = _gather_rows(z_bz, axis_name)
+    num, num_dims = all_bz.shape
+
+    def one_dim(j, column_b):
+        return column_b[jax.random.permutation(jax.random.fold_in(key, j), num)]
+
+    permuted_bz = jax.vmap(one_dim, in_axes=(0, 1), out_axes=1)(jnp.arange(num_dims), all_bz)
+    offset = _global_row_offset(z_bz.shape[0], axis_name)
+    return jax.lax.dynamic_slice_in_dim(permuted_bz, offset, z_bz.shape[0], axis=0)
+
+
+def density_ratio_tc(logits_b2: jax.Array) -> jax.Array:
+    """The FactorVAE estimate of the total correlation from the discriminator's logits
+    (Kim & Mnih 2018, eq. 3), mean over the batch, in nats:
+
+        TC ~= mean_b log D(z_b) / (1 - D(z_b)) = mean_b [logit_b0 - logit_b1],
+
+    with D = softmax(logits)[:, 0] the probability that z_b was drawn from q(z)."""
+    return jnp.mean(logits_b2[:, 0] - logits_b2[:, 1])
+
+
+def discriminator_loss(logits_q_b2: jax.Array, logits_perm_b2: jax.Array):
+    """The discriminator's cross-entropy (Kim & Mnih 2018, Algorithm 1), mean over the batch:
+
+        -1/2 mean_b log D(z_b) - 1/2 mean_b log (1 - D(z~_b)),
+
+    z from q(z) (class 0) and z~ from `permute_dims` (class 1). Returns (loss, accuracy), the
+    accuracy the fraction of the 2B samples classified right."""
+    log_p_q = jax.nn.log_softmax(logits_q_b2)
+    log_p_perm = jax.nn.log_softmax(logits_perm_b2)
+    loss = -0.5 * (jnp.mean(log_p_q[:, 0]) + jnp.mean(log_p_perm[:, 1]))
+    accuracy = 0.5 * (jnp.mean(logits_q_b2[:, 0] > logits_q_b2[:, 1])
+                      + jnp.mean(logits_perm_b2[:, 1] >= logits_perm_b2[:, 0]))
+    return loss, accuracy
+
+
+# ---------------------------------------------------------------------------------------------
 # The objectives by name.
 #
 # Each is `fn(model, params, x, key, *, step, beta, example_ids, axis_name, settings)
@@ -426,7 +492,19 @@ class Settings:
     mmd_kernel: str = "rbf"
     info_alpha: float = 0.0
     info_lambda: float = 1000.0
+    factor_gamma: float = 30.0
+    discriminator_hidden: tuple = (1000,) * 6
     dataset_size: int = 0
+
+    @classmethod
+    def from_config(cls, objective_config, *, dataset_size: int = 0,
+                    name: str | None = None) -> "Settings":
+        """The settings of `config.objective` (`name` overrides its name)."""
+        values = {f.name: objective_config[f.name] for f in dataclasses.fields(cls)
+                  if f.name not in ("dataset_size", "name")}
+        values["discriminator_hidden"] = tuple(values["discriminator_hidden"])
+        return cls(name=name or objective_config.name, dataset_size=int(dataset_size),
+                   **values)
 
 
 def _elbo_terms(model, params, x, key, num_samples, example_ids, axis_name):
@@ -561,6 +639,38 @@ def info_vae_mmd_objective(model, params, x, key, *, step, beta, example_ids, ax
     return loss, {"loss": loss, "mmd": distance, **metrics}
 
 
+def _discriminator(settings: Settings) -> models.Discriminator:
+    return models.Discriminator(hidden=settings.discriminator_hidden)
+
+
+def factor_vae_objective(model, params, x, key, *, step, beta, example_ids, axis_name,
+                         settings):
+    """FactorVAE (Kim & Mnih 2018, eq. 2 and Algorithm 1), both of its losses in one value:
+
+        VAE:            mean_b recon_b + beta * mean_b kl_b + gamma * TC(D; z)
+        discriminator:  `discriminator_loss`(D; sg(z), permute_dims(sg(z)))
+
+    with TC from `density_ratio_tc` and sg the stop-gradient. The VAE's part sees the
+    discriminator's parameters (params["objective"]["discriminator"]) through a stop-gradient
+    and the discriminator's part sees z through one, so the gradient of the sum is the VAE's
+    gradient for the model and the discriminator's for its network; each goes to its own
+    optimiser (`objective_optimizer`). The metric `loss` is the VAE's part."""
+    del step
+    draw, metrics = _elbo_terms(model, params, x, key, 1, example_ids, axis_name)
+    disc, disc_params = _discriminator(settings), params["objective"]["discriminator"]
+    z_bz = draw.z[0][0]
+    tc = density_ratio_tc(disc.apply(jax.lax.stop_gradient(disc_params), z_bz))
+    vae_loss = metrics["recon_nats"] + beta * metrics["kl_nats"] + settings.factor_gamma * tc
+    z_fixed_bz = jax.lax.stop_gradient(z_bz)
+    permuted_bz = permute_dims(z_fixed_bz, fastpath.fold_in(key, 2**31 - 2),
+                               axis_name=axis_name)
+    d_loss, d_accuracy = discriminator_loss(disc.apply(disc_params, z_fixed_bz),
+                                            disc.apply(disc_params, permuted_bz))
+    return vae_loss + d_loss, {"loss": vae_loss, "total_correlation_nats": tc,
+                               "discriminator_loss": d_loss,
+                               "discriminator_accuracy": d_accuracy, **metrics}
+
+
 OBJECTIVES = {
     "elbo": elbo_objective,
     "iwae": iwae_objective,
@@ -569,7 +679,29 @@ OBJECTIVES = {
     "dip_vae_i": _dip_objective("i"),
     "dip_vae_ii": _dip_objective("ii"),
     "info_vae_mmd": info_vae_mmd_objective,
+    "factor_vae": factor_vae_objective,
 }
+
+
+def init_objective_params(settings: Settings, key: jax.Array, model) -> dict:
+    """The objective's own parameters, kept at params["objective"]: {"discriminator": ...}
+    for "factor_vae", {} for every other objective (they have none)."""
+    if settings.name != "factor_vae":
+        return {}
+    z = jnp.zeros((1, model.latent_dims[0]), jnp.float32)
+    return {"discriminator": _discriminator(settings).init(key, z)}
+
+
+def objective_optimizer(objective_config) -> optax.GradientTransformation | None:
+    """The optimiser of the objective's own parameters, or None when it has none: FactorVAE's
+    discriminator takes Adam(lr, b1, b2) from `discriminator_learning_rate`, `_b1`, `_b2`
+    (1e-4, 0.5, 0.9 in Kim & Mnih 2018), with `fastpath.scale_by_adam` like the model's."""
+    if objective_config.name != "factor_vae":
+        return None
+    o = objective_config
+    return optax.chain(fastpath.scale_by_adam(b1=o.discriminator_b1, b2=o.discriminator_b2,
+                                              eps=1e-8),
+                       optax.scale_by_learning_rate(o.discriminator_learning_rate))
 
 # Objectives that read the posterior's mean and log-variance as one diagonal Gaussian layer.
 _DIAGONAL_ONLY = ("beta_tc", "dip_vae_i", "dip_vae_ii")

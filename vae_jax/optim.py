@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from vae_jax import fastpath, models
+from vae_jax import fastpath, models, objectives
 
 
 @flax.struct.dataclass
@@ -33,16 +33,20 @@ class TrainState:
 
 
 def init_state(init_key, vae, image_shape, optimizer, *, ema: bool,
-               output_bias=None) -> TrainState:
+               output_bias=None, objective_params=None) -> TrainState:
     """Initial parameters (`VAE.init` from `init_key`), optimiser state and step 0.
 
     `output_bias` [F], if given, replaces the decoder's zero output bias
-    (`models.set_output_bias`; see `train.initial_output_bias`).
+    (`models.set_output_bias`; see `train.initial_output_bias`). `objective_params`, if not
+    empty, are the objective's own parameters (FactorVAE's discriminator), kept at
+    params["objective"] and trained by the optimiser's second part (`make_optimizer`).
     """
     params = vae.init(init_key, image_shape)
     if output_bias is not None:
         params = dict(params, decoder=models.set_output_bias(vae.decoder, params["decoder"],
                                                              output_bias))
+    if objective_params:
+        params = dict(params, objective=objective_params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -134,7 +138,23 @@ def make_optimizer(config: ml_collections.ConfigDict, *, steps_per_epoch: int | 
     "adam" (without Nesterov momentum) is `optax.adam` written as its two parts, with Adam's
     scaling from `fastpath.scale_by_adam` (the fast form when the fast paths are on): the same
     state layout either way, so checkpoints of either form load into the other.
+
+    An objective with parameters of its own (FactorVAE's discriminator, at params["objective"])
+    brings its own optimiser (`objectives.objective_optimizer`): the two are combined with
+    `optax.multi_transform`, so one update (and one finite-update guard) trains both and the
+    optimiser state, checkpointed with the rest, holds both states.
     """
+    main = _model_optimizer(config, steps_per_epoch=steps_per_epoch)
+    second = objectives.objective_optimizer(config.objective)
+    if second is None:
+        return main
+    return optax.multi_transform(
+        {"model": main, "objective": second},
+        lambda params: {k: "objective" if k == "objective" else "model" for k in params})
+
+
+def _model_optimizer(config: ml_collections.ConfigDict, *, steps_per_epoch: int | None
+                     ) -> optax.GradientTransformation:
     optim = config.optim
     schedule = make_lr_schedule(config, steps_per_epoch=steps_per_epoch)
     parts = []

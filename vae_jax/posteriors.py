@@ -119,6 +119,8 @@ class Posterior:
     """
 
     name: ClassVar[str]
+    # Whether the encoder's extra head starts at zero (`models.MLPEncoder.extra_zero_init`).
+    extra_zero_init: ClassVar[bool] = False
 
     def extra_dim(self, latent_dim: int) -> int:
         """Width E of the encoder's extra head `Encoded.extra` for Z = `latent_dim`; 0 = none."""
@@ -248,6 +250,10 @@ class FullCovariance(Posterior):
     """
 
     name: ClassVar[str] = "full_covariance"
+    # The off-diagonal head starts at zero, so training starts from a diagonal q: with the
+    # head's default scale, Z (Z - 1) / 2 random entries per row made L L^T far from the
+    # posterior at init (MNIST, Z = 32: 108.96 nats after 10 epochs against 93.76 diagonal).
+    extra_zero_init: ClassVar[bool] = True
 
     def extra_dim(self, latent_dim: int) -> int:
         """Z (Z - 1) / 2, the strictly lower triangle of L."""

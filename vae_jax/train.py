@@ -97,11 +97,15 @@ def make_kl_schedule(config: ml_collections.ConfigDict) -> Callable:
 def objective_settings(config: ml_collections.ConfigDict, *, dataset_size: int = 0,
                        name: str | None = None) -> objectives.Settings:
     """`objectives.Settings` from `config.objective` (`name` overrides its name)."""
-    o = config.objective
-    fields = {f.name for f in dataclasses.fields(objectives.Settings)} - {"dataset_size"}
-    values = {f: o[f] for f in fields}
-    values["name"] = name or o.name
-    return objectives.Settings(**values, dataset_size=int(dataset_size))
+    return objectives.Settings.from_config(config.objective, dataset_size=dataset_size,
+                                           name=name)
+
+
+def initial_objective_params(config: ml_collections.ConfigDict, init_key, vae) -> dict:
+    """The objective's own initial parameters (`objectives.init_objective_params`; {} for all
+    but "factor_vae"), from a key folded out of `init_key`, so the model's are unchanged."""
+    return objectives.init_objective_params(objective_settings(config),
+                                            jax.random.fold_in(init_key, 1), vae)
 
 
 def make_loss_fn(config: ml_collections.ConfigDict, vae: model_lib.VAE, *,
@@ -490,6 +494,11 @@ NUMERIC_RANGES = {
     "objective.dip_lambda_d": (_non_negative, ">= 0"),
     "objective.info_alpha": (lambda v: v <= 1, "<= 1"),
     "objective.info_lambda": (_non_negative, ">= 0"),
+    "objective.factor_gamma": (_non_negative, ">= 0"),
+    "objective.discriminator_hidden": (_positive, "widths >= 1"),
+    "objective.discriminator_learning_rate": (_non_negative, ">= 0"),
+    "objective.discriminator_b1": (_unit_open, "in [0, 1)"),
+    "objective.discriminator_b2": (_unit_open, "in [0, 1)"),
     "optim.learning_rate": (_non_negative, ">= 0"),
     "optim.burda_epoch_scale": (_positive, "> 0"),
     "optim.lr_warmup_steps": (_non_negative, ">= 0"),
@@ -656,6 +665,7 @@ def set_up_run(config: ml_collections.ConfigDict, devices=None) -> RunSetup:
     init_key, train_key, eval_key, data_key = jax.random.split(root_key, 4)
     vae = model_lib.build_model(config.model, data.image_shape, num_levels=data.num_levels)
     optimizer = make_optimizer(config, steps_per_epoch=steps_per_epoch)
+    loss_fn = make_loss_fn(config, vae, dataset_size=num_train)  # checks the objective
     binarize = config.data.binarization == "dynamic"
     dequantize_levels = data.num_levels if config.data.dequantize else 0
     return RunSetup(
@@ -663,10 +673,12 @@ def set_up_run(config: ml_collections.ConfigDict, devices=None) -> RunSetup:
         steps_per_epoch=steps_per_epoch,
         initial_state=init_state(init_key, vae, data.image_shape, optimizer,
                                  ema=config.optim.ema_decay > 0,
-                                 output_bias=initial_output_bias(config, data)),
+                                 output_bias=initial_output_bias(config, data),
+                                 objective_params=initial_objective_params(config, init_key,
+                                                                           vae)),
         step_fn=functools.partial(
             train_step,
-            loss_fn=make_loss_fn(config, vae, dataset_size=num_train),
+            loss_fn=loss_fn,
             optimizer=optimizer,
             beta_schedule=make_kl_schedule(config),
             lr_schedule=make_lr_schedule(config, steps_per_epoch=steps_per_epoch),
