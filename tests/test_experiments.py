@@ -5,10 +5,10 @@ with its own likelihood, binarisation, model, objective and optimiser, and small
 (`shrink`). Every config and variant goes through `train.set_up_run`, which raises every error a
 config can cause (field values, the model's and the objective's combinations, the data's
 support, the optimiser and schedules, the initial parameters) and compiles no training or
-evaluation program (cheap). Then the
-default variant of each file (or the one in `TRAINED_VARIANT`) trains two steps, except where
-`NOT_TRAINED_HERE` says which test trains the same programs. Every conv experiment fits 8x8:
-'SAME' stride-2 layers go 8 -> 4 -> 2 -> 1, so none needs mocked MNIST.
+evaluation program (cheap). Then every file and every variant trains two steps, except the
+files where `NOT_TRAINED_HERE` says which test trains the same programs. Every conv
+experiment fits 8x8 ('SAME' stride-2 layers go 8 -> 4 -> 2 -> 1), so none needs mocked MNIST;
+the sprites experiments train on the sprites themselves (embedded, rendered on demand).
 """
 
 import importlib.util
@@ -26,15 +26,10 @@ from vae_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = REPO / "experiments"
+EMBEDDED = ("digits", "sprites")  # data sets that need no download
 NAMES = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py")
                if re.search(r"^def get_config\(", p.read_text(), re.MULTILINE))
 
-# The variant trained when not the default: the one that exercises most of the file's set-up.
-TRAINED_VARIANT = {
-    "mnist_iwae_burda": "2layer_k50",  # two stochastic layers and the larger K
-    "mnist_kl_behaviour": "cyclical",  # the other schedules are tests/test_kl_behaviour.py's
-    "mnist_likelihoods": "continuous_bernoulli_dequantized",  # not among the Fashion files
-}
 # Files not trained here, and where the same programs are trained.
 NOT_TRAINED_HERE = {
     "digits": "tests/test_train.py trains it end to end",
@@ -85,8 +80,11 @@ def experiment_config(name, variant=None):
 
 
 def shrink(config):
-    """Two steps on the digits, with every width small and every layer kept."""
-    config.data.update(name="digits", data_dir=None, download=False, validation_size=64)
+    """Two steps on embedded data (the digits in place of a TFDS data set), with every width
+    small and every layer kept."""
+    if config.data.name not in EMBEDDED:
+        config.data.update(name="digits", data_dir=None, download=False)
+    config.data.validation_size = 64
     m = config.model
     m.hidden = (16,) * len(m.hidden)
     m.latent_dim = min(m.latent_dim, 4)
@@ -103,8 +101,7 @@ def shrink(config):
 
 
 ALL = [(name, variant) for name in NAMES for variant in variants(load_experiment(name))]
-TRAINED = [(name, TRAINED_VARIANT.get(name, default_variant(load_experiment(name))))
-           for name in NAMES if name not in NOT_TRAINED_HERE]
+TRAINED = [(name, variant) for name, variant in ALL if name not in NOT_TRAINED_HERE]
 
 
 def _id(name_variant):
@@ -114,7 +111,7 @@ def _id(name_variant):
 
 def test_every_file_is_trained_here_or_says_where():
     assert len(NAMES) >= 19
-    assert set(NOT_TRAINED_HERE) <= set(NAMES) and set(TRAINED_VARIANT) <= set(NAMES)
+    assert set(NOT_TRAINED_HERE) <= set(NAMES)
     assert set(SAME_PROGRAMS) <= set(NOT_TRAINED_HERE)
     assert {name for name, _ in TRAINED} | set(NOT_TRAINED_HERE) == set(NAMES)
     from tests.test_likelihood_experiment import FASHION_FILES
@@ -159,7 +156,7 @@ def test_a_file_not_trained_here_shares_the_programs_of_one_that_is(name):
 
 
 @pytest.mark.parametrize("name_variant", TRAINED, ids=_id)
-def test_an_experiment_trains_two_steps_on_the_digits(name_variant, tmp_path):
+def test_an_experiment_trains_two_steps_on_embedded_data(name_variant, tmp_path):
     config = experiment_config(*name_variant)
     result = train.train_and_evaluate(config, tmp_path / "run", quiet=True,
                                       devices=jax.devices()[:1])

@@ -7,13 +7,18 @@ are not available offline are loaded through
 `tfds.testing.mock_data`, the documented TFDS way (with split sizes and slicing made real by
 `mock_sliced_tfds` where a test needs them); real MNIST comes from the shared data_dir (the
 `mnist_data_dir` fixture skips when it is absent), and streamed MNIST is checked against
-`tfds.load`.
+`tfds.load`. Sprites are checked against images rendered directly from their grid indices
+(`ground_truth.Sprites`, itself tested against the stated geometry in test_ground_truth.py),
+and their training path end to end against an uninterrupted run.
 """
 
 import collections
 import contextlib
+import itertools
+import json
 import math
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +31,7 @@ import pytest
 from scipy import stats
 from sklearn import datasets as sklearn_datasets
 
-from vae_jax import input_pipeline
+from vae_jax import config_defaults, ground_truth, input_pipeline, train
 
 # Published MNIST figures (LeCun et al.): images per class in the official train / test splits.
 MNIST_TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -485,6 +490,186 @@ def test_mocked_stream_excludes_validation_and_shards_by_process(tfds, tmp_path)
     for batch in shuffled_batches:
         assert {i for _, i in mock_ids(batch)} <= set(range(6, 12))
     np.testing.assert_array_equal(resumed, shuffled_batches[5])
+
+
+# ------------------------------------------------------------------- sprites (embedded)
+
+
+def render_rows(rows):
+    """Sprites images of grid indices (row-major over the factors), rendered here directly."""
+    factors = np.stack(np.unravel_index(rows, (3, 6, 40, 32, 32)), axis=1)
+    return ground_truth.Sprites().images_from_factors(factors)
+
+
+def sorted_rows(images):
+    return sorted(row_keys(images))
+
+
+def test_sprites_splits_partition_the_factor_grid():
+    train, test = input_pipeline._sprites_rows("train"), input_pipeline._sprites_rows("test")
+    assert len(test) == input_pipeline.SPRITES_TEST_SIZE == 10_000
+    assert len(train) + len(test) == input_pipeline.SPRITES_NUM_IMAGES == 737_280
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(737_280))
+    # "train" is in a shuffled order, so that its tail is a random hold-out.
+    assert np.count_nonzero(np.diff(train) > 0) < 0.6 * len(train)
+    np.testing.assert_array_equal(input_pipeline._sprites_rows("train[5:9]"), train[5:9])
+    for bad in ("validation", "train[1]", "train[-5:]", "Train"):
+        with pytest.raises(ValueError, match="sprites has splits"):
+            input_pipeline.dataset_nbytes("sprites", split=bad)
+
+
+def test_sprites_nbytes_sends_the_training_set_to_the_stream():
+    nbytes = input_pipeline.dataset_nbytes
+    assert nbytes("sprites") == 737_280 * 64 * 64
+    assert nbytes("sprites", split="train") == 727_280 * 64 * 64
+    assert nbytes("sprites", split="test") == 10_000 * 64 * 64
+    assert nbytes("sprites", split="train") > config_defaults.default_config().data.max_device_bytes
+
+
+def test_sprites_streamed_dataset_holds_out_the_tail_of_train():
+    data = input_pipeline.load_dataset("sprites", validation_size=100, train_in_memory=False)
+    chex.assert_shape(data.train, (0, 64, 64, 1))
+    assert data.num_train == 727_180 and data.train_split == "train[:727180]"
+    assert data.num_levels == 2 and data.scale == 1.0 and data.image_shape == (64, 64, 1)
+    chex.assert_shape(data.validation, (100, 64, 64, 1))
+    chex.assert_shape(data.test, (10_000, 64, 64, 1))
+    for images in (data.validation, data.test):
+        assert images.dtype == np.uint8 and set(np.unique(images)) == {0, 1}
+    train_rows = input_pipeline._sprites_rows("train")
+    np.testing.assert_array_equal(data.validation, render_rows(train_rows[727_180:]))
+    np.testing.assert_array_equal(data.test, render_rows(input_pipeline._sprites_rows("test")))
+    # Labels are the shape factor; every shape is present.
+    np.testing.assert_array_equal(data.test_labels,
+                                  input_pipeline._sprites_rows("test") // (6 * 40 * 32 * 32))
+    assert set(data.test_labels) == {0, 1, 2} and data.train_labels.shape == (0,)
+    # The splits do not depend on the data seed (the stream's order does).
+    other = input_pipeline.load_dataset("sprites", validation_size=0.0001, seed=9,
+                                        train_in_memory=False)
+    assert other.num_train == 727_280 - 73
+    np.testing.assert_array_equal(other.test, data.test)
+    np.testing.assert_array_equal(other.validation, data.validation[-73:])
+
+
+def test_sprites_in_memory_path(monkeypatch):
+    # A budget above the 3 GB of sprites renders "train" whole; here a small stand-in grid.
+    rows = {"train": np.arange(0, 737_280, 9_001)[:60], "test": np.array([5, 77, 123_456])}
+    monkeypatch.setattr(input_pipeline, "_sprites_splits", lambda: rows)
+    data = input_pipeline.load_dataset("sprites", validation_size=10, seed=3)
+    assert data.num_train == 50 and data.train_split is None and data.num_levels == 2
+    assert sorted_rows(np.concatenate([data.train, data.validation])) == sorted_rows(
+        render_rows(rows["train"]))
+    np.testing.assert_array_equal(data.test, render_rows(rows["test"]))
+    np.testing.assert_array_equal(data.test_labels, [0, 0, 0])
+
+
+def sprites_stream(**kwargs):
+    arguments = {"split": "train[:64]", "batch_size": 8, "seed": 3, **kwargs}
+    return input_pipeline.stream_batches("sprites", **arguments)
+
+
+def test_sprites_stream_is_deterministic_and_resumes_at_any_batch():
+    batches = list(itertools.islice(sprites_stream(), 20))  # 8 batches per epoch
+    for batch in batches:
+        chex.assert_shape(batch, (8, 64, 64, 1))
+        assert batch.dtype == np.uint8 and set(np.unique(batch)) <= {0, 1}
+    again = list(itertools.islice(sprites_stream(), 20))
+    assert [b.tobytes() for b in batches] == [b.tobytes() for b in again]
+    for skip in (1, 7, 8, 19):
+        np.testing.assert_array_equal(next(sprites_stream(skip_batches=skip)), batches[skip])
+    assert not np.array_equal(next(sprites_stream(seed=4)), batches[0])
+    # Each epoch visits the 64 rows once, in a new order.
+    in_order = np.concatenate(list(sprites_stream(shuffle_buffer=0, repeat=False)))
+    np.testing.assert_array_equal(in_order, render_rows(input_pipeline._sprites_rows("train")[:64]))
+    for epoch in (0, 1):
+        visited = np.concatenate(batches[8 * epoch:8 * epoch + 8])
+        assert sorted_rows(visited) == sorted_rows(in_order)
+    assert not np.array_equal(np.concatenate(batches[:8]), np.concatenate(batches[8:16]))
+    assert len(list(sprites_stream(repeat=False, skip_batches=6))) == 2
+
+
+def test_sprites_stream_gives_each_process_its_half_of_the_global_batch():
+    single = list(itertools.islice(sprites_stream(batch_size=8), 12))
+    halves = [list(itertools.islice(sprites_stream(batch_size=4, process_index=p,
+                                                   process_count=2), 12)) for p in (0, 1)]
+    for n, batch in enumerate(single):
+        np.testing.assert_array_equal(np.concatenate([halves[0][n], halves[1][n]]), batch)
+    np.testing.assert_array_equal(next(sprites_stream(batch_size=4, process_index=1,
+                                                      process_count=2, skip_batches=9)),
+                                  halves[1][9])
+
+
+def test_sprites_stream_streams_the_validation_slice_like_load_dataset():
+    data = input_pipeline.load_dataset("sprites", validation_size=16, train_in_memory=False)
+    (batch,) = input_pipeline.stream_batches("sprites", split=f"train[{data.num_train}:]",
+                                             batch_size=16, shuffle_buffer=0, repeat=False)
+    np.testing.assert_array_equal(batch, data.validation)
+
+
+def test_sprites_stream_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="not enough for a global batch of 8 x 9"):
+        sprites_stream(process_count=9, process_index=0)
+    with pytest.raises(ValueError, match="sprites has splits"):
+        sprites_stream(split="validation")
+    with pytest.raises(ValueError, match="skip_batches"):
+        sprites_stream(skip_batches=-1)
+    with pytest.raises(ValueError, match="binarization='static'"):
+        input_pipeline.load_dataset("sprites", binarization="static", train_in_memory=False)
+
+
+def test_sprites_never_imports_tensorflow():
+    code = ("import sys; from vae_jax import input_pipeline as ip; "
+            "ip.load_dataset('sprites', validation_size=8, train_in_memory=False); "
+            "next(ip.stream_batches('sprites', split='train', batch_size=4)); "
+            "ip.dataset_nbytes('sprites', split='train'); "
+            "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def tiny_sprites_config():
+    """A conv VAE on sprites small enough for a few steps on a 2-core machine."""
+    config = config_defaults.default_config()
+    config.data.name = "sprites"
+    config.data.binarization = "none"  # the images are binary already
+    config.data.validation_size = 16
+    config.model.encoder = config.model.decoder = "conv"
+    config.model.features = (4, 8)
+    config.model.latent_dim = 2
+    run = config.run
+    run.batch_size, run.eval_batch_size = 8, 16
+    run.num_steps, run.steps_per_dispatch = 4, 1
+    run.log_every = run.checkpoint_every = 2
+    run.eval_every = 4
+    run.num_image_examples = 4
+    return config
+
+
+@pytest.mark.slow
+def test_sprites_train_through_the_stream_and_resume_on_the_same_batches(tmp_path, monkeypatch):
+    streams = []  # the arguments of every stream the training loop opens
+
+    def recording_stream(name, **kwargs):
+        streams.append((name, kwargs["split"], kwargs["skip_batches"]))
+        return stream_batches(name, **kwargs)
+
+    stream_batches = input_pipeline.stream_batches
+    monkeypatch.setattr(input_pipeline, "stream_batches", recording_stream)
+    config = tiny_sprites_config()
+    devices = jax.devices()[:2]
+    first = train.train_and_evaluate(config, tmp_path, quiet=True, devices=devices)
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [2, 4]
+    assert all(np.isfinite(m["loss"]) for m in metrics)
+    assert (tmp_path / "eval_metrics.jsonl").exists()
+    assert (tmp_path / "final_metrics.json").exists()
+    # Resumed from step 2, the stream skips the two batches trained on and feeds steps 3 and
+    # 4 the batches the uninterrupted run saw: the parameters come out the same.
+    shutil.rmtree(tmp_path / "checkpoints" / "4")
+    resumed = train.train_and_evaluate(config, tmp_path, quiet=True, devices=devices)
+    assert int(resumed.state.step) == 4
+    assert streams == [("sprites", "train[:727264]", 0), ("sprites", "train[:727264]", 2)]
+    for a, b in zip(jax.tree.leaves(jax.device_get(first.state.params)),
+                    jax.tree.leaves(jax.device_get(resumed.state.params))):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------- real MNIST

@@ -20,7 +20,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "digits"  # "digits" (embedded), "mnist", "fashion_mnist", any TFDS name
+    config.data.name = "digits"  # "digits", "sprites" (embedded), "mnist", any TFDS name
     config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
     config.data.download = False  # True lets TFDS download on a machine with internet
     config.data.validation_size = 0.1  # a fraction of train, or a count of examples

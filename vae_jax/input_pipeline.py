@@ -1,4 +1,4 @@
-"""Image data sets for the VAEs: TFDS (and one embedded data set) -> uint8 numpy -> device.
+"""Image data sets for the VAEs: TFDS (and two embedded data sets) -> uint8 numpy -> device.
 
 Data flow::
 
@@ -17,7 +17,8 @@ Data flow::
                                   named instead by ImageDataset.train_split ("train[:55000]")
       -> stream_batches(name, split=dataset.train_split)
                                   tf.data reads this process's sub-split, shuffles, batches
-                                  and yields [B_local, H, W, C] uint8 numpy batches.
+                                  and yields [B_local, H, W, C] uint8 numpy batches
+                                  ("sprites": rendered on the host instead, see below).
 
 The validation hold-out differs between the two: in memory it is a permutation of the TFDS
 train split drawn from `seed`; when streaming it is the contiguous tail of that split
@@ -35,22 +36,37 @@ Data sets by name:
 * "mnist", "fashion_mnist", "cifar10": TFDS, 8-bit (num_levels=256).
 * "binarized_mnist": TFDS's fixed binarisation of MNIST (Larochelle & Murray, 2011) with its
   official train / validation / test splits (50,000 / 10,000 / 10,000); num_levels=2.
+* "sprites" (embedded, rendered on demand, no TensorFlow): `ground_truth.Sprites`, a
+  procedural dSprites, binary 64x64 (num_levels=2). Its 737,280 factor combinations form a
+  virtual data set with a fixed test split of `SPRITES_TEST_SIZE` = 10,000 combinations and a
+  "train" split of the other 727,280, both drawn with `SPRITES_SPLIT_SEED` (the same for every
+  run and every `seed`); "train" is in a fixed shuffled order and, like a TFDS split, can be
+  sliced ("train[:717280]"). Its 2.98 GB exceed the default memory budget, so training
+  streams it: the validation hold-out is the tail of "train", and `stream_batches` renders
+  each batch on the host from its rows, the order of epoch e a permutation drawn from
+  (seed, e), so skip_batches costs nothing. Under a budget that holds the 2.98 GB it is
+  rendered into memory whole and trained on like any other data set. Labels are the shape factor
+  (0 square, 1 ellipse, 2 heart).
 * any other TFDS data set with a fixed-shape uint8 "image" feature, by its TFDS name.
 
 TFDS data sets are read from `data_dir` (None: `$TFDS_DATA_DIR` if set, else TFDS's default,
 ~/tensorflow_datasets). With `download=False` (the default) nothing is fetched: missing data
 raises `DatasetNotFoundError` at once, naming the directory searched.
 
-TensorFlow and TFDS are imported lazily, so runs on "digits" never import TensorFlow. When
-they are imported, GPUs are hidden from TensorFlow so that it leaves their memory to JAX.
+TensorFlow and TFDS are imported lazily, so runs on "digits" or "sprites" never import
+TensorFlow. When they are imported, GPUs are hidden from TensorFlow so that it leaves their
+memory to JAX.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import math
 import numbers
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,11 +74,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import fastpath
+from vae_jax import fastpath, ground_truth
 
 DIGITS_NUM_IMAGES = 1797
 DIGITS_TEST_SIZE = 297
 DIGITS_TEST_SEED = 0
+SPRITES_NUM_IMAGES = math.prod(ground_truth.Sprites.factor_sizes)  # 737,280
+SPRITES_TEST_SIZE = 10_000
+SPRITES_SPLIT_SEED = 0
 BINARIZATIONS = ("none", "static", "dynamic")
 
 
@@ -80,6 +99,7 @@ BUILTIN_DATASETS = {
     "fashion_mnist": _Builtin(num_levels=256),
     "binarized_mnist": _Builtin(num_levels=2, official_validation=True),
     "cifar10": _Builtin(num_levels=256),
+    "sprites": _Builtin(num_levels=2),
 }
 
 
@@ -171,19 +191,20 @@ def load_dataset(
     examples `stream_batches` should stream.
 
     Args:
-        name: "digits", "mnist", "fashion_mnist", "binarized_mnist", "cifar10", or the name of
-            any TFDS data set with a fixed-shape uint8 "image" feature and train / test splits.
+        name: "digits", "sprites", "mnist", "fashion_mnist", "binarized_mnist", "cifar10", or
+            the name of any TFDS data set with a fixed-shape uint8 "image" feature and train /
+            test splits.
         data_dir: TFDS data directory; None: `$TFDS_DATA_DIR` if set, else TFDS's default.
-            Unused for "digits".
+            Unused for "digits" and "sprites".
         download: let TFDS download and prepare missing data (needs internet). When False,
             missing data raises `DatasetNotFoundError` without touching the network.
         validation_size: how much of the official train split to hold out for validation: an
             int count or a float fraction in [0, 1) (round(fraction * N) examples). In memory,
             the held-out examples are chosen by a permutation drawn from `seed`, and both
             parts keep the original order. With train_in_memory=False they are instead the
-            last ones of the TFDS train split, `train[N - N_val:]`, so that the stream,
-            `train[:N - N_val]`, excludes them (so the two modes validate on different
-            examples).
+            last ones of the TFDS (or sprites') train split, `train[N - N_val:]`, so that
+            the stream, `train[:N - N_val]`, excludes them (so the two modes validate on
+            different examples).
             Ignored when the data set has an official validation split (binarized_mnist):
             that is used.
         binarization: "none" keeps the levels. "static" replaces every pixel once, on the
@@ -194,9 +215,10 @@ def load_dataset(
             the levels (the training step calls `dynamic_binarize` on device); it is only
             validated here.
         seed: seeds the validation hold-out and the static binarisation.
-        train_in_memory: False: leave the training images on disk (see above); their pixel
-            levels are then not checked here. Not for "digits", which is always in memory,
-            nor with binarization="static", which the stream does not apply.
+        train_in_memory: False: leave the training images on disk, or for "sprites" unrendered
+            (see above); their pixel levels are then not checked here. Not for "digits",
+            which is always in memory, nor with binarization="static", which the stream does
+            not apply.
 
     Returns:
         An `ImageDataset` of [N, H, W, C] uint8 arrays.
@@ -216,13 +238,18 @@ def load_dataset(
         if binarization == "static":
             raise ValueError("binarization='static' needs the training set in memory (the "
                              "stream does not binarise); use 'dynamic' when streaming")
+        if name == "sprites":
+            return _load_sprites_streamed(validation_size)
         return _load_streamed(name, data_dir=data_dir, download=download,
                               validation_size=validation_size)
     if name == "digits":
         splits = _load_digits()
         num_levels = BUILTIN_DATASETS["digits"].num_levels
+    elif name == "sprites":
+        splits = {split: _render_sprites(_sprites_rows(split)) for split in ("train", "test")}
+        num_levels = BUILTIN_DATASETS["sprites"].num_levels
     else:
-        builder = _tfds_builder(name, data_dir=data_dir, download=download)
+        builder = tfds_builder(name, data_dir=data_dir, download=download)
         _image_feature(name, builder)
         num_levels = BUILTIN_DATASETS[name].num_levels if name in BUILTIN_DATASETS else 256
         # Known for built-ins; for others, from the metadata of the prepared data set.
@@ -280,7 +307,8 @@ def dataset_nbytes(
         name: as in `load_dataset`.
         split: None: every split (for digits: all 1,797 images). Otherwise a TFDS split
             string, e.g. "train": the official train split, validation hold-out included
-            (for digits: "train", its 1,500 non-test images, or "test").
+            (for digits: "train", its 1,500 non-test images, or "test"; for sprites: "train",
+            its 727,280 non-test images, "test", or a slice of either).
         data_dir, download: as in `load_dataset`.
 
     Raises:
@@ -293,7 +321,10 @@ def dataset_nbytes(
         if split not in counts:
             raise ValueError(f"digits has splits 'train' and 'test', got {split!r}")
         return counts[split] * 8 * 8 * 1
-    builder = _tfds_builder(name, data_dir=data_dir, download=download)
+    if name == "sprites":
+        num_images = SPRITES_NUM_IMAGES if split is None else len(_sprites_rows(split))
+        return num_images * math.prod(ground_truth.Sprites.observation_shape)
+    builder = tfds_builder(name, data_dir=data_dir, download=download)
     height, width, channels = _image_feature(name, builder).shape
     if not builder.is_prepared():
         raise _not_found(name, builder)
@@ -326,17 +357,26 @@ def stream_batches(
     repeats it if `repeat`, and batches it with drop_remainder=True. The order is a function
     of `seed`, so a resumed run skips the `skip_batches` batches it has already trained on.
 
+    "sprites" is rendered on the host instead, without TensorFlow. Epoch e visits the rows of
+    the split in the order of a permutation drawn from (seed, e) (in split order when
+    shuffle_buffer=0), cut into global batches of batch_size * process_count rows (the last
+    partial one dropped); process p renders rows p * batch_size .. (p + 1) * batch_size - 1 of
+    each global batch. Batch n is a function of (seed, n) alone, so skipping costs nothing.
+
     Args:
-        name: a TFDS image data set name (not "digits", which is always held in memory).
+        name: a TFDS image data set name, or "sprites" (not "digits", which is always held
+            in memory).
         split: a TFDS split string, e.g. "train", "test", "train[:55000]"; pass the
             `train_split` of `load_dataset(name, train_in_memory=False)`, which excludes
-            that data set's validation examples ("train" would include them).
+            that data set's validation examples ("train" would include them). For sprites:
+            "train" or "test", or a slice of one ("train[:717280]").
         batch_size: examples per batch on this process.
-        data_dir, download: as in `load_dataset`.
+        data_dir, download: as in `load_dataset`; unused for sprites.
         seed: seeds the file and example shuffles.
         process_index, process_count: this process and how many share the data (pass
             `jax.process_index()`, `jax.process_count()`).
         shuffle_buffer: examples in the shuffle buffer; 0 reads in order (e.g. evaluation).
+            For sprites any value above 0 shuffles the whole split.
         repeat: repeat forever; when False the iterator ends after one pass.
         skip_batches: batches to skip at the start (the step a resumed run starts from).
 
@@ -347,13 +387,19 @@ def stream_batches(
     Raises:
         DatasetNotFoundError: the data is not prepared and download=False (raised by this
             call, not at the first batch).
+        ValueError: digits; for sprites, a bad split or one smaller than a global batch.
     """
     if name == "digits":
         raise ValueError("'digits' is small and always in memory: use load_dataset('digits')")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if name == "sprites":
+        return _stream_sprites(split, batch_size=batch_size, seed=seed,
+                               process_index=process_index, process_count=process_count,
+                               shuffle=shuffle_buffer > 0, repeat=repeat,
+                               skip_batches=skip_batches)
     tf, tfds = _tf_and_tfds()
-    builder = _tfds_builder(name, data_dir=data_dir, download=download)
+    builder = tfds_builder(name, data_dir=data_dir, download=download)
     _image_feature(name, builder)
     process_split = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count, drop_remainder=True
@@ -468,6 +514,53 @@ def shard_for_process(array: np.ndarray, process_index: int, process_count: int)
     return np.concatenate([block, padding])
 
 
+def tfds_builder(name: str, *, data_dir: str | os.PathLike | None, download: bool):
+    """The TFDS builder for name, prepared first if download; ValueError for unknown names.
+
+    data_dir None: `$TFDS_DATA_DIR` if set, else TFDS's default. Imports TensorFlow and TFDS.
+    """
+    _, tfds = _tf_and_tfds()
+    if data_dir is None:
+        # Read here, at each call: TFDS reads $TFDS_DATA_DIR only once, when it is imported.
+        data_dir = os.environ.get("TFDS_DATA_DIR") or None
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
+    except tfds.core.DatasetNotFoundError as err:
+        raise ValueError(
+            f"Unknown data set {name!r}. Built-in names: {', '.join(BUILTIN_DATASETS)}. The "
+            "name of any TFDS image data set (one with an 'image' feature; see "
+            "tfds.list_builders()) also works."
+        ) from err
+    if download:
+        builder.download_and_prepare()
+    return builder
+
+
+def read_tfds_features(name: str, builder, *, split: str, keys) -> dict[str, np.ndarray]:
+    """Every example of a TFDS split, in the split's order, as {key: [N, ...] numpy array} of
+    the named features (decoded: images as uint8, class labels as int64).
+
+    Args:
+        name: the data set's name, for error messages.
+        builder: its `tfds_builder`.
+        split: a TFDS split string ("train", "train+test", "train[:100]").
+        keys: names of features of the data set.
+
+    Raises:
+        DatasetNotFoundError: the data is not prepared.
+        ValueError: the split is empty.
+    """
+    tf, _ = _tf_and_tfds()
+    keys = tuple(keys)
+    ds = _as_dataset(name, builder, split=split)
+    ds = ds.map(lambda example: {key: example[key] for key in keys},
+                num_parallel_calls=tf.data.AUTOTUNE).batch(10_000)
+    chunks = list(ds.with_options(_deterministic(tf)).as_numpy_iterator())
+    if not chunks:
+        raise ValueError(f"TFDS data set {name!r}: split {split!r} is empty")
+    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in keys}
+
+
 # --------------------------------------------------------------------------- private helpers
 
 _Split = tuple[np.ndarray, np.ndarray | None]  # ([N, H, W, C] uint8, [N] int32 or None)
@@ -488,7 +581,7 @@ def _load_streamed(
     validation_size: int | float,
 ) -> ImageDataset:
     """load_dataset(..., train_in_memory=False): validation and test read, train named only."""
-    builder = _tfds_builder(name, data_dir=data_dir, download=download)
+    builder = tfds_builder(name, data_dir=data_dir, download=download)
     image_shape = _image_feature(name, builder).shape
     if not builder.is_prepared():  # The split sizes below come from a prepared data set.
         raise _not_found(name, builder)
@@ -519,6 +612,94 @@ def _load_streamed(
         train_split=train_split,
         num_train=num_train,
     )
+
+
+@functools.cache
+def _sprites_splits() -> dict[str, np.ndarray]:
+    """Indices into the sprites grid (row-major over the factors, dSprites' order) of the
+    splits: "test", SPRITES_TEST_SIZE of them, sorted; "train", the rest, in a shuffled order
+    whose tail `load_dataset` holds out for validation when streaming. Both drawn once with
+    SPRITES_SPLIT_SEED."""
+    order = np.random.default_rng(SPRITES_SPLIT_SEED).permutation(SPRITES_NUM_IMAGES)
+    splits = {"train": order[SPRITES_TEST_SIZE:], "test": np.sort(order[:SPRITES_TEST_SIZE])}
+    for rows in splits.values():
+        rows.flags.writeable = False
+    return splits
+
+
+def _sprites_rows(split: str) -> np.ndarray:
+    """The grid indices of a sprites split string: "train", "test", or a slice "train[a:b]"."""
+    match = re.fullmatch(r"(train|test)(?:\[(\d*):(\d*)\])?", split)
+    if match is None:
+        raise ValueError(f"sprites has splits 'train' and 'test', or slices of them such as "
+                         f"'train[:1000]', got {split!r}")
+    name, start, stop = match.groups()
+    return _sprites_splits()[name][int(start) if start else None:int(stop) if stop else None]
+
+
+def _render_sprites(rows: np.ndarray) -> _Split:
+    """([N, 64, 64, 1] uint8 images, [N] int32 shape labels) of sprites grid indices; rendered
+    in chunks, so that a whole split needs no temporary copy."""
+    factors = np.stack(np.unravel_index(rows, ground_truth.Sprites.factor_sizes), axis=1)
+    images = np.empty((len(rows), *ground_truth.Sprites.observation_shape), np.uint8)
+    sprites = ground_truth.Sprites()
+    for start in range(0, len(rows), 8192):
+        images[start:start + 8192] = sprites.images_from_factors(factors[start:start + 8192])
+    return images, factors[:, 0].astype(np.int32)
+
+
+def _load_sprites_streamed(validation_size: int | float) -> ImageDataset:
+    """load_dataset("sprites", train_in_memory=False): test and the validation tail of "train"
+    rendered, the rest of "train" named by its slice."""
+    train_rows = _sprites_rows("train")
+    num_train = len(train_rows) - _holdout_count(len(train_rows), validation_size)
+    validation, validation_labels = _render_sprites(train_rows[num_train:])
+    test, test_labels = _render_sprites(_sprites_rows("test"))
+    return ImageDataset(
+        name="sprites",
+        train=np.zeros((0, *ground_truth.Sprites.observation_shape), np.uint8),
+        validation=validation,
+        test=test,
+        num_levels=BUILTIN_DATASETS["sprites"].num_levels,
+        train_labels=np.zeros(0, np.int32),
+        validation_labels=validation_labels,
+        test_labels=test_labels,
+        train_split=f"train[:{num_train}]",
+        num_train=num_train,
+    )
+
+
+# Mixed into the stream's seed, so that its generators differ from the other ones drawn from
+# `seed` (the hold-out's default_rng(seed), the binarisation's (seed, 0..2)).
+_SPRITES_STREAM_TAG = 7
+
+
+def _stream_sprites(split: str, *, batch_size: int, seed: int, process_index: int,
+                    process_count: int, shuffle: bool, repeat: bool,
+                    skip_batches: int) -> Iterator[np.ndarray]:
+    """stream_batches("sprites", ...): checks the arguments now, renders batches lazily."""
+    rows = _sprites_rows(split)
+    global_batch = batch_size * process_count
+    if batch_size < 1 or len(rows) < global_batch:
+        raise ValueError(f"sprites {split!r} has {len(rows)} images: not enough for a global "
+                         f"batch of {batch_size} x {process_count} processes")
+    batches_per_epoch = len(rows) // global_batch
+    if skip_batches < 0:
+        raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
+
+    def batches():
+        epoch, order = None, rows
+        indices = itertools.count(skip_batches) if repeat else range(skip_batches,
+                                                                     batches_per_epoch)
+        for index in indices:
+            if shuffle and index // batches_per_epoch != epoch:
+                epoch = index // batches_per_epoch
+                rng = np.random.default_rng((seed, _SPRITES_STREAM_TAG, epoch))
+                order = rows[rng.permutation(len(rows))]
+            first = (index % batches_per_epoch) * global_batch + process_index * batch_size
+            yield _render_sprites(order[first:first + batch_size])[0]
+
+    return batches()
 
 
 def _check_levels(name: str, splits: dict[str, _Split], num_levels: int) -> None:
@@ -584,25 +765,6 @@ def _deterministic(tf):
     return options
 
 
-def _tfds_builder(name: str, *, data_dir: str | os.PathLike | None, download: bool):
-    """The TFDS builder for name, prepared first if download; ValueError for unknown names."""
-    _, tfds = _tf_and_tfds()
-    if data_dir is None:
-        # Read here, at each call: TFDS reads $TFDS_DATA_DIR only once, when it is imported.
-        data_dir = os.environ.get("TFDS_DATA_DIR") or None
-    try:
-        builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
-    except tfds.core.DatasetNotFoundError as err:
-        raise ValueError(
-            f"Unknown data set {name!r}. Built-in names: {', '.join(BUILTIN_DATASETS)}. The "
-            "name of any TFDS image data set (one with an 'image' feature; see "
-            "tfds.list_builders()) also works."
-        ) from err
-    if download:
-        builder.download_and_prepare()
-    return builder
-
-
 def _image_feature(name: str, builder):
     """The builder's "image" feature; ValueError unless it is a fixed-shape uint8 image."""
     _, tfds = _tf_and_tfds()
@@ -647,17 +809,7 @@ def _has_labels(builder) -> bool:
 
 def _read_split(name: str, builder, split: str) -> _Split:
     """A whole TFDS split as ([N, H, W, C] uint8 images, [N] int32 labels or None)."""
-    tf, _ = _tf_and_tfds()
-    if _has_labels(builder):
-        select = lambda example: (example["image"], example["label"])  # noqa: E731
-    else:
-        select = lambda example: (example["image"],)  # noqa: E731
-    ds = _as_dataset(name, builder, split=split)
-    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE).batch(10_000)
-    chunks = list(ds.with_options(_deterministic(tf)).as_numpy_iterator())
-    if not chunks:
-        raise ValueError(f"TFDS data set {name!r}: split {split!r} is empty")
-    images = np.concatenate([chunk[0] for chunk in chunks])
-    if len(chunks[0]) == 1:
-        return images, None
-    return images, np.concatenate([chunk[1] for chunk in chunks]).astype(np.int32)
+    keys = ("image", "label") if _has_labels(builder) else ("image",)
+    arrays = read_tfds_features(name, builder, split=split, keys=keys)
+    labels = arrays["label"].astype(np.int32) if "label" in arrays else None
+    return arrays["image"], labels
