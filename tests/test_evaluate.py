@@ -31,6 +31,7 @@ from tests import test_train as tests_train
 from vae_jax import (
     distributions,
     evaluate,
+    ground_truth,
     input_pipeline,
     likelihoods,
     models,
@@ -1048,3 +1049,67 @@ def test_evaluate_workdir_scores_a_dequantized_run_as_a_model_of_the_levels(
     val_elbo_nats = tests_train.read_jsonl(workdir / "eval_metrics.jsonl")[-1]["val_elbo_nats"]
     assert result["elbo_nats"] + offset_nats == pytest.approx(
         val_elbo_nats, abs=5 * result["elbo_stderr_nats"])
+
+
+# ---------------------------------------------------------------------------------------------
+# --disentanglement: a run trained on the procedural sprites, scored with every metric.
+
+
+@pytest.fixture(scope="module")
+def sprites_run(tmp_path_factory):
+    """Two steps of a small MLP VAE on the sprites (3 latents)."""
+    workdir = tmp_path_factory.mktemp("sprites") / "run"
+    config = tests_train.load_config("sprites_disentanglement", **{
+        "objective.name": "elbo", "model.encoder": "mlp", "model.decoder": "mlp",
+        "model.hidden": (16,), "model.latent_dim": 3, "data.validation_size": 64,
+        "run.batch_size": 16, "run.eval_batch_size": 32, "run.num_steps": 2,
+        "run.log_every": 2, "run.eval_every": 2, "run.checkpoint_every": 2,
+        "run.num_image_examples": 4})
+    train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
+    return workdir
+
+
+def test_the_disentanglement_evaluation_scores_the_posterior_means(sprites_run, tmp_path):
+    out = tmp_path / "out"
+    result = evaluate.evaluate_workdir(
+        sprites_run, num_importance_samples=2, max_examples=32, devices=jax.devices()[:1],
+        out_dir=out, disentanglement=True, disentanglement_num_train=200,
+        disentanglement_num_eval=100)
+    scores = json.loads((out / evaluate.DISENTANGLEMENT_JSON).read_text())
+    assert json.loads((out / evaluate.EVAL_JSON).read_text())["disentanglement"] == (
+        scores["metrics"]) == result["disentanglement"]
+    assert set(scores["metrics"]) == {
+        "mig", "modularity", "explicitness_train", "explicitness_test", "sap",
+        "dci_disentanglement", "dci_completeness", "dci_informativeness_train",
+        "dci_informativeness_test", "beta_vae_train_accuracy", "beta_vae_eval_accuracy",
+        "factor_vae_train_accuracy", "factor_vae_eval_accuracy", "factor_vae_num_active_dims"}
+    for name, value in scores["metrics"].items():
+        assert math.isfinite(value) and (name == "factor_vae_num_active_dims" or
+                                         0.0 <= value <= 1.0), (name, value)
+    assert [c["dim"] for c in scores["codes"]] == [0, 1, 2]
+    assert {c["factor"] for c in scores["codes"]} <= set(ground_truth.Sprites.factor_names)
+    assert (scores["num_train"], scores["num_eval"]) == (200, 100)
+    assert (out / "plots" / "traversals.png").is_file()
+
+    # The codes are the posterior means of the images' intensities, recomputed here in float64
+    # from the restored parameters (dense layers and ReLU of the MLP encoder).
+    config = evaluate._load_config(sprites_run)
+    vae = train.make_model(config, (64, 64, 1))
+    params, _ = evaluate.restore_eval_params(config, sprites_run, vae, (64, 64, 1))
+    images = ground_truth.Sprites().images_from_factors(
+        ground_truth.Sprites().sample_factors(5, np.random.default_rng(0)))
+    enc = jax.tree.map(lambda a: np.asarray(a, np.float64), params["encoder"]["params"])
+    h = np.maximum(images.reshape(5, -1) @ enc["hidden_0"]["kernel"] + enc["hidden_0"]["bias"],
+                   0.0)
+    want = h @ enc["mean"]["kernel"] + enc["mean"]["bias"]
+    got = evaluate.representation_function(vae, params, 1.0)(images)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_disentanglement_of_a_run_without_known_factors_is_refused_first(two_checkpoint_run,
+                                                                         tmp_path):
+    workdir, _, _ = two_checkpoint_run
+    with pytest.raises(ValueError, match="needs a run trained on data with known factors.*"
+                                         "'digits'"):
+        evaluate.evaluate_workdir(workdir, out_dir=tmp_path / "out", disentanglement=True)
+    assert not (tmp_path / "out").exists()

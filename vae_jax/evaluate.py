@@ -2,7 +2,8 @@
 
     python -m vae_jax.evaluate --workdir runs/x [--num_importance_samples 5000]
         [--chunk_size 100] [--split test|validation] [--max_examples N] [--batch_size B]
-        [--step N] [--out DIR]
+        [--step N] [--out DIR] [--disentanglement [--disentanglement_num_train 10000]
+        [--disentanglement_num_eval 5000]]
 
 prints the numbers, then writes `runs/x/eval.json` and `runs/x/plots/*.png` (or into
 `--out DIR`) from the run's latest checkpoint (or that of `--step N`). Any K >= 1 works; the
@@ -38,8 +39,10 @@ import numpy as np
 
 from vae_jax import (
     config_defaults,
+    disentanglement,
     distributions,
     fastpath,
+    ground_truth,
     input_pipeline,
     likelihoods,
     losses,
@@ -316,6 +319,7 @@ def manifold_latents(num_per_side: int, *, low: float = 0.05, high: float = 0.95
 
 
 EVAL_JSON = "eval.json"
+DISENTANGLEMENT_JSON = "disentanglement.json"
 PLOTS_DIR = "plots"
 
 
@@ -481,6 +485,59 @@ class Evaluation:
     plot_key: jax.Array
 
 
+def representation_function(vae: model_lib.VAE, params, scale: float, *,
+                            batch_size: int = 500) -> Callable:
+    """images uint8 [N, H, W, C] (levels) -> codes [N, Z_1] float64: `VAE.point` of
+    q(z_1 | x) (the posterior mean of a Gaussian) at x = levels * scale, in batches of at most
+    `batch_size`; what the disentanglement metrics score."""
+    point = jax.jit(functools.partial(vae.point, params))
+
+    def represent(images_nhwc):
+        x_nhwc = np.asarray(images_nhwc, np.float32) * np.float32(scale)
+        codes = [np.asarray(point(x_nhwc[i:i + batch_size]), np.float64)
+                 for i in range(0, len(x_nhwc), batch_size)]
+        return np.concatenate(codes)
+
+    return represent
+
+
+def compute_disentanglement(evaluation: "Evaluation", *, num_train: int = 10_000,
+                            num_eval: int = 5_000, seed: int = 0) -> dict:
+    """Every metric of `vae_jax.disentanglement` for the evaluated model on its ground-truth
+    data (`ground_truth.make_ground_truth(config.data.name)`), and the factor each code
+    dimension captures best.
+
+    disentanglement_lib's protocol: `num_train` sampled points for MIG, modularity, SAP, DCI,
+    BetaVAE and FactorVAE training and FactorVAE's variance estimate; `num_eval` for the
+    held-out parts (num_test) and BetaVAE / FactorVAE evaluation (defaults 10,000 and 5,000 as
+    there); batches of 64; codes are `representation_function`'s posterior means of the
+    images' intensities; the sampling comes from numpy's Generator(`seed`).
+
+    Returns:
+      {"metrics": {name: float} (`disentanglement.compute_all`), "codes": [{"dim", "factor",
+      "score"}] per z_1 dimension (`disentanglement.factor_of_each_code` on the training
+      points), "factor_names", "num_train", "num_eval", "seed"}.
+    """
+    config = evaluation.config
+    data = ground_truth.make_ground_truth(config.data.name, data_dir=config.data.data_dir,
+                                          download=config.data.download)
+    represent = representation_function(evaluation.vae, evaluation.params,
+                                         1.0 / (data.num_levels - 1))
+    metrics = disentanglement.compute_all(
+        data, represent, np.random.default_rng(seed), num_train=num_train, num_test=num_eval,
+        num_eval=num_eval, num_variance_estimate=num_train)
+    codes_nd, factors_nf = disentanglement.sample_codes(
+        data, represent, num_train, np.random.default_rng(seed + 1))
+    factor_d, score_d = disentanglement.factor_of_each_code(codes_nd, factors_nf)
+    return {
+        "metrics": metrics,
+        "codes": [{"dim": d, "factor": data.factor_names[int(f)], "score": float(score)}
+                  for d, (f, score) in enumerate(zip(factor_d, score_d))],
+        "factor_names": list(data.factor_names),
+        "num_train": int(num_train), "num_eval": int(num_eval), "seed": int(seed),
+    }
+
+
 def evaluate_workdir(
     workdir,
     *,
@@ -498,6 +555,9 @@ def evaluate_workdir(
     step: int | None = None,
     out_dir=None,
     report: Callable[[dict], None] | None = None,
+    disentanglement: bool = False,
+    disentanglement_num_train: int = 10_000,
+    disentanglement_num_eval: int = 5_000,
 ) -> dict:
     """Evaluates a checkpoint of a training run and writes `eval.json` (into `out_dir`).
 
@@ -541,6 +601,13 @@ def evaluate_workdir(
     and again at the writing if one has started meanwhile. Reading the checkpoints needs no
     lock.
 
+    With `disentanglement`, for a run trained on a data set with known factors ("sprites",
+    "dsprites", "shapes3d", "smallnorb"), every disentanglement metric too
+    (`compute_disentanglement` with `disentanglement_num_train` / `_num_eval` points and the
+    seed `seed`): their values go into eval.json under "disentanglement", everything
+    (with the factor each code dimension captures) into disentanglement.json, and the
+    traversal rows are labelled with those factors.
+
     Three steps: `compute_evaluation` (the per-example numbers), `summarise_evaluation` (the
     dict of eval.json) and `write_evaluation`, with `report` between the last two; the CPU
     fast paths are switched as the run had them (`run.cpu_fast_paths`, `fastpath.switched`).
@@ -553,9 +620,17 @@ def evaluate_workdir(
     if num_importance_samples < 1 or chunk_size < 1:
         raise ValueError(f"num_samples={num_importance_samples} and chunk_size={chunk_size} "
                          "must both be positive")
+    if disentanglement and min(disentanglement_num_train, disentanglement_num_eval) < 2:
+        raise ValueError(f"disentanglement_num_train={disentanglement_num_train} and "
+                         f"disentanglement_num_eval={disentanglement_num_eval} must be >= 2")
     workdir = pathlib.Path(workdir)
     out_dir = workdir if out_dir is None else pathlib.Path(out_dir)
     config = _load_config(workdir)
+    if disentanglement and config.data.name not in ground_truth.GROUND_TRUTH_NAMES:
+        raise ValueError(
+            f"--disentanglement needs a run trained on data with known factors (one of "
+            f"{', '.join(ground_truth.GROUND_TRUTH_NAMES)}); {workdir} trained on "
+            f"{config.data.name!r}")
     if _inside(out_dir, workdir):
         _refuse_if_in_use(workdir)
     with fastpath.switched(config.run.cpu_fast_paths):
@@ -566,12 +641,17 @@ def evaluate_workdir(
             dequantization_seed=dequantization_seed, iwae_ks=iwae_ks, devices=devices,
             step=step)
         result = summarise_evaluation(evaluation)
+        scores = None
+        if disentanglement:
+            scores = compute_disentanglement(evaluation, num_train=disentanglement_num_train,
+                                             num_eval=disentanglement_num_eval, seed=seed)
+            result["disentanglement"] = scores["metrics"]
         if out_dir.absolute() != workdir.absolute():
             result["workdir"] = str(workdir.absolute())
         if report is not None:
             report(result)
         return write_evaluation(evaluation, result, out_dir, workdir=workdir,
-                                write_plots=write_plots)
+                                write_plots=write_plots, disentanglement_scores=scores)
 
 
 def compute_evaluation(
@@ -727,10 +807,12 @@ def summarise_evaluation(evaluation: Evaluation) -> dict:
 
 
 def write_evaluation(evaluation: Evaluation, result: dict, out_dir, *, workdir,
-                     write_plots: bool = True) -> dict:
-    """Writes `result` as eval.json into `out_dir` (created if missing) and, with
-    `write_plots`, the pictures into `out_dir/plots` (`save_plots`), then eval.json again
-    with their paths; returns `result`. eval.json is written first, so the numbers survive a
+                     write_plots: bool = True, disentanglement_scores: dict | None = None
+                     ) -> dict:
+    """Writes `result` as eval.json into `out_dir` (created if missing), the
+    `disentanglement_scores` (`compute_disentanglement`), when given, as disentanglement.json
+    and, with `write_plots`, the pictures into `out_dir/plots` (`save_plots`), then eval.json
+    again with their paths; returns `result`. eval.json is written first, so the numbers survive a
     plotting error. Inside the workdir, it writes holding the workdir's lock (`evaluate_workdir`
     says why). A failed write raises OSError naming the directory."""
     out_dir, workdir = pathlib.Path(out_dir), pathlib.Path(workdir)
@@ -748,12 +830,17 @@ def write_evaluation(evaluation: Evaluation, result: dict, out_dir, *, workdir,
         with lock:
             out_dir.mkdir(parents=True, exist_ok=True)
             workdir_lib.write_json(out_dir / EVAL_JSON, result)  # survives a plotting error
+            factors = None
+            if disentanglement_scores is not None:
+                workdir_lib.write_json(out_dir / DISENTANGLEMENT_JSON, disentanglement_scores)
+                factors = [f"{c['factor']} {c['score']:.2f}"
+                           for c in disentanglement_scores["codes"]]
             if write_plots:
                 result["plots"] = sorted(str(p.relative_to(out_dir)) for p in save_plots(
                     out_dir / PLOTS_DIR, vae, evaluation.params, evaluation.x_nhwc,
                     evaluation.plot_key, kl_per_dim=decoder_kl_per_dim,
                     mean_nz=evaluation.per_example["point"][:, :z1_dim],
-                    labels=evaluation.labels, workdir=workdir))
+                    labels=evaluation.labels, workdir=workdir, factors=factors))
                 workdir_lib.write_json(out_dir / EVAL_JSON, result)
     except OSError as err:
         raise type(err)(f"could not write the evaluation into {out_dir} ({err}); choose "
@@ -762,7 +849,7 @@ def write_evaluation(evaluation: Evaluation, result: dict, out_dir, *, workdir,
 
 
 def save_plots(directory, vae, params, x_nhwc, key, *, kl_per_dim, mean_nz, labels=None,
-               workdir=None, num_examples: int = 16) -> list:
+               workdir=None, num_examples: int = 16, factors=None) -> list:
     """Writes every picture of `vae_jax.plots` for a model and an encoded split; returns paths.
 
     reconstructions, prior samples (from the model's actual prior, ancestrally for several
@@ -770,7 +857,8 @@ def save_plots(directory, vae, params, x_nhwc, key, *, kl_per_dim, mean_nz, labe
     descending), interpolation (examples 0 -> 1), the latent scatter coloured by label
     (Z >= 2), the 2-D manifold (Z = 2 under an N(0, I) prior), and the training curves when
     `workdir` holds metrics.jsonl. mean_nz [N, Z_1] are the posterior's point summaries of z_1,
-    the decoder's input. Traversals move each dimension by -3..3 around example 0's point:
+    the decoder's input; `factors` [Z_1], if given, label the traversal rows (the factor each
+    dimension captures). Traversals move each dimension by -3..3 around example 0's point:
     in prior standard deviations under one N(0, I) layer, otherwise in standard deviations of
     the points over the split (the prior's scale is not 1 then).
     """
@@ -804,7 +892,8 @@ def save_plots(directory, vae, params, x_nhwc, key, *, kl_per_dim, mean_nz, labe
         z_inputs[0], [d], (values * scale_z[d]).astype(np.float32)))[0] for d in order])
     paths.append(plots.latent_traversals(
         directory / "traversals.png", decode_grid(traversals), dims=order,
-        kl_per_dim=np.asarray(kl_per_dim)[order]))
+        kl_per_dim=np.asarray(kl_per_dim)[order],
+        factors=None if factors is None else [factors[d] for d in order]))
     if len(inputs) >= 2:
         path = interpolation_latents(z_inputs[0], z_inputs[1], 10)
         paths.append(plots.interpolation(directory / "interpolation.png",
@@ -830,12 +919,16 @@ def summary_lines(result: dict) -> list[str]:
     keys = ("nll_nats", "nll_stderr_nats", "bits_per_dim", "elbo_nats", "active_units",
             "mutual_information_nats")
     bounds = result["iwae_bounds"]
-    return [
+    lines = [
         f"{result['split']} ({result['num_examples']} examples, step "
         f"{result['checkpoint_step']}): "
         + ", ".join(f"{k}={result[k]:.4g}" for k in keys if k in result),
         "iwae_bounds: " + ", ".join(f"L_{k}={v:.4g}" for k, v in bounds.items()),
     ]
+    if "disentanglement" in result:
+        lines.append("disentanglement: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in result["disentanglement"].items()))
+    return lines
 
 
 def _define_flags():
@@ -867,6 +960,15 @@ def _define_flags():
         out_dir=flags.DEFINE_string(
             "out", None, "Directory for eval.json and plots/ (default: the workdir)."),
         plots=flags.DEFINE_bool("plots", True, "Write pictures into <out>/plots/."),
+        disentanglement=flags.DEFINE_bool(
+            "disentanglement", False, "Also the disentanglement metrics (runs on sprites, "
+            "dsprites, shapes3d, smallnorb): into eval.json and disentanglement.json."),
+        disentanglement_num_train=flags.DEFINE_integer(
+            "disentanglement_num_train", 10_000, "Points for the metrics' training parts "
+            "(disentanglement_lib: 10,000).", lower_bound=2),
+        disentanglement_num_eval=flags.DEFINE_integer(
+            "disentanglement_num_eval", 5_000, "Points for their held-out parts "
+            "(disentanglement_lib: 5,000).", lower_bound=2),
     )
 
 

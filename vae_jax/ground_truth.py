@@ -371,3 +371,18 @@ class TFDSGroundTruth(GroundTruthData):
             raise ValueError(f"{self.name}: no image has the features {missing} (the complete "
                              "data set has every combination; this copy is partial)")
         return self.images[self._order[where]]
+
+
+GROUND_TRUTH_NAMES = ("sprites", *TFDS_GROUND_TRUTH)
+
+
+def make_ground_truth(name: str, *, data_dir: str | os.PathLike | None = None,
+                      download: bool = False) -> GroundTruthData:
+    """The ground-truth data set a run's `config.data.name` names: `Sprites()` for "sprites",
+    `TFDSGroundTruth` for "dsprites", "shapes3d", "smallnorb"; a clear ValueError otherwise."""
+    if name == "sprites":
+        return Sprites()
+    if name in TFDS_GROUND_TRUTH:
+        return TFDSGroundTruth(name, data_dir=data_dir, download=download)
+    raise ValueError(f"data set {name!r} has no known ground-truth factors; the "
+                     f"disentanglement metrics need one of {', '.join(GROUND_TRUTH_NAMES)}")

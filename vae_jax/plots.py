@@ -102,7 +102,7 @@ def prior_samples(path, samples_nhwc, *, rows: int, scale: int | None = None) ->
     return image_grid(path, _rows_of(samples_nhwc, columns), scale=scale)
 
 
-def latent_traversals(path, images_rshwc, *, dims, kl_per_dim,
+def latent_traversals(path, images_rshwc, *, dims, kl_per_dim, factors=None,
                       scale: int | None = None) -> pathlib.Path:
     """One row per latent dimension: the decoded images as that dimension moves over `values`.
 
@@ -110,9 +110,14 @@ def latent_traversals(path, images_rshwc, *, dims, kl_per_dim,
       images_rshwc: [R, S, H, W, C] decoded traversals, row r for dimension `dims[r]` (rows
         ordered as the caller wants them, e.g. by KL descending).
       dims: [R] latent indices; kl_per_dim: [R] their KL (nats), both written as row labels.
+      factors: [R] optional strings appended to the labels (the factor a dimension captures
+        best, `disentanglement.factor_of_each_code`).
     """
     labels = [f"z{int(d)} KL {float(k):.2f}" for d, k in zip(dims, kl_per_dim)]
-    return image_grid(path, images_rshwc, scale=scale, row_labels=labels, label_width=72)
+    if factors is not None:
+        labels = [f"{label} {factor}" for label, factor in zip(labels, factors)]
+    return image_grid(path, images_rshwc, scale=scale, row_labels=labels,
+                      label_width=72 if factors is None else 170)
 
 
 def interpolation(path, images_shwc, *, start=None, end=None,
