@@ -1,0 +1,42 @@
+"""experiments/sprites_sweep.py: the table (median and range over seeds), the figure and the
+choice of the best run, on made-up metric rows."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("sprites_sweep",
+                                               REPO / "experiments" / "sprites_sweep.py")
+sweep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+
+
+def _rows():
+    rng = np.random.default_rng(0)
+    rows = []
+    for variant, level in (("beta_vae_1", 0.2), ("factor_vae_30", 0.6)):
+        for seed in range(3):
+            row = {"variant": variant, "seed": seed, "workdir": f"{variant}_seed{seed}"}
+            row.update({m: float(level + 0.1 * seed + 0.01 * rng.uniform())
+                        for m in sweep.METRICS})
+            rows.append(row)
+    return rows
+
+
+def test_the_table_gives_median_and_range_over_seeds_and_the_figure_is_written(tmp_path):
+    rows = _rows()
+    table = sweep.summarise(rows, ["beta_vae_1", "dip_vae_ii", "factor_vae_30"], tmp_path)
+    lines = table.splitlines()
+    assert len(lines) == 4  # header, rule, two variants with runs (dip_vae_ii has none)
+    mig = [r["mig"] for r in rows if r["variant"] == "factor_vae_30"]
+    cell = lines[3].split(" | ")[2]
+    assert cell == f"{np.median(mig):.2f} ({min(mig):.2f}-{max(mig):.2f})"
+    assert lines[3].startswith("| `factor_vae_30` | 3 |")
+    assert (tmp_path / "sweep_metrics.png").stat().st_size > 1000
+
+
+def test_the_best_run_has_the_best_median_rank():
+    rows = _rows()
+    assert sweep.best_run(rows)["workdir"] == "factor_vae_30_seed2"
