@@ -403,13 +403,45 @@ def test_registry_builds_the_named_classes():
     assert isinstance(models.make_encoder("conv", latent_dim=2), models.ConvEncoder)
     assert isinstance(models.make_decoder("mlp", output_shape=(2, 2, 1)), models.MLPDecoder)
     assert isinstance(models.make_decoder("conv", output_shape=(2, 2, 1)), models.ConvDecoder)
+    assert models.make_encoder("gated_mlp", latent_dim=2).gated
+    assert models.make_decoder("gated_mlp", output_shape=(2, 2, 1)).gated
+
+
+def test_gated_dense_matches_float64():
+    layer = models.GatedDense(5, kernel_init=models.get_kernel_init("kaiming_normal", "relu"))
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    variables = layer.init(jax.random.key(0), x)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+    h = x @ p["h"]["kernel"] + p["h"]["bias"]
+    gate = x @ p["gate"]["kernel"] + p["gate"]["bias"]
+    want = h * scipy.special.expit(gate)
+    np.testing.assert_allclose(layer.apply(variables, x), want, rtol=1e-5, atol=1e-6)
+    # The two maps are drawn independently with the gain of the initialiser asked for.
+    assert not np.allclose(p["h"]["kernel"], p["gate"]["kernel"])
+
+
+def test_gated_mlps_have_two_maps_per_hidden_layer_and_the_same_heads():
+    x = jnp.zeros((2, 4, 4, 1))
+    for gated in (False, True):
+        encoder = models.MLPEncoder(3, hidden=(6, 5), gated=gated)
+        decoder = models.MLPDecoder((4, 4, 1), hidden=(6, 5), gated=gated)
+        enc = jax.eval_shape(encoder.init, jax.random.key(0), x)["params"]
+        dec = jax.eval_shape(decoder.init, jax.random.key(0), jnp.zeros((2, 3)))["params"]
+        assert set(enc) == {"hidden_0", "hidden_1", "mean", "logvar"}
+        assert set(dec) == {"hidden_0", "hidden_1", "output"}
+        per_layer = _n_params(encoder, x) - _dense_params(5, 3) * 2
+        hidden = _dense_params(16, 6) + _dense_params(6, 5)
+        assert per_layer == (2 * hidden if gated else hidden)
+        out = decoder.apply(decoder.init(jax.random.key(1), jnp.zeros((2, 3))), jnp.ones((2, 3)))
+        chex.assert_shape(out, (2, 4, 4, 1))
 
 
 @pytest.mark.parametrize(
     "build, valid_names",
     [
-        (lambda: models.make_encoder("resnet", latent_dim=2), ["conv", "mlp"]),
-        (lambda: models.make_decoder("resnet", output_shape=(2, 2, 1)), ["conv", "mlp"]),
+        (lambda: models.make_encoder("resnet", latent_dim=2), ["conv", "gated_mlp", "mlp"]),
+        (lambda: models.make_decoder("resnet", output_shape=(2, 2, 1)),
+         ["conv", "gated_mlp", "mlp"]),
         (lambda: models.get_activation("swish"), ["gelu", "relu", "silu", "tanh"]),
         (
             lambda: models.get_kernel_init("orthogonal"),

@@ -8,6 +8,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -991,3 +992,100 @@ def test_a_full_disk_ends_the_run_with_the_cause_as_its_last_line(tmp_path):
         assert not train.has_checkpoint(mount / "w")
     finally:
         subprocess.run(["umount", str(mount)])
+
+
+# --------------------------------------------------------------------------- model selection
+
+
+def test_best_on_validation_counts_passes_since_a_strictly_better_one():
+    best = train.BestOnValidation(metric="m", mode="max", patience=2)
+    assert [best.update(v, s) for s, v in enumerate([1.0, 2.0, 2.0, 1.5], start=1)] == [
+        True, True, False, False]
+    assert (best.best_step, best.best_value, best.passes_since_best) == (2, 2.0, 2)
+    assert best.exhausted
+    lower = train.BestOnValidation.from_rows(
+        [{"step": 1, "m": 3.0}, {"step": 2, "m": 1.0}, {"step": 3, "m": 2.0}], metric="m",
+        mode="min", patience=0)
+    assert (lower.best_step, lower.passes_since_best, lower.exhausted) == (2, 1, False)
+
+
+def _selection_config(**overrides):
+    # Selecting by the HIGHEST reconstruction error makes every later pass worse than the
+    # first while the model learns (checked below), so the best is step 5 and patience 3 stops
+    # the run at step 20 of 200. The gated MLPs train here too.
+    settings = {"run.num_steps": 200, "run.steps_per_dispatch": 5, "run.log_every": 5,
+                "run.eval_every": 5, "run.checkpoint_every": 5, "run.keep_checkpoints": 5,
+                "run.best_metric": "val_recon_nats", "run.best_mode": "max",
+                "run.early_stopping_patience": 3, "model.encoder": "gated_mlp",
+                "model.decoder": "gated_mlp", "model.hidden": (32,)}
+    settings.update(overrides)
+    return tiny_digits(**settings)
+
+
+@pytest.fixture(scope="module")
+def early_stopped_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("early") / "run"
+    result = train.train_and_evaluate(_selection_config(), workdir, quiet=True,
+                                      devices=jax.devices()[:1])
+    return workdir, result
+
+
+def test_early_stopping_fires_at_the_patience_and_keeps_the_best(early_stopped_run, tmp_path):
+    workdir, result = early_stopped_run
+    rows = read_jsonl(workdir / "eval_metrics.jsonl")
+    recon = [row["val_recon_nats"] for row in rows]
+    assert [row["step"] for row in rows] == [5, 10, 15, 20]
+    assert max(recon[1:]) < recon[0]  # the premise: every later pass is worse by the metric
+    assert int(jax.device_get(result.state.step)) == 20
+    final = json.loads((workdir / "final_metrics.json").read_text())
+    assert (final["early_stopped_at_step"], final["best_step"]) == (20, 5)
+    assert final["best_val_recon_nats"] == pytest.approx(recon[0])
+    assert json.loads((workdir / "best" / "best.json").read_text()) == {
+        "step": 5, "metric": "val_recon_nats", "mode": "max", "value": recon[0]}
+    assert (workdir / "checkpoints" / "20").is_dir()
+
+    # The best checkpoint holds the parameters of step 5: those of a run stopped there.
+    five = train.train_and_evaluate(_selection_config(**{"run.num_steps": 5}),
+                                    tmp_path / "five", quiet=True, devices=jax.devices()[:1])
+    from vae_jax import evaluate
+
+    config = _selection_config()
+    vae = train.make_model(config, (8, 8, 1))
+    params, step = evaluate.restore_eval_params(config, workdir, vae, (8, 8, 1), best=True)
+    assert step == 5 and max_abs_diff(params, params_of(five)) == 0.0
+    numbers = evaluate.evaluate_workdir(workdir, best=True, num_importance_samples=2,
+                                        write_plots=False, out_dir=tmp_path / "eval",
+                                        devices=jax.devices()[:1])
+    assert numbers["checkpoint_step"] == 5 and numbers["best_checkpoint"]["step"] == 5
+
+    # Rerunning the finished command trains nothing and keeps what the run wrote.
+    before = (workdir / "metrics.jsonl").read_text()
+    again = train.train_and_evaluate(_selection_config(), workdir, quiet=True,
+                                     devices=jax.devices()[:1])
+    assert int(jax.device_get(again.state.step)) == 20
+    assert (workdir / "metrics.jsonl").read_text() == before
+    assert json.loads((workdir / "final_metrics.json").read_text()) == final
+
+
+def test_a_run_resumed_mid_patience_continues_the_count(early_stopped_run, tmp_path):
+    # Killed after the checkpoint of step 10 (one pass since the best): the resumed run stops
+    # at step 20 as the uninterrupted one did, not at 25 or 30 as a fresh count would.
+    reference_dir, reference = early_stopped_run
+    workdir = tmp_path / "killed"
+    shutil.copytree(reference_dir, workdir)
+    for step in (15, 20):
+        shutil.rmtree(workdir / "checkpoints" / str(step))
+        (workdir / "checkpoint_checksums" / f"{step}.json").unlink()
+    resumed = train.train_and_evaluate(_selection_config(), workdir, quiet=True,
+                                       devices=jax.devices()[:1])
+    assert int(jax.device_get(resumed.state.step)) == 20
+    assert max_abs_diff(params_of(resumed), params_of(reference)) == 0.0
+    assert [row["step"] for row in read_jsonl(workdir / "eval_metrics.jsonl")] == [5, 10, 15, 20]
+    assert json.loads((workdir / "best" / "best.json").read_text())["step"] == 5
+
+
+def test_an_unknown_selection_metric_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="run.best_metric='val_loss'.*one of"):
+        train.train_and_evaluate(_selection_config(**{"run.best_metric": "val_loss"}),
+                                 tmp_path / "w", quiet=True, devices=jax.devices()[:1])
+    assert not (tmp_path / "w").exists()

@@ -34,8 +34,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Model (`vae_jax.model.build_model`): parts by name.
     m = config.model = ml_collections.ConfigDict()
-    m.encoder = "mlp"  # "mlp" or "conv" (`models.ENCODERS`): the network of q(z_1 | x)
-    m.decoder = "mlp"  # "mlp" or "conv" (`models.DECODERS`): the network of p(x | z_1)
+    m.encoder = "mlp"  # "mlp", "gated_mlp" or "conv" (`models.ENCODERS`): net of q(z_1 | x)
+    m.decoder = "mlp"  # "mlp", "gated_mlp" or "conv" (`models.DECODERS`): net of p(x | z_1)
     m.latent_dim = 16  # Z_1
     # Stochastic layers of the Burda et al. 2015 type: x -> z_1 -> ... -> z_L. Layer l > 1 has
     # upper_latent_dims[l - 2] units (default: half the layer below, at least 1), and the MLPs
@@ -128,6 +128,15 @@ def default_config() -> ml_collections.ConfigDict:
     r.eval_every = 1000
     r.checkpoint_every = 1000
     r.keep_checkpoints = 3
+    # Model selection on the validation split (`train.BestOnValidation`): keep_best keeps the
+    # TrainState of the best validation pass by best_metric (best_mode "max" or "min") in
+    # <workdir>/best/ (`python -m vae_jax.evaluate --best` evaluates it); with
+    # early_stopping_patience = P > 0 training stops after P validation passes without a
+    # better one (and keeps the best).
+    r.keep_best = False
+    r.best_metric = "val_elbo_nats"
+    r.best_mode = "max"
+    r.early_stopping_patience = 0
     r.num_image_examples = 16
     # True: the CPU fast paths of `vae_jax.fastpath` on the CPU backend (they measured faster
     # there); False: plain jax.random / jax.nn / optax everywhere.

@@ -2,7 +2,7 @@
 
     python -m vae_jax.evaluate --workdir runs/x [--num_importance_samples 5000]
         [--chunk_size 100] [--split test|validation] [--max_examples N] [--batch_size B]
-        [--step N] [--out DIR] [--disentanglement [--disentanglement_num_train 10000]
+        [--step N | --best] [--out DIR] [--disentanglement [--disentanglement_num_train 10000]
         [--disentanglement_num_eval 5000]]
 
 prints the numbers, then writes `runs/x/eval.json` and `runs/x/plots/*.png` (or into
@@ -383,8 +383,9 @@ def dequantize_once(levels_nhwc: np.ndarray, num_levels: int, seed: int) -> np.n
     return np.asarray(draw(keys_n, levels_nhwc, num_levels))
 
 
-def restore_eval_params(config, workdir, vae, image_shape, *, step=None):
-    """(params, step) of a checkpoint in `workdir/checkpoints`, on one device: its EMA
+def restore_eval_params(config, workdir, vae, image_shape, *, step=None, best=False):
+    """(params, step) of a checkpoint in `workdir/checkpoints` (with `best`, the best one on
+    validation in `workdir/best/checkpoints`, kept by `run.keep_best`), on one device: its EMA
     parameters when the run kept them (config.optim.ema_decay > 0), else its parameters.
 
     `step` None restores the newest intact checkpoint, an int exactly that step's, each
@@ -395,8 +396,10 @@ def restore_eval_params(config, workdir, vae, image_shape, *, step=None):
     `workdir_lib.CheckpointRestoreError` when the checkpoint cannot be restored.
     """
     workdir = pathlib.Path(workdir)
-    directory = workdir / "checkpoints"
+    directory = workdir / "best" / "checkpoints" if best else workdir / "checkpoints"
     missing = FileNotFoundError(
+        f"no checkpoint in {directory}: the run kept no best checkpoint (run.keep_best or "
+        "run.early_stopping_patience)" if best else
         f"no checkpoint in {directory}: train first (python -m vae_jax.main --workdir {workdir})"
     )
     if not directory.is_dir():
@@ -553,6 +556,7 @@ def evaluate_workdir(
     devices=None,
     write_plots: bool = True,
     step: int | None = None,
+    best: bool = False,
     out_dir=None,
     report: Callable[[dict], None] | None = None,
     disentanglement: bool = False,
@@ -562,9 +566,10 @@ def evaluate_workdir(
     """Evaluates a checkpoint of a training run and writes `eval.json` (into `out_dir`).
 
     Reads `workdir/config.json`, loads `split` with the training run's data arguments,
-    restores the checkpoint of `step` (default: the latest; `restore_eval_params`; EMA
-    parameters when the run kept them), and computes on every device of `devices` (default:
-    all):
+    restores the checkpoint of `step` (default: the latest; with `best`, the best one on
+    validation that `run.keep_best` kept, recorded in eval.json as `best_checkpoint`;
+    `restore_eval_params`; EMA parameters when the run kept them), and computes on every
+    device of `devices` (default: all):
 
       nll_nats (+ stderr, bits_per_dim)  -log p(x) by importance sampling with K =
                                          `num_importance_samples` (`make_nll_program`)
@@ -620,6 +625,9 @@ def evaluate_workdir(
     if num_importance_samples < 1 or chunk_size < 1:
         raise ValueError(f"num_samples={num_importance_samples} and chunk_size={chunk_size} "
                          "must both be positive")
+    if best and step is not None:
+        raise ValueError(f"best=True and step={step}: the best checkpoint is the one step "
+                         "best/best.json names; ask for one or the other")
     if disentanglement and min(disentanglement_num_train, disentanglement_num_eval) < 2:
         raise ValueError(f"disentanglement_num_train={disentanglement_num_train} and "
                          f"disentanglement_num_eval={disentanglement_num_eval} must be >= 2")
@@ -639,8 +647,10 @@ def evaluate_workdir(
             chunk_size=chunk_size, split=split, max_examples=max_examples,
             batch_size=batch_size, seed=seed, binarization_seed=binarization_seed,
             dequantization_seed=dequantization_seed, iwae_ks=iwae_ks, devices=devices,
-            step=step)
+            step=step, best=best)
         result = summarise_evaluation(evaluation)
+        if best:
+            result["best_checkpoint"] = json.loads((workdir / "best" / "best.json").read_text())
         scores = None
         if disentanglement:
             scores = compute_disentanglement(evaluation, num_train=disentanglement_num_train,
@@ -669,6 +679,7 @@ def compute_evaluation(
     iwae_ks=IWAE_KS,
     devices=None,
     step: int | None = None,
+    best: bool = False,
 ) -> Evaluation:
     """The per-example numbers of `evaluate_workdir` (see there for the arguments), computed
     on every device of `devices`; nothing is written. `config` defaults to the run's."""
@@ -691,7 +702,8 @@ def compute_evaluation(
                          f"{max_examples}); the evaluation needs at least 2")
     vae = model_lib.build_model(config.model, data.image_shape, num_levels=data.num_levels)
     vae.likelihood.check_support(x_nhwc)
-    params, step = restore_eval_params(config, workdir, vae, data.image_shape, step=step)
+    params, step = restore_eval_params(config, workdir, vae, data.image_shape, step=step,
+                                       best=best)
 
     mesh = parallel.make_mesh(devices)
     num_devices = mesh.devices.size
@@ -957,6 +969,9 @@ def _define_flags():
         step=flags.DEFINE_integer(
             "step", None, "Evaluate the checkpoint of this step (default: the latest).",
             lower_bound=0),
+        best=flags.DEFINE_bool(
+            "best", False, "Evaluate the best checkpoint on validation (runs with "
+            "run.keep_best or run.early_stopping_patience) instead of the latest."),
         out_dir=flags.DEFINE_string(
             "out", None, "Directory for eval.json and plots/ (default: the workdir)."),
         plots=flags.DEFINE_bool("plots", True, "Write pictures into <out>/plots/."),

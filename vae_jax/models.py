@@ -18,6 +18,7 @@ a static argument of `jax.jit`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -588,6 +589,32 @@ def _gaussian_heads(h_bf: Array, latent_dim: int, extra_dim: int, kernel_init: s
     return mean_bz, logvar_bz, nn.Dense(extra_dim, kernel_init=extra_init, name="extra")(h_bf)
 
 
+class GatedDense(nn.Module):
+    """A gated dense layer (Dauphin et al. 2017; the GatedDense of Tomczak & Welling's VampPrior
+    code): x [B, F_in] -> [B, features],
+
+        h = (x W_1 + b_1) * sigmoid(x W_2 + b_2),
+
+    two dense maps ("h" and "gate") with `kernel_init`; the gate is the nonlinearity."""
+
+    features: int
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x_bf: Array) -> Array:
+        h_bf = nn.Dense(self.features, kernel_init=self.kernel_init, name="h")(x_bf)
+        gate_bf = nn.Dense(self.features, kernel_init=self.kernel_init, name="gate")(x_bf)
+        return h_bf * jax.nn.sigmoid(gate_bf)
+
+
+def _hidden_layer(width: int, *, gated: bool, init: Initializer, act: Callable, name: str):
+    """One hidden layer of the MLPs: dense + activation, or a `GatedDense` (no activation)."""
+    if gated:
+        return GatedDense(width, kernel_init=init, name=name)
+    dense = nn.Dense(width, kernel_init=init, name=name)
+    return lambda h_bf: act(dense(h_bf))
+
+
 class MLPEncoder(nn.Module):
     """Fully connected Gaussian encoder: x [B, ...] -> (mean_bz, logvar_bz), each [B, Z].
 
@@ -605,6 +632,8 @@ class MLPEncoder(nn.Module):
         the output is then (mean_bz, logvar_bz, extra_be).
       extra_zero_init: start the extra head at zero (`Posterior.extra_zero_init`: a Cholesky
         off-diagonal that starts at 0 makes q start diagonal).
+      gated: hidden layers are `GatedDense` (registered as "gated_mlp"); `activation` then only
+        picks the initialiser's gain.
     """
 
     latent_dim: int
@@ -613,6 +642,7 @@ class MLPEncoder(nn.Module):
     kernel_init: str = "lecun_normal"
     extra_dim: int = 0
     extra_zero_init: bool = False
+    gated: bool = False
 
     def __post_init__(self):
         _as_tuple(self, "hidden")
@@ -624,7 +654,8 @@ class MLPEncoder(nn.Module):
         h_bf = x.reshape((x.shape[0], -1))
         init = get_kernel_init(self.kernel_init, self.activation)
         for i, width in enumerate(self.hidden):
-            h_bf = act(nn.Dense(width, kernel_init=init, name=f"hidden_{i}")(h_bf))
+            h_bf = _hidden_layer(width, gated=self.gated, init=init, act=act,
+                                 name=f"hidden_{i}")(h_bf)
         return _gaussian_heads(h_bf, self.latent_dim, self.extra_dim, self.kernel_init,
                                self.extra_zero_init)
 
@@ -669,12 +700,14 @@ class MLPDecoder(nn.Module):
       hidden: hidden widths of the mirrored encoder, input side first.
       activation: name for `get_activation`.
       kernel_init: name for `get_kernel_init`.
+      gated: hidden layers are `GatedDense`, as in `MLPEncoder`.
     """
 
     output_shape: Sequence[int]
     hidden: Sequence[int] = (512, 512)
     activation: str = "relu"
     kernel_init: str = "lecun_normal"
+    gated: bool = False
 
     def __post_init__(self):
         _as_tuple(self, "output_shape", "hidden")
@@ -686,7 +719,8 @@ class MLPDecoder(nn.Module):
         h_bf = z_bz
         init = get_kernel_init(self.kernel_init, self.activation)
         for i, width in enumerate(reversed(self.hidden)):
-            h_bf = act(nn.Dense(width, kernel_init=init, name=f"hidden_{i}")(h_bf))
+            h_bf = _hidden_layer(width, gated=self.gated, init=init, act=act,
+                                 name=f"hidden_{i}")(h_bf)
         out_bf = nn.Dense(
             math.prod(self.output_shape),
             kernel_init=get_kernel_init(self.kernel_init, "linear"),
@@ -833,8 +867,12 @@ class ConvDecoder(nn.Module):
 # Registry
 # ----------------------------------------------------------------------------------------------
 
-ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "conv": ConvEncoder}
-DECODERS: dict[str, type[nn.Module]] = {"mlp": MLPDecoder, "conv": ConvDecoder}
+ENCODERS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLPEncoder, "gated_mlp": functools.partial(MLPEncoder, gated=True),
+    "conv": ConvEncoder}
+DECODERS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLPDecoder, "gated_mlp": functools.partial(MLPDecoder, gated=True),
+    "conv": ConvDecoder}
 
 
 def make_encoder(name: str, **kwargs: Any) -> nn.Module:

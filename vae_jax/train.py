@@ -411,6 +411,59 @@ def make_eval_program(eval_fn: Callable, mesh, *, batch_size: int,
     return jax.jit(mapped, compiler_options=parallel.options_or_default(compiler_options))
 
 
+# --------------------------------------------------------------------------- model selection
+
+
+# The validation metrics a run can be selected by (`validation_summary`).
+BEST_METRICS = ("val_elbo_nats", "val_recon_nats", "val_kl_nats", "val_active_units",
+                "val_bits_per_dim")
+BEST_JSON = "best.json"
+
+
+@dataclasses.dataclass
+class BestOnValidation:
+    """The best validation pass so far by `metric` and how many passes came after it.
+
+    A pass is better when its value beats the best strictly (`mode` "max": higher, "min":
+    lower); `exhausted` once `patience` > 0 passes in a row were not better (early stopping,
+    Prechelt 1998). Rebuilt on resume by replaying eval_metrics.jsonl up to the restored step
+    (`from_rows`), so a resumed run continues the count exactly.
+    """
+
+    metric: str
+    mode: str
+    patience: int
+    best_value: float | None = None
+    best_step: int | None = None
+    passes_since_best: int = 0
+
+    def update(self, value: float, step: int) -> bool:
+        """Records one validation pass; True when it is the new best."""
+        better = self.best_value is None or (
+            value > self.best_value if self.mode == "max" else value < self.best_value)
+        if better:
+            self.best_value, self.best_step, self.passes_since_best = float(value), step, 0
+        else:
+            self.passes_since_best += 1
+        return better
+
+    @property
+    def exhausted(self) -> bool:
+        return self.patience > 0 and self.passes_since_best >= self.patience
+
+    @classmethod
+    def from_rows(cls, rows, *, metric: str, mode: str, patience: int) -> "BestOnValidation":
+        best = cls(metric=metric, mode=mode, patience=patience)
+        for row in rows:
+            best.update(row[metric], int(row["step"]))
+        return best
+
+    def record(self) -> dict:
+        """What best/best.json holds."""
+        return {"step": self.best_step, "metric": self.metric, "mode": self.mode,
+                "value": self.best_value}
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -519,6 +572,7 @@ NUMERIC_RANGES = {
     "run.eval_every": (_positive, ">= 1"),
     "run.checkpoint_every": (_positive, ">= 1"),
     "run.keep_checkpoints": (_positive, ">= 1"),
+    "run.early_stopping_patience": (_non_negative, ">= 0 (0: never stop early)"),
     "run.num_image_examples": (_non_negative, ">= 0"),
 }
 
@@ -577,6 +631,13 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
             raise ValueError(
                 "model.decoder_bias_init='data_mean' needs an output bias per pixel (decoder "
                 "'mlp'); the 'conv' decoder has one bias per channel")
+    if run.best_metric not in BEST_METRICS or run.best_mode not in ("max", "min"):
+        raise ValueError(f"run.best_metric={run.best_metric!r} / run.best_mode={run.best_mode!r}:"
+                         f" the metric must be one of {list(BEST_METRICS)} and the mode 'max' "
+                         "or 'min'")
+    if run.best_metric == "val_bits_per_dim" and not data.dequantize:
+        raise ValueError("run.best_metric='val_bits_per_dim' exists only for runs on dequantised "
+                         "data (data.dequantize=True); use 'val_elbo_nats'")
     if data.dequantize and data.binarization != "none":
         raise ValueError(
             f"data.dequantize=True with data.binarization={data.binarization!r}: "
@@ -935,6 +996,15 @@ def train_loop(setup: RunSetup, workdir: pathlib.Path, state, checkpoints, feede
 
     logger = workdir_lib.MetricsLogger(workdir, enabled=is_chief, quiet=quiet,
                                        total_steps=num_steps, initial_step=start_step)
+    run = config.run
+    best_checkpoints = None
+    # The validation passes up to the restored step: what the interrupted run had seen there.
+    history = [row for row in workdir_lib.read_jsonl(workdir / "eval_metrics.jsonl")
+               if row["step"] <= start_step]
+    best = BestOnValidation.from_rows(history, metric=run.best_metric, mode=run.best_mode,
+                                      patience=run.early_stopping_patience)
+    if run.keep_best or run.early_stopping_patience > 0:
+        best_checkpoints = workdir_lib.Checkpoints(workdir / "best" / "checkpoints", keep=1)
 
     def checkpoint_note():
         latest = checkpoints.latest_step()
@@ -985,10 +1055,13 @@ def train_loop(setup: RunSetup, workdir: pathlib.Path, state, checkpoints, feede
                     f"losses.support_violations); stopping. {checkpoint_note()}")
 
     last_metrics, validation = {}, {}
+    if best.exhausted:  # the rerun command of a run that stopped early: nothing to train
+        last_metrics = (workdir_lib.read_jsonl(workdir / "metrics.jsonl") or [{}])[-1]
+        validation = {k: v for k, v in history[-1].items() if k != "step"}
     step = start_step
     try:
         with _signals_recorded((signal.SIGINT, signal.SIGTERM)) as caught:
-            while step < num_steps:
+            while step < num_steps and not best.exhausted:
                 state, metrics, length = feeder.advance(state, step)
                 step += length
                 pending.append(metrics)
@@ -1004,6 +1077,17 @@ def train_loop(setup: RunSetup, workdir: pathlib.Path, state, checkpoints, feede
                     logger.log_eval(validation, step)
                     pictures.write(eval_params(state), step, jax.random.fold_in(eval_key, step))
                     logger.log_images(pictures.last_images, step)
+                    if best.update(validation[run.best_metric], step) and best_checkpoints:
+                        check_guards(upto=0)
+                        best_checkpoints.save(step, state)
+                        best_checkpoints.wait()  # best.json names a checkpoint that exists
+                        if is_chief:
+                            workdir_lib.write_json(workdir / "best" / BEST_JSON, best.record())
+                    if best.exhausted and not last:
+                        last = True  # stop here, with a checkpoint of this step
+                        if pending:
+                            check_guards(upto=0)
+                            last_metrics = log_window(step)
                 if step % config.run.checkpoint_every == 0 or last or caught:
                     check_guards(upto=0)  # never checkpoint what the guards give up on
                     checkpoints.save(step, state)
@@ -1018,7 +1102,12 @@ def train_loop(setup: RunSetup, workdir: pathlib.Path, state, checkpoints, feede
                         caught[0])
     finally:
         checkpoints.close()
+        if best_checkpoints is not None:
+            best_checkpoints.close()
         logger.close()
+    if best.exhausted:
+        validation = {**validation, "early_stopped_at_step": step,
+                      "best_step": best.best_step, f"best_{run.best_metric}": best.best_value}
     if is_chief:
         workdir_lib.write_json(workdir / "final_metrics.json", {**last_metrics, **validation})
     return TrainResult(state=state, last_metrics=last_metrics, validation=validation)

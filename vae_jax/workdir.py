@@ -11,6 +11,8 @@
       tensorboard/         TensorBoard event files: the same scalars, plus image summaries
       images/              reconstructions_<step>.png (inputs above outputs), samples_<step>.png
       final_metrics.json   the last training and validation metrics of the run
+      best/                with run.keep_best or early stopping: checkpoints/<step>/ (and its
+                           checksums) of the best validation pass, and best.json naming it
 
 Only process 0 writes files; every process takes part in checkpointing (orbax needs them all).
 """
@@ -560,6 +562,22 @@ def summarise(pending: list, step: int, elapsed_s: float, num_examples: int) -> 
     out["step"] = int(step)
     out["examples_per_sec"] = num_examples / max(elapsed_s, 1e-9)
     return out
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    """The rows of a .jsonl file that parse as objects; [] when there is no file."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def drop_rows_after(path: pathlib.Path, step: int) -> int:
