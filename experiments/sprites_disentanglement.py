@@ -20,7 +20,11 @@ likelihood; Adam 1e-4, batch 64); only the objective differs between variants:
 Commands (one workdir per variant and seed; rerunning a command resumes it):
     python -m vae_jax.main --config experiments/sprites_disentanglement.py:factor_vae_30 \
         --workdir ../runs/sprites/factor_vae_30_seed0 --config.seed=0
-    python -m vae_jax.evaluate --workdir ../runs/sprites/factor_vae_30_seed0 --disentanglement
+    python -m vae_jax.evaluate --workdir ../runs/sprites/factor_vae_30_seed0 --disentanglement \
+        --batch_size 10 --num_importance_samples 100 --max_examples 1000
+
+(`--batch_size 10`: every example's K importance samples are K decoder passes of a 64 x 64
+image, so the default batch of `run.eval_batch_size` examples would not fit in memory.)
 
 `python experiments/sprites_sweep.py` runs every variant with seeds 0, 1, 2 in turn (each run
 resumes where it stopped), evaluates them and writes the table and the figure.

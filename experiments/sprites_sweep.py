@@ -4,9 +4,10 @@
         [--variants beta_vae_1,...] [--num_steps N] [--disentanglement_num_train 10000]
         [--disentanglement_num_eval 5000] [--summarise_only]
 
-For each variant and seed, in turn: trains `experiments/sprites_disentanglement.py:<variant>`
-with `--config.seed=<seed>` into `<runs_dir>/<variant>_seed<seed>` (its log in `train.log`
-there; a rerun resumes the run, a finished one is not touched), then evaluates it with
+For each seed and variant, in turn (every variant with seed 0 first): trains
+`experiments/sprites_disentanglement.py:<variant>` with `--config.seed=<seed>` into
+`<runs_dir>/<variant>_seed<seed>` (its log in `train.log` there; a rerun resumes the run, a
+finished one is not touched), then evaluates it with
 `python -m vae_jax.evaluate --disentanglement` (skipped when its eval.json already scores the
 last checkpoint). Then it writes, into `<runs_dir>`:
 
@@ -84,7 +85,7 @@ def train_and_evaluate(variant: str, seed: int, args) -> dict:
         times["eval_s"] = _run(
             [sys.executable, "-m", "vae_jax.evaluate", "--workdir", workdir,
              "--disentanglement", "--num_importance_samples", args.num_importance_samples,
-             "--max_examples", args.nll_examples,
+             "--max_examples", args.nll_examples, "--batch_size", args.eval_batch_size,
              "--disentanglement_num_train", args.disentanglement_num_train,
              "--disentanglement_num_eval", args.disentanglement_num_eval,
              "--seed", seed], workdir / "eval.log")
@@ -147,6 +148,8 @@ def main(argv=None) -> None:
                         help="override run.num_steps (0: the config's)")
     parser.add_argument("--num_importance_samples", type=int, default=50)
     parser.add_argument("--nll_examples", type=int, default=1000)
+    # K decoder passes of 64 x 64 images per example: small batches keep the memory bounded.
+    parser.add_argument("--eval_batch_size", type=int, default=10)
     parser.add_argument("--disentanglement_num_train", type=int, default=10_000)
     parser.add_argument("--disentanglement_num_eval", type=int, default=5_000)
     parser.add_argument("--summarise_only", action="store_true")
@@ -155,8 +158,9 @@ def main(argv=None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for variant in variants:
-        for seed in seeds:
+    # Seed by seed, so that an interrupted sweep has every model at least once.
+    for seed in seeds:
+        for variant in variants:
             workdir = args.runs_dir / f"{variant}_seed{seed}"
             if args.summarise_only and _scored_step(workdir) is None:
                 continue
