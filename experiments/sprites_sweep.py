@@ -12,7 +12,7 @@ finished one is not touched), then evaluates it with
 last checkpoint). Then it writes, into `<runs_dir>`:
 
     sweep.json         every run's metrics, steps, wall times and commit
-    sweep.md           the table: per variant, each metric's median and range over the seeds
+    sweep.md           the table: per metric and variant, the median and range over the seeds
     sweep_metrics.png  the figure: one panel per metric, every run a dot, medians as bars
 
 and names the best run by median rank over the metrics (its traversals are
@@ -31,9 +31,10 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "sprites_disentanglement.py"
-METRICS = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness_test",
-           "sap", "modularity", "explicitness_test", "beta_vae_eval_accuracy",
-           "factor_vae_eval_accuracy")
+METRICS = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness_train",
+           "dci_informativeness_test", "sap", "modularity", "explicitness_train",
+           "explicitness_test", "beta_vae_train_accuracy", "beta_vae_eval_accuracy",
+           "factor_vae_train_accuracy", "factor_vae_eval_accuracy")
 
 
 def _variants():
@@ -98,26 +99,25 @@ def train_and_evaluate(variant: str, seed: int, args) -> dict:
 
 
 def summarise(rows: list, variants: list, out_dir: pathlib.Path) -> str:
-    """The table (median and range over seeds) as markdown, and the figure."""
-    lines = ["| variant | runs | " + " | ".join(METRICS) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
-    for variant in variants:
-        mine = [r for r in rows if r["variant"] == variant]
-        if not mine:
-            continue
+    """The table (one row per metric, one column per variant: the median over the seeds and
+    their range) as markdown, and the figure."""
+    shown = [v for v in variants if any(r["variant"] == v for r in rows)]
+    runs = {v: [r for r in rows if r["variant"] == v] for v in shown}
+    lines = ["| metric | " + " | ".join(f"`{v}` ({len(runs[v])})" for v in shown) + " |",
+             "| --- | " + " | ".join("---" for _ in shown) + " |"]
+    for metric in METRICS:
         cells = []
-        for metric in METRICS:
-            values = np.array([r[metric] for r in mine])
+        for variant in shown:
+            values = np.array([r[metric] for r in runs[variant]])
             cells.append(f"{np.median(values):.2f} ({values.min():.2f}-{values.max():.2f})")
-        lines.append(f"| `{variant}` | {len(mine)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [v for v in variants if any(r["variant"] == v for r in rows)]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(2.2 * len(METRICS), 3.2), sharey=True)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(2.0 * len(METRICS), 3.4), sharey=True)
     for ax, metric in zip(axes, METRICS):
         for i, variant in enumerate(shown):
             values = [r[metric] for r in rows if r["variant"] == variant]

@@ -29,11 +29,13 @@ def test_the_table_gives_median_and_range_over_seeds_and_the_figure_is_written(t
     rows = _rows()
     table = sweep.summarise(rows, ["beta_vae_1", "dip_vae_ii", "factor_vae_30"], tmp_path)
     lines = table.splitlines()
-    assert len(lines) == 4  # header, rule, two variants with runs (dip_vae_ii has none)
+    # header, rule, one row per metric; columns for the variants with runs (not dip_vae_ii)
+    assert len(lines) == 2 + len(sweep.METRICS)
+    assert lines[0] == "| metric | `beta_vae_1` (3) | `factor_vae_30` (3) |"
     mig = [r["mig"] for r in rows if r["variant"] == "factor_vae_30"]
-    cell = lines[3].split(" | ")[2]
-    assert cell == f"{np.median(mig):.2f} ({min(mig):.2f}-{max(mig):.2f})"
-    assert lines[3].startswith("| `factor_vae_30` | 3 |")
+    assert lines[2] == "| mig | " + " | ".join(
+        f"{np.median(v):.2f} ({min(v):.2f}-{max(v):.2f})"
+        for v in ([r["mig"] for r in rows if r["variant"] == "beta_vae_1"], mig)) + " |"
     assert (tmp_path / "sweep_metrics.png").stat().st_size > 1000
 
 
