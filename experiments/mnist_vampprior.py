@@ -3,10 +3,17 @@
 Purpose: the rows `standard` and `vamp` of the likelihood-frontier table, with the recipe of the
 authors' code (jmtomczak/vae_vampprior, `experiment.py` defaults) on this codebase's parts:
 
-| variant | model | published test NLL (Exemplar-VAE table, Norouzi et al. 2020) |
+| variant | model | published test NLL |
 | --- | --- | --- |
 | `standard` | VAE, gated MLP 300-300 (`gated_mlp`), z = 40, N(0, I) prior | 84.45 +- 0.12 |
 | `vamp` | the same with a VampPrior of 500 pseudo-inputs | 82.43 +- 0.06 |
+| `hvae_vamp` | two-level HVAE, gated MLPs, z_1 = z_2 = 40, VampPrior on z_2 | 81.56 +- 0.09 |
+| `convhvae_vamp` | its conv HVAE: gated convolutions (`gated_conv`) | 79.67 |
+
+(Published: the Exemplar-VAE table, Norouzi et al. 2020, for the first three; the VampPrior
+paper's Table 2 for the conv HVAE.) The hierarchy (`model.hierarchy="vampprior"`):
+q(z_2 | x) q(z_1 | x, z_2),
+p(z_2) p(z_1 | z_2) p(x | z_1, z_2) with the VampPrior p(z_2) = 1/K sum_k q(z_2 | u_k).
 
 Recipe: 50,000 / 10,000 train / validation split of MNIST's training set (the validation
 images are a fixed permutation's tail, drawn from data.seed; theirs are the last 10,000);
@@ -33,9 +40,22 @@ which the Burda-type `model.num_layers` hierarchy is not; they are not here yet.
 
 from vae_jax.config_defaults import default_config
 
+_VAMP = {"model.prior": "vamp", "model.prior_components": 500}
+# The VampPrior paper's two-level hierarchy (`model.hierarchy="vampprior"`), z_1 and z_2 of 40.
+_HVAE = {**_VAMP, "model.hierarchy": "vampprior", "model.num_layers": 2,
+         "model.upper_latent_dims": (40,)}
 VARIANTS = {
     "standard": {"model.prior": "standard_normal"},
-    "vamp": {"model.prior": "vamp", "model.prior_components": 500},
+    "vamp": _VAMP,
+    "hvae_vamp": _HVAE,
+    # Their convHVAE: gated convolutions 32-32-64-64-6 (kernels 7, 3, 5, 3, 3; strides
+    # 1, 2, 1, 2, 1) for q(z_2 | x), the same with 3x3 kernels for x in q(z_1 | x, z_2), and
+    # four 64-channel gated convolutions at 28x28 in p(x | z_1, z_2).
+    "convhvae_vamp": {**_HVAE, "model.encoder": "gated_conv", "model.decoder": "gated_conv",
+                      "model.features": (32, 32, 64, 64, 6),
+                      "model.conv_kernel_sizes": (7, 3, 5, 3, 3),
+                      "model.conv_strides": (1, 2, 1, 2, 1),
+                      "model.decoder_features": (64, 64, 64, 64)},
 }
 
 STEPS_PER_EPOCH = 500  # 50,000 training images in batches of 100

@@ -261,3 +261,39 @@ def test_prior_components_with_the_standard_normal_prior_is_refused_clearly(digi
     with pytest.raises(ValueError, match=r"model.prior_components=4 sizes a 'mixture' or "
                                          r"'vamp' prior; model.prior='standard_normal'"):
         model_lib.build_model(config.model, digits.image_shape, num_levels=digits.num_levels)
+
+
+def test_the_vampprior_hierarchy_trains_resumes_and_evaluates_alike_on_one_and_eight_devices(
+        tmp_path):
+    """Tomczak & Welling's top-down two-level model (gated networks, a VampPrior on z_2, IAF
+    posteriors in both layers, the IWAE bound): 1 and 8 devices follow one trajectory, a run
+    stopped at its step-2 checkpoint and rerun ends with the uninterrupted run's parameters,
+    and the evaluation (NLL, plots of the decoder's input [z_1, z_2]) runs on it."""
+    overrides = {"model.hierarchy": "vampprior", "model.encoder": "gated_mlp",
+                 "model.decoder": "gated_mlp", "model.upper_latent_dims": (2,),
+                 "run.num_steps": 4, "run.log_every": 1, "run.eval_every": 2,
+                 "run.checkpoint_every": 2}
+    results = {}
+    for n in (1, 8):
+        config = combination_config("vamp", "iaf", 2, "iwae", **overrides)
+        results[n] = train.train_and_evaluate(config, tmp_path / f"d{n}", quiet=True,
+                                              devices=jax.devices()[:n])
+    losses_1, losses_8 = ([m["loss"] for m in read_jsonl(tmp_path / f"d{n}" / "metrics.jsonl")]
+                          for n in (1, 8))
+    assert len(losses_1) == 4 and np.all(np.isfinite(losses_1))
+    np.testing.assert_allclose(losses_1, losses_8, rtol=1e-5)
+    assert max_abs_diff(params_of(results[1]), params_of(results[8])) < 1e-5
+    # Resume: drop the step-4 checkpoint and rerun the same command.
+    workdir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "d1", workdir)
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    (workdir / "checkpoint_checksums" / "4.json").unlink()
+    resumed = train.train_and_evaluate(combination_config("vamp", "iaf", 2, "iwae", **overrides),
+                                       workdir, quiet=True, devices=jax.devices()[:1])
+    assert max_abs_diff(params_of(resumed), params_of(results[1])) == 0.0
+    numbers = evaluate.evaluate_workdir(tmp_path / "d8", num_importance_samples=3, chunk_size=2,
+                                        write_plots=True, max_examples=8, iwae_ks=(1, 3),
+                                        devices=jax.devices()[:1])
+    assert numbers["latent_dims"] == [3, 2] and numbers["nll_nats"] > 0
+    assert np.all(np.isfinite(_numbers(numbers)))
+    assert (tmp_path / "d8" / "plots" / "traversals.png").is_file()

@@ -1,5 +1,7 @@
 """Tests of vae_jax.model: the one log-weight function and its reductions, against float64."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -186,3 +188,121 @@ def test_a_full_covariance_posterior_starts_diagonal(num_layers):
     grads = jax.grad(lambda p: jnp.sum(vae.log_weights(
         p, data(), jax.random.key(1), num_samples=2).weights.log_w))(params)
     assert np.any(np.asarray(grads["encoder"]["params"]["extra"]["kernel"]))
+
+
+# --------------------------------------------------------------------------- top-down hierarchy
+
+
+def make_top_down(prior="vamp", posterior="diagonal", z1=3, z2=2):
+    """The VampPrior paper's two-level model, small: q(z_2 | x), q(z_1 | x, z_2), p(z_1 | z_2),
+    p(x | z_1, z_2), a VampPrior of 4 pseudo-inputs on z_2."""
+    post = posteriors.make_posterior(posterior)
+    prior_obj = (priors.make_prior(prior, num_components=4, posterior=post) if prior == "vamp"
+                 else priors.make_prior(prior))
+    return model_lib.VAE(
+        encoder=models.MLPEncoder(z2, hidden=(5,), gated=True, extra_dim=post.extra_dim(z2)),
+        decoder=models.SkipDecoder(IMAGE, latent_splits=(z1, z2), branch_width=4, hidden=(5,)),
+        likelihood=likelihoods.make_likelihood("bernoulli"),
+        prior=prior_obj, posterior=post, latent_dims=(z1, z2),
+        upper_encoders=(models.ConditionalEncoder(z1, hidden=(4,), x_hidden=(6,),
+                                                  extra_dim=post.extra_dim(z1)),),
+        upper_priors=(models.MLPEncoder(z1, hidden=(4,), gated=True),),
+        hierarchy="vampprior")
+
+
+def test_top_down_log_weights_match_a_float64_recomputation():
+    """z_2 ~ q(z_2 | x) from noise layer 1, then z_1 ~ q(z_1 | x, z_2) from noise layer 0;
+    log p = log VampPrior(z_2) + log N(z_1; p(z_1 | z_2)); the decoder reads [z_1, z_2]."""
+    vae = make_top_down()
+    params = vae.init(jax.random.key(1), IMAGE)
+    x = data(batch=3)
+    key = jax.random.key(3)
+    draw = jax.jit(lambda p, x: vae.log_weights(p, x, key, num_samples=2))(params, x)
+    f64 = functools.partial(np.asarray, dtype=np.float64)
+    mean2, logvar2 = (f64(a) for a in vae.encode(params, x)[:2])
+    z2 = mean2 + np.exp(0.5 * logvar2) * reference_noise(key, range(3), 2, 1, 2)  # [K, B, 2]
+    z2_32 = jnp.asarray(z2, jnp.float32)
+    mean1, logvar1 = (f64(a) for a in vae.upper_encoders[0].apply(
+        params["upper_encoders"][0], x, z2_32))
+    z1 = mean1 + np.exp(0.5 * logvar1) * reference_noise(key, range(3), 2, 0, 3)
+    pm, plv = (f64(a).reshape(2, 3, 3) for a in vae.upper_priors[0].apply(
+        params["upper_priors"][0], z2_32.reshape(6, 2)))
+    # The VampPrior: a mixture of q(z_2 | u_c) over the pseudo-inputs u_c.
+    u = params["prior"]["pseudo_inputs"]
+    um, ulv = (f64(a) for a in vae.encode(params, jnp.clip(u, 0.0, 1.0))[:2])
+    log_mix = logsumexp(stats.norm.logpdf(z2[:, :, None], um, np.exp(0.5 * ulv)).sum(-1),
+                        axis=-1) - np.log(len(um))
+    log_q = (stats.norm.logpdf(z2, mean2, np.exp(0.5 * logvar2)).sum(-1)
+             + stats.norm.logpdf(z1, mean1, np.exp(0.5 * logvar1)).sum(-1))
+    log_p = log_mix + stats.norm.logpdf(z1, pm, np.exp(0.5 * plv)).sum(-1)
+    logits = vae.decode(params, jnp.asarray(np.concatenate([z1, z2], -1).reshape(6, 5),
+                                            jnp.float32))
+    log_px = bernoulli_log_prob(logits, np.broadcast_to(x, (2,) + x.shape).reshape(6, -1))
+    np.testing.assert_allclose(draw.z[1], z2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(draw.z[0], z1, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(draw.weights.log_qz, log_q, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(draw.weights.log_pz, log_p, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(draw.weights.log_px_z, log_px.reshape(2, 3), rtol=1e-5,
+                               atol=1e-4)
+    # Point summaries come in layer order [z_1, z_2]; z_2's is q(z_2 | x)'s mean.
+    points = np.asarray(vae.points(params, draw))
+    np.testing.assert_allclose(points[:, 3:], mean2, rtol=1e-6)
+    np.testing.assert_allclose(points[:, :3], mean1.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_top_down_point_and_prior_samples_feed_the_decoder():
+    vae = make_top_down(prior="standard_normal")
+    params = vae.init(jax.random.key(0), IMAGE)
+    x = data(batch=4)
+    assert vae.decoder_input_dim == 5 and vae.encoded_layer == 1
+    point = np.asarray(vae.point(params, x))
+    chex.assert_shape(point, (4, 5))
+    mean2 = np.asarray(vae.encode(params, x).mean)
+    mean1 = vae.upper_encoders[0].apply(params["upper_encoders"][0], x, mean2)[0]
+    np.testing.assert_allclose(point, np.concatenate([mean1, mean2], -1), rtol=1e-6)
+    # Ancestral: z_2 ~ N(0, I), z_1 ~ p(z_1 | z_2); E[z_1] from fresh z_2 draws.
+    z = np.asarray(vae.sample_prior(params, jax.random.key(1), 20000))
+    chex.assert_shape(z, (20000, 5))
+    np.testing.assert_allclose(z[:, 3:].mean(0), 0.0, atol=0.03)
+    np.testing.assert_allclose(z[:, 3:].std(0), 1.0, atol=0.03)
+    z2 = jax.random.normal(jax.random.key(9), (20000, 2))
+    mean, _ = vae.upper_priors[0].apply(params["upper_priors"][0], z2)
+    np.testing.assert_allclose(z[:, :3].mean(0), np.mean(mean, 0), atol=0.05)
+    chex.assert_shape(vae.decode(params, jnp.asarray(z[:7])), (7,) + IMAGE)
+
+
+@pytest.mark.parametrize("posterior", ["diagonal", "iaf"])
+def test_top_down_nll_estimate_is_chunked_like_one_pass(posterior):
+    vae = make_top_down(posterior=posterior)
+    params = vae.init(jax.random.key(0), IMAGE)
+    x = data(batch=3)
+    key = jax.random.key(4)
+    estimate = model_lib.log_likelihood_estimate(vae, params, x, key, num_samples=7,
+                                                 chunk_size=3)
+    log_w = np.asarray(vae.log_weights(params, x, key, num_samples=7).weights.log_w,
+                       np.float64)
+    np.testing.assert_allclose(estimate, logsumexp(log_w, axis=0) - np.log(7), rtol=1e-5)
+
+
+def test_the_vampprior_hierarchy_is_built_by_name_and_burda_refuses_a_deep_vampprior():
+    from vae_jax import config_defaults
+
+    mc = config_defaults.default_config().model
+    mc.update(num_layers=2, upper_latent_dims=(2,), latent_dim=3, hidden=(6, 5),
+              encoder="gated_mlp", decoder="gated_mlp", prior="vamp", prior_components=3)
+    with pytest.raises(ValueError, match="hierarchy='vampprior'"):
+        model_lib.build_model(mc, IMAGE)
+    mc.hierarchy = "vampprior"
+    vae = model_lib.build_model(mc, IMAGE)
+    assert vae.top_down and isinstance(vae.decoder, models.SkipDecoder)
+    assert isinstance(vae.upper_encoders[0], models.ConditionalEncoder)
+    assert vae.upper_priors[0].hidden == (6, 5) and vae.upper_priors[0].gated
+    params = vae.init(jax.random.key(0), IMAGE)
+    assert params["prior"]["pseudo_inputs"].shape == (3,) + IMAGE
+    assert params["encoder"]["params"]["mean"]["kernel"].shape == (5, 2)  # q(z_2 | x)
+    mc.hierarchy = "ladder"
+    with pytest.raises(ValueError, match="unknown model.hierarchy 'ladder'"):
+        model_lib.build_model(mc, IMAGE)
+    mc.update(hierarchy="vampprior", decoder="conv")
+    with pytest.raises(ValueError, match="p\\(x \\| z_1, ..., z_L\\)"):
+        model_lib.build_model(mc, IMAGE)

@@ -405,6 +405,7 @@ def test_registry_builds_the_named_classes():
     assert isinstance(models.make_decoder("conv", output_shape=(2, 2, 1)), models.ConvDecoder)
     assert models.make_encoder("gated_mlp", latent_dim=2).gated
     assert models.make_decoder("gated_mlp", output_shape=(2, 2, 1)).gated
+    assert models.make_encoder("gated_conv", latent_dim=2).gated
 
 
 def test_gated_dense_matches_float64():
@@ -436,10 +437,115 @@ def test_gated_mlps_have_two_maps_per_hidden_layer_and_the_same_heads():
         chex.assert_shape(out, (2, 4, 4, 1))
 
 
+def _conv_same_float64(x_bhwc, kernel_hwio, bias_o, stride):
+    """A 'SAME' convolution (TensorFlow's padding: the extra row at the end) by loops."""
+    b, h, w, _ = x_bhwc.shape
+    k = kernel_hwio.shape[0]
+    out_h, out_w = -(-h // stride), -(-w // stride)
+    pad_h = max((out_h - 1) * stride + k - h, 0)
+    pad_w = max((out_w - 1) * stride + k - w, 0)
+    xp = np.pad(x_bhwc, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                         (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    out = np.zeros((b, out_h, out_w, kernel_hwio.shape[-1]))
+    for i in range(out_h):
+        for j in range(out_w):
+            patch = xp[:, i * stride:i * stride + k, j * stride:j * stride + k, :]
+            out[:, i, j] = np.einsum("bhwc,hwco->bo", patch, kernel_hwio)
+    return out + bias_o
+
+
+@pytest.mark.parametrize("kernel, stride", [(3, 1), (3, 2), (7, 1), (5, 2)])
+def test_gated_conv_matches_float64_loops(kernel, stride):
+    layer = models.GatedConv(4, kernel, stride,
+                             kernel_init=models.get_kernel_init("kaiming_normal", "relu"))
+    x = np.random.default_rng(kernel).normal(size=(2, 9, 8, 3)).astype(np.float32)
+    variables = layer.init(jax.random.key(0), x)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+    x64 = x.astype(np.float64)
+    h = _conv_same_float64(x64, p["h"]["kernel"], p["h"]["bias"], stride)
+    gate = _conv_same_float64(x64, p["gate"]["kernel"], p["gate"]["bias"], stride)
+    got = layer.apply(variables, x)
+    chex.assert_shape(got, (2, -(-9 // stride), -(-8 // stride), 4))
+    np.testing.assert_allclose(got, h * scipy.special.expit(gate), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(p["h"]["kernel"], p["gate"]["kernel"])
+
+
+def test_gated_conv_encoder_has_per_layer_kernels_and_strides():
+    """The VampPrior code's q(z_2 | x) trunk: 32-32-64-64-6, kernels 7, 3, 5, 3, 3, strides
+    1, 2, 1, 2, 1: a 7x7x6 feature map (294 units) on 28x28 images."""
+    encoder = models.make_encoder("gated_conv", latent_dim=40, features=(32, 32, 64, 64, 6),
+                                  kernel_size=(7, 3, 5, 3, 3), strides=(1, 2, 1, 2, 1))
+    x = jnp.zeros((2, 28, 28, 1))
+    params = jax.eval_shape(encoder.init, jax.random.key(0), x)["params"]
+    assert [params[f"conv_{i}"]["h"]["kernel"].shape[0] for i in range(5)] == [7, 3, 5, 3, 3]
+    assert set(params["conv_0"]) == {"h", "gate"}
+    assert params["mean"]["kernel"].shape == (294, 40)
+    assert encoder.feature_shape((28, 28, 1)) == (7, 7, 6)
+    mean, logvar = encoder.apply(encoder.init(jax.random.key(0), x), x)
+    chex.assert_shape([mean, logvar], (2, 40))
+
+
+def test_conditional_encoder_passes_x_once_for_k_samples_of_z():
+    """q(z_1 | x, z_2) on z [K, B, Z_2] equals K separate calls with x [B] (x broadcast)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(3, 4, 4, 1)).astype(np.float32)
+    z_kbz = rng.normal(size=(2, 3, 5)).astype(np.float32)
+    for features in ((), (4, 2)):
+        encoder = models.ConditionalEncoder(6, hidden=(7,), x_hidden=(8,), features=features,
+                                            strides=(1, 2))
+        variables = encoder.init(jax.random.key(1), x, z_kbz[0])
+        mean_kbz, logvar_kbz = encoder.apply(variables, x, z_kbz)
+        chex.assert_shape([mean_kbz, logvar_kbz], (2, 3, 6))
+        for k in range(2):
+            mean_bz, logvar_bz = encoder.apply(variables, x, z_kbz[k])
+            np.testing.assert_allclose(mean_kbz[k], mean_bz, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(logvar_kbz[k], logvar_bz, rtol=1e-5, atol=1e-6)
+        # x and z both matter; the z branch has the trunk's width (8, or 2 x 2 x 2 conv units).
+        width = 8 if not features else 2 * 2 * 2
+        assert variables["params"]["z_hidden"]["h"]["kernel"].shape == (5, width)
+        other_z = encoder.apply(variables, x, z_kbz[0] + 1.0)[0]
+        other_x = encoder.apply(variables, 1.0 - x, z_kbz[0])[0]
+        assert not np.allclose(other_z, mean_kbz[0]) and not np.allclose(other_x, mean_kbz[0])
+
+
+def test_skip_decoder_reads_each_group_through_its_own_layer():
+    """p(x | z_1, z_2): the first layer of group l sees only z_l (a change in z_2 leaves the
+    group-1 branch's output alone), both reach the output; the dense form matches a float64
+    recomputation, the conv form ends in 28x28 feature maps and a 1x1 output convolution."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4, 5)).astype(np.float32)
+    decoder = models.SkipDecoder((3, 3, 2), latent_splits=(2, 3), branch_width=4, hidden=(6,))
+    variables = decoder.init(jax.random.key(0), z)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+
+    def gated(layer, a):
+        return ((a @ layer["h"]["kernel"] + layer["h"]["bias"])
+                * scipy.special.expit(a @ layer["gate"]["kernel"] + layer["gate"]["bias"]))
+
+    z64 = z.astype(np.float64)
+    h = np.concatenate([gated(p["branch_0"], z64[:, :2]), gated(p["branch_1"], z64[:, 2:])], -1)
+    want = gated(p["hidden_0"], h) @ p["output"]["kernel"] + p["output"]["bias"]
+    np.testing.assert_allclose(decoder.apply(variables, z), want.reshape(4, 3, 3, 2),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="groups"):
+        decoder.apply(variables, z[:, :4])
+    conv = models.SkipDecoder((28, 28, 1), latent_splits=(40, 40), branch_width=784,
+                              hidden=(784,), features=(64, 64, 64, 64))
+    params = jax.eval_shape(conv.init, jax.random.key(0), jnp.zeros((2, 80)))["params"]
+    assert params["conv_3"]["h"]["kernel"].shape == (3, 3, 64, 64)
+    assert params["output"]["kernel"].shape == (1, 1, 64, 1)
+    chex.assert_shape(jax.eval_shape(conv.apply, {"params": params}, jnp.zeros((2, 80))),
+                      (2, 28, 28, 1))
+    with pytest.raises(ValueError, match="784"):
+        models.SkipDecoder((28, 28, 1), latent_splits=(4,), branch_width=300, hidden=(300,),
+                           features=(8,)).init(jax.random.key(0), jnp.zeros((1, 4)))
+
+
 @pytest.mark.parametrize(
     "build, valid_names",
     [
-        (lambda: models.make_encoder("resnet", latent_dim=2), ["conv", "gated_mlp", "mlp"]),
+        (lambda: models.make_encoder("resnet", latent_dim=2),
+         ["conv", "gated_conv", "gated_mlp", "mlp"]),
         (lambda: models.make_decoder("resnet", output_shape=(2, 2, 1)),
          ["conv", "gated_mlp", "mlp"]),
         (lambda: models.get_activation("swish"), ["gelu", "relu", "silu", "tanh"]),

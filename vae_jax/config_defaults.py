@@ -34,8 +34,10 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Model (`vae_jax.model.build_model`): parts by name.
     m = config.model = ml_collections.ConfigDict()
-    m.encoder = "mlp"  # "mlp", "gated_mlp" or "conv" (`models.ENCODERS`): net of q(z_1 | x)
-    m.decoder = "mlp"  # "mlp", "gated_mlp" or "conv" (`models.DECODERS`): net of p(x | z_1)
+    # "mlp", "gated_mlp", "conv" or "gated_conv" (`models.ENCODERS`): net of q(z_1 | x)
+    m.encoder = "mlp"
+    # "mlp", "gated_mlp", "conv" (`models.DECODERS`) or "gated_conv" (`models.SkipDecoder`)
+    m.decoder = "mlp"
     m.latent_dim = 16  # Z_1
     # Stochastic layers of the Burda et al. 2015 type: x -> z_1 -> ... -> z_L. Layer l > 1 has
     # upper_latent_dims[l - 2] units (default: half the layer below, at least 1), and the MLPs
@@ -44,9 +46,19 @@ def default_config() -> ml_collections.ConfigDict:
     m.num_layers = 1
     m.upper_latent_dims = ()
     m.upper_hidden = ()
+    # "burda": the layers above; "vampprior": Tomczak & Welling's (2018) top-down hierarchy,
+    # q(z_L | x) q(z_l | x, z_{l+1}), p(z_l | z_{l+1}), p(x | z_1..z_L) (`model.VAE`), whose
+    # q and p(z_l | z_{l+1}) networks take their widths from `hidden` (`model.build_model`).
+    m.hierarchy = "burda"
     m.hidden = (512, 512)  # MLP hidden layers of q(z_1 | x) (p(x | z_1) mirrors them)
     m.features = (32, 64)  # conv encoder channels (the decoder mirrors them)
     m.kernel_size = 3
+    # one per conv encoder layer (the VampPrior code's 7, 3, 5, 3, 3 and 1, 2, 1, 2, 1), or ():
+    # kernel_size and strides for every layer
+    m.conv_kernel_sizes = ()
+    m.conv_strides = ()
+    # "gated_conv" decoder: stride-1 gated convolutions at the image's resolution
+    m.decoder_features = (64, 64, 64, 64)
     m.strides = 2
     m.conv_hidden = ()  # dense layers between the conv stack and the latent heads
     m.activation = "relu"

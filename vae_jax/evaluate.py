@@ -830,9 +830,9 @@ def write_evaluation(evaluation: Evaluation, result: dict, out_dir, *, workdir,
     out_dir, workdir = pathlib.Path(out_dir), pathlib.Path(workdir)
     vae = evaluation.vae
     diagnostics = _latent_mean_diagnostics(evaluation)
-    # The pictures decode z1: its KL per dimension (else the variance of its point summary
-    # over the data) orders the traversals.
-    z1_dim = vae.latent_dims[0]
+    # The pictures decode the decoder's input (z_1, or every layer top-down): its KL per
+    # dimension (else the variance of its point summary over the data) orders the traversals.
+    z1_dim = vae.decoder_input_dim
     order_by = (diagnostics["kl_per_dim"] if diagnostics["kl_per_dim"] is not None
                 else diagnostics["mean_variance_per_dim"])
     decoder_kl_per_dim = np.asarray(order_by)[:z1_dim]

@@ -24,6 +24,18 @@ first_sample + k, layer l draws eps = normal(fold_in(key_bj, l), (Z_l,)). A samp
 depends only on (example id, j, layer): not on the device layout, and the draws of K samples
 are the first K of those of any larger K, so K can be split into chunks.
 
+The VampPrior paper's hierarchy (Tomczak & Welling 2018, section 3.3; `hierarchy="vampprior"`)
+infers top-down and decodes from every layer:
+
+    p(x, z_1..z_L)  = p(x | z_1, ..., z_L) [prod_{l<L} p(z_l | z_{l+1})] p(z_L)
+    q(z_1..z_L | x) = q(z_L | x) prod_{l<L} q(z_l | x, z_{l+1})
+
+Its `encoder` is the network of q(z_L | x), so a VampPrior on z_L is the mixture of q(z_L | u_k)
+at the pseudo-inputs; `upper_encoders[l]` is that of q(z_l | x, z_{l+1}) (a
+`models.ConditionalEncoder`), `upper_priors[l]` that of p(z_l | z_{l+1}) as above, and the
+decoder reads the concatenation [z_1, ..., z_L] (a `models.SkipDecoder`). The same noise
+scheme, log-weights and reductions serve both.
+
 Parameters: {"encoder", "decoder"} (the networks of q(z_1 | x) and p(x | z_1)), plus
 "upper_encoders" / "upper_priors" (lists, for L > 1), "posterior" (a list, one entry per layer,
 when the family has parameters) and "prior" (when the prior has parameters).
@@ -32,6 +44,7 @@ when the family has parameters) and "prior" (when the prior has parameters).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -42,6 +55,9 @@ from vae_jax.likelihoods import Likelihood
 from vae_jax.posteriors import Encoded
 
 Params = Any
+
+
+HIERARCHIES = ("burda", "vampprior")
 
 
 class LogWeights(NamedTuple):
@@ -96,6 +112,7 @@ class VAE:
     latent_dims: tuple[int, ...]
     upper_encoders: tuple = ()
     upper_priors: tuple = ()
+    hierarchy: str = "burda"
 
     def __post_init__(self):
         object.__setattr__(self, "latent_dims", tuple(int(z) for z in self.latent_dims))
@@ -104,10 +121,28 @@ class VAE:
             raise ValueError(
                 f"{len(self.latent_dims)} latent layers need {n} upper encoders and {n} upper "
                 f"priors; got {len(self.upper_encoders)} and {len(self.upper_priors)}")
+        if self.hierarchy not in HIERARCHIES:
+            raise ValueError(f"unknown hierarchy {self.hierarchy!r}; valid: {list(HIERARCHIES)}")
 
     @property
     def num_layers(self) -> int:
         return len(self.latent_dims)
+
+    @property
+    def top_down(self) -> bool:
+        """Whether inference runs top-down (`hierarchy="vampprior"`): `encode` then gives
+        q(z_L | x) and the decoder reads every layer."""
+        return self.hierarchy == "vampprior"
+
+    @property
+    def encoded_layer(self) -> int:
+        """The layer whose q(z | x) `encode` returns (0 for z_1, L - 1 for z_L)."""
+        return self.num_layers - 1 if self.top_down else 0
+
+    @property
+    def decoder_input_dim(self) -> int:
+        """Units of the decoder's input: Z_1, or Z_1 + ... + Z_L for the top-down hierarchy."""
+        return sum(self.latent_dims) if self.top_down else self.latent_dims[0]
 
     @property
     def convolutional(self) -> bool:
@@ -116,7 +151,9 @@ class VAE:
         from vae_jax import models
 
         return (isinstance(self.encoder, models.ConvEncoder)
-                or isinstance(self.decoder, models.ConvDecoder))
+                or isinstance(self.decoder, models.ConvDecoder)
+                or bool(getattr(self.decoder, "features", ()))
+                and isinstance(self.decoder, models.SkipDecoder))
 
     # ------------------------------------------------------------------ parameters
 
@@ -126,11 +163,12 @@ class VAE:
         x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
         params = {"encoder": self.encoder.init(next(keys), x),
                   "decoder": self.decoder.init(next(keys),
-                                               jnp.zeros((1, self.latent_dims[0])))}
+                                               jnp.zeros((1, self.decoder_input_dim)))}
         if self.num_layers > 1:
             dims = self.latent_dims
             params["upper_encoders"] = [
-                m.init(next(keys), jnp.zeros((1, dims[i])))
+                m.init(next(keys), x, jnp.zeros((1, dims[i + 1]))) if self.top_down
+                else m.init(next(keys), jnp.zeros((1, dims[i])))
                 for i, m in enumerate(self.upper_encoders)]
             params["upper_priors"] = [
                 m.init(next(keys), jnp.zeros((1, dims[i + 1])))
@@ -152,20 +190,36 @@ class VAE:
     # ------------------------------------------------------------------ the networks
 
     def encode(self, params, x) -> Encoded:
-        """The parameters of q(z_1 | x) [B]."""
+        """The parameters of q(z_1 | x) [B] (of q(z_L | x) for the top-down hierarchy)."""
         return _as_encoded(self.encoder.apply(params["encoder"], x))
 
-    def decode(self, params, z1_nz):
-        """The likelihood's parameters for z_1 [N, Z_1]: [N, H, W, C * P]."""
-        return self.decoder.apply(params["decoder"], z1_nz)
+    def decode(self, params, z_nz):
+        """The likelihood's parameters for the decoder's input z [N, `decoder_input_dim`]
+        (z_1, or [z_1, ..., z_L] for the top-down hierarchy): [N, H, W, C * P]."""
+        return self.decoder.apply(params["decoder"], z_nz)
 
     def _encode_fn(self, params) -> Callable:
         return lambda x: self.encode(params, x)
 
+    def _encode_given_above(self, params, layer: int, x, z_above) -> Encoded:
+        """q(z_layer | x, z_{layer+1}) of the top-down hierarchy, [...] like z_above."""
+        return _as_encoded(self.upper_encoders[layer].apply(
+            params["upper_encoders"][layer], x, z_above))
+
     def point(self, params, x):
-        """A point summary of q(z_1 | x) [B, Z_1] (`Posterior.point`: the mean of a Gaussian):
-        what active units, traversals and disentanglement metrics read."""
-        return self.posterior.point(self._posterior_params(params, 0), self.encode(params, x))
+        """A point summary of the decoder's input [B, `decoder_input_dim`]
+        (`Posterior.point`: the mean of a Gaussian): q(z_1 | x)'s; for the top-down hierarchy
+        that of q(z_L | x), then of each q(z_l | x, z_{l+1}) at the point above, concatenated
+        [z_1, ..., z_L]. What reconstructions, traversals and disentanglement metrics read."""
+        point = self.posterior.point(self._posterior_params(params, self.encoded_layer),
+                                     self.encode(params, x))
+        if not self.top_down:
+            return point
+        points = [point]
+        for layer in reversed(range(self.num_layers - 1)):
+            enc = self._encode_given_above(params, layer, x, points[0])
+            points.insert(0, self.posterior.point(self._posterior_params(params, layer), enc))
+        return jnp.concatenate(points, axis=-1)
 
     # ------------------------------------------------------------------ the weights
 
@@ -199,18 +253,24 @@ class VAE:
             return jax.vmap(jax.vmap(draw))(keys_kb)  # [K, B, dim]
 
         encoded = self.encode(params, x)
-        z, log_qz = self.posterior.sample(self._posterior_params(params, 0), encoded,
-                                          noise(0, self.latent_dims[0]))
-        zs, upper = [z], []
-        for layer in range(1, self.num_layers):
-            flat = zs[-1].reshape((k * b, -1))
-            enc = _as_encoded(self.upper_encoders[layer - 1].apply(
-                params["upper_encoders"][layer - 1], flat))
+        first = self.encoded_layer
+        z, log_qz = self.posterior.sample(self._posterior_params(params, first), encoded,
+                                          noise(first, self.latent_dims[first]))
+        zs, upper = {first: z}, []
+        # The other layers in the order they are inferred: up from z_1, or down from z_L.
+        for layer in (reversed(range(first)) if self.top_down else range(1, self.num_layers)):
+            if self.top_down:
+                enc = self._encode_given_above(params, layer, x, zs[layer + 1])  # [K, B]
+                enc = jax.tree.map(lambda a: a.reshape((k * b,) + a.shape[2:]), enc)
+            else:
+                enc = _as_encoded(self.upper_encoders[layer - 1].apply(
+                    params["upper_encoders"][layer - 1], zs[layer - 1].reshape((k * b, -1))))
             upper.append(enc)
             eps = noise(layer, self.latent_dims[layer]).reshape((1, k * b, -1))
             z, log_q = self.posterior.sample(self._posterior_params(params, layer), enc, eps)
-            zs.append(z.reshape((k, b, -1)))
+            zs[layer] = z.reshape((k, b, -1))
             log_qz = log_qz + log_q.reshape(k, b)
+        zs = [zs[layer] for layer in range(self.num_layers)]
 
         log_pz = self.prior.log_prob(self._prior_params(params), zs[-1],
                                      encode=self._encode_fn(params))
@@ -220,22 +280,26 @@ class VAE:
             log_pz = log_pz + distributions.gaussian_log_density(
                 zs[layer], mean.reshape(zs[layer].shape), logvar.reshape(zs[layer].shape))
 
-        out = self.decode(params, zs[0].reshape((k * b, -1)))
+        z_in = jnp.concatenate(zs, axis=-1) if self.top_down else zs[0]
+        out = self.decode(params, z_in.reshape((k * b, -1)))
         x_n = jnp.broadcast_to(x[None], (k,) + x.shape).reshape((k * b,) + x.shape[1:])
         log_px_z = self.likelihood.log_prob(out, x_n).reshape(k, b)
         return Draw(LogWeights(log_px_z, log_pz, log_qz), encoded, tuple(zs), tuple(upper))
 
     def points(self, params, draw: Draw):
-        """Point summaries of every layer [B, Z_1 + ... + Z_L]: `Posterior.point` of
-        q(z_1 | x), then for each upper layer the mean over the draw's K samples of the point
-        of q(z_l | z_{l-1}), a Monte Carlo estimate of E_q[z_l | x] (the statistic of Burda et
-        al.'s active-unit count, section 5.2)."""
+        """Point summaries of every layer [B, Z_1 + ... + Z_L]: `Posterior.point` of the
+        layer `encode` gives (q(z_1 | x), or q(z_L | x) top-down), and for each other layer the
+        mean over the draw's K samples of the point of its q (given the layer below, or x and
+        the layer above), a Monte Carlo estimate of E_q[z_l | x] (the statistic of Burda et
+        al.'s active-unit count, section 5.2). Layers in order z_1, ..., z_L."""
         k, b = draw.z[0].shape[:2]
-        out = [self.posterior.point(self._posterior_params(params, 0), draw.encoded)]
-        for layer, enc in enumerate(draw.upper_encoded, start=1):
+        first = self.encoded_layer
+        out = {first: self.posterior.point(self._posterior_params(params, first), draw.encoded)}
+        others = reversed(range(first)) if self.top_down else range(1, self.num_layers)
+        for layer, enc in zip(others, draw.upper_encoded):
             point = self.posterior.point(self._posterior_params(params, layer), enc)
-            out.append(jnp.mean(point.reshape((k, b, -1)), axis=0))
-        return jnp.concatenate(out, axis=-1)
+            out[layer] = jnp.mean(point.reshape((k, b, -1)), axis=0)
+        return jnp.concatenate([out[layer] for layer in range(self.num_layers)], axis=-1)
 
     def analytic_kl(self, params, encoded: Encoded):
         """The closed-form KL(q(z | x) || p(z)) as (kl_b [B], kl_per_dim_bz [B, Z] or None),
@@ -248,15 +312,18 @@ class VAE:
     # ------------------------------------------------------------------ sampling
 
     def sample_prior(self, params, key, num: int):
-        """z_1 [num, Z_1] drawn from the generative model: z_L from the prior, then each
-        z_l ~ p(z_l | z_{l+1}) (ancestral sampling)."""
+        """The decoder's input [num, `decoder_input_dim`] drawn from the generative model: z_L
+        from the prior, then each z_l ~ p(z_l | z_{l+1}) (ancestral sampling); z_1, or
+        [z_1, ..., z_L] for the top-down hierarchy."""
         keys = jax.random.split(key, self.num_layers)
         z = self.prior.sample(self._prior_params(params), keys[-1], num,
                               encode=self._encode_fn(params), latent_dim=self.latent_dims[-1])
+        zs = [z]
         for layer in reversed(range(self.num_layers - 1)):
             mean, logvar = self.upper_priors[layer].apply(params["upper_priors"][layer], z)[:2]
             z = distributions.reparameterize(keys[layer], mean, logvar)
-        return z
+            zs.insert(0, z)
+        return jnp.concatenate(zs, axis=-1) if self.top_down else z
 
 
 # ---------------------------------------------------------------------- reductions
@@ -353,35 +420,85 @@ def build_model(model_config, image_shape, *, num_levels: int = 256) -> VAE:
                 f"model.prior_components={mc.prior_components} sizes a 'mixture' or 'vamp' "
                 f"prior; model.prior={mc.prior!r} has no components (set it to 0)")
         prior_kwargs["num_components"] = int(mc.prior_components)
+    if mc.hierarchy not in HIERARCHIES:
+        raise ValueError(f"unknown model.hierarchy {mc.hierarchy!r}; valid: {list(HIERARCHIES)}")
+    top_down = mc.hierarchy == "vampprior"
     if mc.prior == "vamp":
-        if mc.num_layers != 1:
+        if mc.num_layers != 1 and not top_down:
             raise ValueError(
                 f"model.prior='vamp' with model.num_layers={mc.num_layers}: the VampPrior is a "
-                "mixture of q(z | u) at pseudo-inputs u, which is a closed-form density only "
-                "for the first layer's posterior; use num_layers=1")
+                "mixture of q(z | u) at pseudo-inputs u, a closed-form density only for a "
+                "layer whose posterior reads x alone; use num_layers=1, or "
+                "model.hierarchy='vampprior' (q(z_L | x) at the top)")
         prior_kwargs["posterior"] = posterior
     prior = priors.make_prior(mc.prior, **prior_kwargs)
     dims, upper_hidden = layer_sizes(mc)
+    if top_down and not mc.upper_hidden:
+        upper_hidden = (tuple(mc.hidden),) * (len(dims) - 1)
     common = dict(activation=mc.activation, kernel_init=mc.kernel_init)
-    enc_kwargs = dict(latent_dim=dims[0], hidden=tuple(mc.hidden),
-                      extra_dim=posterior.extra_dim(dims[0]),
+    encoded_dim = dims[-1] if top_down else dims[0]
+    enc_kwargs = dict(latent_dim=encoded_dim, hidden=tuple(mc.hidden),
+                      extra_dim=posterior.extra_dim(encoded_dim),
                       extra_zero_init=posterior.extra_zero_init, **common)
-    dec_kwargs = dict(output_shape=(h, w, c * likelihood.num_params), hidden=tuple(mc.hidden),
-                      **common)
-    for name, kwargs in ((mc.encoder, enc_kwargs), (mc.decoder, dec_kwargs)):
-        if name == "conv":
-            kwargs.update(features=tuple(mc.features), kernel_size=mc.kernel_size,
-                          strides=mc.strides, hidden=tuple(mc.conv_hidden))
+    conv_kwargs = dict(features=tuple(mc.features),
+                       strides=tuple(mc.conv_strides) or mc.strides, hidden=tuple(mc.conv_hidden))
+    if mc.encoder in ("conv", "gated_conv"):
+        enc_kwargs.update(conv_kwargs,
+                          kernel_size=tuple(mc.conv_kernel_sizes) or mc.kernel_size)
     encoder = models.make_encoder(mc.encoder, **enc_kwargs)
-    decoder = models.make_decoder(mc.decoder, **dec_kwargs)
-    upper_encoders = tuple(
-        models.MLPEncoder(dims[i + 1], hidden=upper_hidden[i],
-                          extra_dim=posterior.extra_dim(dims[i + 1]),
-                          extra_zero_init=posterior.extra_zero_init, **common)
-        for i in range(len(dims) - 1))
-    upper_priors = tuple(
-        models.MLPEncoder(dims[i], hidden=tuple(reversed(upper_hidden[i])), **common)
-        for i in range(len(dims) - 1))
+    output_shape = (h, w, c * likelihood.num_params)
+    if top_down or mc.decoder == "gated_conv":
+        decoder = _skip_decoder(mc, output_shape, dims if top_down else dims[:1], c, common)
+    else:
+        dec_kwargs = dict(output_shape=output_shape, hidden=tuple(mc.hidden), **common)
+        if mc.decoder == "conv":
+            dec_kwargs.update(conv_kwargs, kernel_size=mc.kernel_size)
+        decoder = models.make_decoder(mc.decoder, **dec_kwargs)
+    gated = mc.encoder.startswith("gated")
+    if top_down:
+        upper_encoders = tuple(
+            models.ConditionalEncoder(
+                dims[i], hidden=tuple(mc.hidden[-1:]), x_hidden=tuple(mc.hidden[:1]),
+                features=tuple(mc.features) if "conv" in mc.encoder else (),
+                kernel_size=mc.kernel_size, strides=conv_kwargs["strides"], gated=gated,
+                extra_dim=posterior.extra_dim(dims[i]),
+                extra_zero_init=posterior.extra_zero_init, **common)
+            for i in range(len(dims) - 1))
+        upper_priors = tuple(models.MLPEncoder(dims[i], hidden=upper_hidden[i], gated=gated,
+                                               **common)
+                             for i in range(len(dims) - 1))
+    else:
+        upper_encoders = tuple(
+            models.MLPEncoder(dims[i + 1], hidden=upper_hidden[i],
+                              extra_dim=posterior.extra_dim(dims[i + 1]),
+                              extra_zero_init=posterior.extra_zero_init, **common)
+            for i in range(len(dims) - 1))
+        upper_priors = tuple(
+            models.MLPEncoder(dims[i], hidden=tuple(reversed(upper_hidden[i])), **common)
+            for i in range(len(dims) - 1))
     return VAE(encoder=encoder, decoder=decoder, likelihood=likelihood, prior=prior,
                posterior=posterior, latent_dims=dims, upper_encoders=upper_encoders,
-               upper_priors=upper_priors)
+               upper_priors=upper_priors, hierarchy=mc.hierarchy)
+
+
+def _skip_decoder(mc, output_shape, latent_splits, image_channels, common):
+    """The `models.SkipDecoder` of the VampPrior code: each latent group through one layer of
+    hidden[-1] units and one joint layer of as many, then a dense output ('mlp',
+    'gated_mlp'); or, for 'gated_conv', groups and joint layer of H * W * C units reshaped to
+    the image, then the full-resolution convolutions `decoder_features`."""
+    from vae_jax import models
+
+    if mc.decoder not in ("mlp", "gated_mlp", "gated_conv"):
+        raise ValueError(
+            f"model.decoder={mc.decoder!r} with model.hierarchy={mc.hierarchy!r}: the decoder "
+            "of p(x | z_1, ..., z_L) is 'mlp', 'gated_mlp' or 'gated_conv'")
+    if mc.decoder == "gated_conv":
+        width, features = math.prod(output_shape[:2]) * image_channels, mc.decoder_features
+        if not features:
+            raise ValueError("model.decoder='gated_conv' needs model.decoder_features")
+    else:
+        width, features = int(mc.hidden[-1]), ()
+    return models.SkipDecoder(output_shape, latent_splits=latent_splits, branch_width=width,
+                              hidden=(width,), features=tuple(features),
+                              image_channels=image_channels, gated=mc.decoder != "mlp",
+                              **common)

@@ -607,6 +607,28 @@ class GatedDense(nn.Module):
         return h_bf * jax.nn.sigmoid(gate_bf)
 
 
+class GatedConv(nn.Module):
+    """A gated convolution (Dauphin et al. 2017; the GatedConv2d of Tomczak & Welling's
+    VampPrior code): x [B, H, W, C_in] -> [B, H', W', features],
+
+        h = (conv_1(x) + b_1) * sigmoid(conv_2(x) + b_2),
+
+    two 'SAME' convolutions of `kernel_size` and `strides` with `kernel_init`; the gate is the
+    nonlinearity."""
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x_bhwc: Array) -> Array:
+        conv = functools.partial(nn.Conv, self.features, (self.kernel_size,) * 2,
+                                 strides=(self.strides,) * 2, padding="SAME",
+                                 kernel_init=self.kernel_init)
+        return conv(name="h")(x_bhwc) * jax.nn.sigmoid(conv(name="gate")(x_bhwc))
+
+
 def _hidden_layer(width: int, *, gated: bool, init: Initializer, act: Callable, name: str):
     """One hidden layer of the MLPs: dense + activation, or a `GatedDense` (no activation)."""
     if gated:
@@ -746,47 +768,174 @@ class ConvEncoder(nn.Module):
       kernel_init: name for `get_kernel_init` (heads use the "linear" gain).
       hidden: widths of dense layers between the flattened feature map and the heads.
       extra_dim, extra_zero_init: as in `MLPEncoder`.
+      gated: conv and dense layers are `GatedConv` / `GatedDense` (registered as
+        "gated_conv"); `activation` then only picks the initialiser's gain. `kernel_size` may
+        then also be one size per layer (the VampPrior code's 7, 3, 5, 3, 3).
     """
 
     latent_dim: int
     features: Sequence[int] = (32, 64)
-    kernel_size: int = 3
+    kernel_size: int | Sequence[int] = 3
     strides: int | Sequence[int] = 2
     activation: str = "relu"
     kernel_init: str = "lecun_normal"
     hidden: Sequence[int] = ()
     extra_dim: int = 0
     extra_zero_init: bool = False
+    gated: bool = False
 
     def __post_init__(self):
-        _as_tuple(self, "features", "strides", "hidden")
+        _as_tuple(self, "features", "kernel_size", "strides", "hidden")
         super().__post_init__()
 
     def feature_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int]:
         """(h, w, c) of the last conv feature map for one input of shape (H, W, C)."""
-        return conv_feature_shape(input_shape, self.features, self.kernel_size, self.strides)
+        return conv_feature_shape(input_shape, self.features, 1, self.strides)
 
     @nn.compact
     def __call__(self, x_bhwc: Array) -> tuple[Array, Array]:
-        act = get_activation(self.activation)
-        init = get_kernel_init(self.kernel_init, self.activation)
-        strides = _per_layer(self.strides, len(self.features), "strides")
-        h_bhwc = x_bhwc
-        for i, (channels, stride) in enumerate(zip(self.features, strides)):
-            h_bhwc = nn.Conv(
-                channels,
-                kernel_size=(self.kernel_size, self.kernel_size),
-                strides=(stride, stride),
-                padding="SAME",
-                kernel_init=init,
-                name=f"conv_{i}",
-            )(h_bhwc)
-            h_bhwc = act(h_bhwc)
-        h_bf = h_bhwc.reshape((h_bhwc.shape[0], -1))
-        for i, width in enumerate(self.hidden):
-            h_bf = act(nn.Dense(width, kernel_init=init, name=f"hidden_{i}")(h_bf))
+        h_bf = conv_trunk(self, x_bhwc)
         return _gaussian_heads(h_bf, self.latent_dim, self.extra_dim, self.kernel_init,
                                self.extra_zero_init)
+
+
+def conv_trunk(module: nn.Module, x_bhwc: Array) -> Array:
+    """The conv stack and dense `hidden` layers of a `ConvEncoder`-like `module` (its fields
+    features, kernel_size, strides, activation, kernel_init, hidden, gated), called inside its
+    compact `__call__`: x [B, H, W, C] -> flattened features [B, F]."""
+    act = get_activation(module.activation)
+    init = get_kernel_init(module.kernel_init, module.activation)
+    n = len(module.features)
+    strides = _per_layer(module.strides, n, "strides")
+    kernels = _per_layer(module.kernel_size, n, "kernel_size")
+    h_bhwc = x_bhwc
+    for i, (channels, k, stride) in enumerate(zip(module.features, kernels, strides)):
+        if module.gated:
+            h_bhwc = GatedConv(channels, k, stride, kernel_init=init, name=f"conv_{i}")(h_bhwc)
+        else:
+            h_bhwc = act(nn.Conv(channels, kernel_size=(k, k), strides=(stride, stride),
+                                 padding="SAME", kernel_init=init, name=f"conv_{i}")(h_bhwc))
+    h_bf = h_bhwc.reshape((h_bhwc.shape[0], -1))
+    for i, width in enumerate(module.hidden):
+        h_bf = _hidden_layer(width, gated=module.gated, init=init, act=act,
+                             name=f"hidden_{i}")(h_bf)
+    return h_bf
+
+
+class ConditionalEncoder(nn.Module):
+    """The network of q(z_l | x, z_{l+1}) in the VampPrior paper's hierarchy (Tomczak &
+    Welling 2018, section 3.3 and its code's `q_z1_layers_x / _z2 / _joint`):
+
+        h_x = trunk(x)                  [B, F]      (dense `x_hidden`, or the conv stack
+                                                     `features` when given, as `ConvEncoder`)
+        h_z = layer(z_{l+1})            [..., B, F]  (one layer of the trunk's width F)
+        h   = joint layers([h_x, h_z])  [..., B, hidden[-1]]
+        -> (mean, logvar[, extra]) of q(z_l | ...)   [..., B, Z_l]
+
+    x [B, H, W, C] is passed through the trunk once and broadcast against z [..., B, Z_{l+1}]
+    (K samples of z share one pass over x). Layers are `GatedDense` / `GatedConv` with
+    `gated`, else dense / conv + `activation`.
+    """
+
+    latent_dim: int
+    hidden: Sequence[int] = (300,)
+    x_hidden: Sequence[int] = (300,)
+    features: Sequence[int] = ()
+    kernel_size: int | Sequence[int] = 3
+    strides: int | Sequence[int] = 1
+    activation: str = "relu"
+    kernel_init: str = "lecun_normal"
+    extra_dim: int = 0
+    extra_zero_init: bool = False
+    gated: bool = True
+
+    def __post_init__(self):
+        _as_tuple(self, "hidden", "x_hidden", "features", "kernel_size", "strides")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: Array, z_bz: Array):
+        act = get_activation(self.activation)
+        init = get_kernel_init(self.kernel_init, self.activation)
+        if self.features:
+            trunk = ConvEncoder(1, features=self.features, kernel_size=self.kernel_size,
+                                strides=self.strides, activation=self.activation,
+                                kernel_init=self.kernel_init, gated=self.gated)
+            h_x = conv_trunk(trunk, x)
+        else:
+            h_x = x.reshape((x.shape[0], -1))
+            for i, width in enumerate(self.x_hidden):
+                h_x = _hidden_layer(width, gated=self.gated, init=init, act=act,
+                                    name=f"x_hidden_{i}")(h_x)
+        h_z = _hidden_layer(h_x.shape[-1], gated=self.gated, init=init, act=act,
+                            name="z_hidden")(z_bz)
+        h = jnp.concatenate([jnp.broadcast_to(h_x, h_z.shape), h_z], axis=-1)
+        for i, width in enumerate(self.hidden):
+            h = _hidden_layer(width, gated=self.gated, init=init, act=act,
+                              name=f"hidden_{i}")(h)
+        return _gaussian_heads(h, self.latent_dim, self.extra_dim, self.kernel_init,
+                               self.extra_zero_init)
+
+
+class SkipDecoder(nn.Module):
+    """A decoder of several latent groups: z [N, sum(latent_splits)] -> [N, *output_shape], the
+    network of p(x | z_1, ..., z_L) in the VampPrior paper's hierarchy (its code's
+    `p_x_layers_z1 / _z2 / _joint`), and with one group its gated conv decoder:
+
+        h_l = layer_l(z_l)                 each of width `branch_width`
+        h   = joint layers([h_1, ..., h_L])  widths `hidden`
+        out = dense output                 (no `features`), or, with `features`:
+              h reshaped to (H, W, C) of the output's image (the last hidden width must be
+              H * W * C), the 3x3 stride-1 convolutions `features`, a 1x1 output convolution.
+
+    Layers are `GatedDense` / `GatedConv` with `gated`; the output layer is linear.
+    """
+
+    output_shape: Sequence[int]
+    latent_splits: Sequence[int]
+    branch_width: int = 300
+    hidden: Sequence[int] = (300,)
+    features: Sequence[int] = ()
+    image_channels: int = 1
+    activation: str = "relu"
+    kernel_init: str = "lecun_normal"
+    gated: bool = True
+
+    def __post_init__(self):
+        _as_tuple(self, "output_shape", "latent_splits", "hidden", "features")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, z_bz: Array) -> Array:
+        if z_bz.shape[-1] != sum(self.latent_splits):
+            raise ValueError(f"z has {z_bz.shape[-1]} units; the decoder reads the groups "
+                             f"{self.latent_splits}")
+        act = get_activation(self.activation)
+        init = get_kernel_init(self.kernel_init, self.activation)
+        head_init = get_kernel_init(self.kernel_init, "linear")
+        cuts = np.cumsum(self.latent_splits)[:-1].tolist()
+        h = jnp.concatenate([
+            _hidden_layer(self.branch_width, gated=self.gated, init=init, act=act,
+                          name=f"branch_{i}")(part)
+            for i, part in enumerate(jnp.split(z_bz, cuts, axis=-1))], axis=-1)
+        for i, width in enumerate(self.hidden):
+            h = _hidden_layer(width, gated=self.gated, init=init, act=act, name=f"hidden_{i}")(h)
+        n = z_bz.shape[0]
+        if not self.features:
+            out = nn.Dense(math.prod(self.output_shape), kernel_init=head_init, name="output")(h)
+            return out.reshape((n,) + tuple(self.output_shape))
+        image = tuple(self.output_shape[:2]) + (self.image_channels,)
+        if h.shape[-1] != math.prod(image):
+            raise ValueError(f"the last hidden layer ({h.shape[-1]} units) must reshape to the "
+                             f"image {image}: set its width to {math.prod(image)}")
+        h = h.reshape((n,) + image)
+        for i, channels in enumerate(self.features):
+            if self.gated:
+                h = GatedConv(channels, 3, 1, kernel_init=init, name=f"conv_{i}")(h)
+            else:
+                h = act(nn.Conv(channels, (3, 3), padding="SAME", kernel_init=init,
+                                name=f"conv_{i}")(h))
+        return nn.Conv(self.output_shape[-1], (1, 1), kernel_init=head_init, name="output")(h)
 
 
 class ConvDecoder(nn.Module):
@@ -869,10 +1018,12 @@ class ConvDecoder(nn.Module):
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLPEncoder, "gated_mlp": functools.partial(MLPEncoder, gated=True),
-    "conv": ConvEncoder}
+    "conv": ConvEncoder, "gated_conv": functools.partial(ConvEncoder, gated=True)}
 DECODERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLPDecoder, "gated_mlp": functools.partial(MLPDecoder, gated=True),
     "conv": ConvDecoder}
+# The gated conv decoder (`SkipDecoder` with `features`) is built by `model.build_model`, which
+# knows the latent groups it reads.
 
 
 def make_encoder(name: str, **kwargs: Any) -> nn.Module:
@@ -900,7 +1051,8 @@ def set_output_bias(decoder: nn.Module, variables, bias_f) -> Any:
     Every other leaf is returned unchanged. A convolutional decoder has one bias per channel,
     not per pixel, and is refused.
     """
-    if isinstance(decoder, MLPDecoder):
+    if isinstance(decoder, MLPDecoder) or (isinstance(decoder, SkipDecoder)
+                                           and not decoder.features):
         path = ("params", "output")
     else:
         raise ValueError(

@@ -312,7 +312,8 @@ def program_options(config: ml_collections.ConfigDict) -> dict:
     """`parallel.compiler_options` for the programs of this config's model, from its network
     names (the run itself asks the built model, `VAE.convolutional`)."""
     return parallel.compiler_options(
-        convolutional="conv" in (config.model.encoder, config.model.decoder))
+        convolutional=any("conv" in name for name in (config.model.encoder,
+                                                      config.model.decoder)))
 
 
 def epochs_per_chunk(num_steps: int, steps_per_epoch: int) -> int:
@@ -527,6 +528,9 @@ NUMERIC_RANGES = {
     "model.hidden": (_positive, "widths >= 1"),
     "model.features": (_positive, "channels >= 1"),
     "model.kernel_size": (_positive, ">= 1"),
+    "model.conv_kernel_sizes": (_positive, ">= 1"),
+    "model.conv_strides": (_positive, ">= 1"),
+    "model.decoder_features": (_positive, "channels >= 1"),
     "model.strides": (_positive, ">= 1"),
     "model.conv_hidden": (_positive, "widths >= 1"),
     "model.prior_components": (_non_negative, ">= 0 (0: the prior's default)"),
@@ -627,7 +631,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                 f"model.decoder_bias_init='data_mean' with model.likelihood={m.likelihood!r}: "
                 "the data-mean output bias is defined for "
                 f"{list(losses.DATA_MEAN_BIAS_LIKELIHOODS)}")
-        if m.decoder == "conv":
+        if "conv" in m.decoder:
             raise ValueError(
                 "model.decoder_bias_init='data_mean' needs an output bias per pixel (decoder "
                 "'mlp'); the 'conv' decoder has one bias per channel")
