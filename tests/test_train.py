@@ -1090,3 +1090,11 @@ def test_an_unknown_selection_metric_is_refused_before_anything_is_written(tmp_p
         train.train_and_evaluate(_selection_config(**{"run.best_metric": "val_loss"}),
                                  tmp_path / "w", quiet=True, devices=jax.devices()[:1])
     assert not (tmp_path / "w").exists()
+
+
+def test_no_image_examples_turns_the_pictures_off(tmp_path):
+    config = tiny_digits(**{"run.num_steps": 20, "run.num_image_examples": 0})
+    result = train.train_and_evaluate(config, tmp_path / "run", quiet=True,
+                                      devices=jax.devices()[:1])
+    assert int(jax.device_get(result.state.step)) == 20
+    assert not list((tmp_path / "run").glob("images/*.png"))

@@ -719,7 +719,10 @@ class Pictures:
         self._sample = jax.jit(sample)
 
     def write(self, params, step: int, key) -> None:
-        """Writes reconstructions_<step>.png and samples_<step>.png."""
+        """Writes reconstructions_<step>.png and samples_<step>.png (nothing without examples:
+        `run.num_image_examples=0` turns the pictures off)."""
+        if not len(self.examples):
+            return
         recon = np.asarray(jax.device_get(self._reconstruct(params, jnp.asarray(self.examples))))
         samples = np.asarray(jax.device_get(self._sample(params, key)))
         if not self.enabled:
