@@ -44,19 +44,20 @@ times; the evaluation touches the test set once):
 On a GPU, the same commands (the data go to the device as here); nothing else changes.
 
 Status (2-core AMD EPYC CPU, no GPU): no row has run to the end. Measured training throughput,
-each variant alone (1,000 steps after compilation; the conv HVAE 4 steps), and what a whole run
-costs at that rate:
+each variant alone (1,000 steps after compilation; the conv HVAE 4 steps of 2 s), and what a
+whole run costs at that rate:
 
 | variant | images/s | one epoch (50,000) | 500 epochs | 2,000 epochs (the cap) |
 | --- | --- | --- | --- | --- |
 | `standard` | 20,400 | 2.5 s | 21 min | 1.4 h |
 | `vamp` | 3,100 | 16 s | 2.2 h | 9.0 h |
 | `hvae_vamp` | 2,800 | 18 s | 2.5 h | 9.9 h |
-| `convhvae_vamp` | CONV_RATE | CONV_EPOCH | CONV_500 | CONV_2000 |
+| `convhvae_vamp` | 50 | 17 min | 5.8 days | 23 days |
 
 The VampPrior rows pay for 500 pseudo-inputs through the encoder at every step (five times the
 batch of 100): `vamp` is 6.6x slower than `standard` with the same networks. The evaluation at
-K = 5,000 on 10,000 images is 50 million decoder passes (about 15 min for `standard` here).
+K = 5,000 on 10,000 images is 50 million encoder-decoder passes, each about a third of a training
+step's cost per image: some 15 min for `standard` at the rate above (estimated, not measured).
 """
 
 from vae_jax.config_defaults import default_config
