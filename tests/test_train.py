@@ -359,8 +359,8 @@ def test_unknown_dataset_name(tmp_path):
 
 
 def test_unknown_model_and_likelihood_names(tmp_path):
-    with pytest.raises(ValueError,
-                       match=r"unknown encoder 'transformer'.*\['conv', 'gated_mlp', 'mlp'\]"):
+    with pytest.raises(ValueError, match=r"unknown encoder 'transformer'.*"
+                                         r"\['conv', 'gated_conv', 'gated_mlp', 'mlp'\]"):
         train.train_and_evaluate(tiny_digits(**{"model.encoder": "transformer"}), tmp_path / "w",
                                  quiet=True)
     with pytest.raises(ValueError, match=r"unknown likelihood 'poisson'.*'bernoulli'"):
