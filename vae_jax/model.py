@@ -152,8 +152,7 @@ class VAE:
 
         return (isinstance(self.encoder, models.ConvEncoder)
                 or isinstance(self.decoder, models.ConvDecoder)
-                or bool(getattr(self.decoder, "features", ()))
-                and isinstance(self.decoder, models.SkipDecoder))
+                or (isinstance(self.decoder, models.SkipDecoder) and bool(self.decoder.features)))
 
     # ------------------------------------------------------------------ parameters
 
