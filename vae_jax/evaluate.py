@@ -832,10 +832,10 @@ def write_evaluation(evaluation: Evaluation, result: dict, out_dir, *, workdir,
     diagnostics = _latent_mean_diagnostics(evaluation)
     # The pictures decode the decoder's input (z_1, or every layer top-down): its KL per
     # dimension (else the variance of its point summary over the data) orders the traversals.
-    z1_dim = vae.decoder_input_dim
+    decoder_dim = vae.decoder_input_dim
     order_by = (diagnostics["kl_per_dim"] if diagnostics["kl_per_dim"] is not None
                 else diagnostics["mean_variance_per_dim"])
-    decoder_kl_per_dim = np.asarray(order_by)[:z1_dim]
+    decoder_kl_per_dim = np.asarray(order_by)[:decoder_dim]
     lock = (workdir_lib.WorkdirLock(workdir, purpose="evaluation")
             if _inside(out_dir, workdir) else contextlib.nullcontext())
     try:
@@ -851,7 +851,7 @@ def write_evaluation(evaluation: Evaluation, result: dict, out_dir, *, workdir,
                 result["plots"] = sorted(str(p.relative_to(out_dir)) for p in save_plots(
                     out_dir / PLOTS_DIR, vae, evaluation.params, evaluation.x_nhwc,
                     evaluation.plot_key, kl_per_dim=decoder_kl_per_dim,
-                    mean_nz=evaluation.per_example["point"][:, :z1_dim],
+                    mean_nz=evaluation.per_example["point"][:, :decoder_dim],
                     labels=evaluation.labels, workdir=workdir, factors=factors))
                 workdir_lib.write_json(out_dir / EVAL_JSON, result)
     except OSError as err:

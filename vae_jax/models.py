@@ -794,31 +794,34 @@ class ConvEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x_bhwc: Array) -> tuple[Array, Array]:
-        h_bf = conv_trunk(self, x_bhwc)
+        h_bf = conv_trunk(x_bhwc, features=self.features, kernel_size=self.kernel_size,
+                          strides=self.strides, activation=self.activation,
+                          kernel_init=self.kernel_init, gated=self.gated, hidden=self.hidden)
         return _gaussian_heads(h_bf, self.latent_dim, self.extra_dim, self.kernel_init,
                                self.extra_zero_init)
 
 
-def conv_trunk(module: nn.Module, x_bhwc: Array) -> Array:
-    """The conv stack and dense `hidden` layers of a `ConvEncoder`-like `module` (its fields
-    features, kernel_size, strides, activation, kernel_init, hidden, gated), called inside its
-    compact `__call__`: x [B, H, W, C] -> flattened features [B, F]."""
-    act = get_activation(module.activation)
-    init = get_kernel_init(module.kernel_init, module.activation)
-    n = len(module.features)
-    strides = _per_layer(module.strides, n, "strides")
-    kernels = _per_layer(module.kernel_size, n, "kernel_size")
+def conv_trunk(x_bhwc: Array, *, features: Sequence[int], kernel_size: int | Sequence[int],
+               strides: int | Sequence[int], activation: str, kernel_init: str, gated: bool,
+               hidden: Sequence[int] = ()) -> Array:
+    """The conv stack and dense `hidden` layers of `ConvEncoder` (and of the x branch of
+    `ConditionalEncoder`), called inside a compact `__call__`, whose module owns the layers
+    conv_i and hidden_i: x [B, H, W, C] -> flattened features [B, F]."""
+    act = get_activation(activation)
+    init = get_kernel_init(kernel_init, activation)
+    n = len(features)
+    strides = _per_layer(strides, n, "strides")
+    kernels = _per_layer(kernel_size, n, "kernel_size")
     h_bhwc = x_bhwc
-    for i, (channels, k, stride) in enumerate(zip(module.features, kernels, strides)):
-        if module.gated:
+    for i, (channels, k, stride) in enumerate(zip(features, kernels, strides)):
+        if gated:
             h_bhwc = GatedConv(channels, k, stride, kernel_init=init, name=f"conv_{i}")(h_bhwc)
         else:
             h_bhwc = act(nn.Conv(channels, kernel_size=(k, k), strides=(stride, stride),
                                  padding="SAME", kernel_init=init, name=f"conv_{i}")(h_bhwc))
     h_bf = h_bhwc.reshape((h_bhwc.shape[0], -1))
-    for i, width in enumerate(module.hidden):
-        h_bf = _hidden_layer(width, gated=module.gated, init=init, act=act,
-                             name=f"hidden_{i}")(h_bf)
+    for i, width in enumerate(hidden):
+        h_bf = _hidden_layer(width, gated=gated, init=init, act=act, name=f"hidden_{i}")(h_bf)
     return h_bf
 
 
@@ -858,10 +861,9 @@ class ConditionalEncoder(nn.Module):
         act = get_activation(self.activation)
         init = get_kernel_init(self.kernel_init, self.activation)
         if self.features:
-            trunk = ConvEncoder(1, features=self.features, kernel_size=self.kernel_size,
-                                strides=self.strides, activation=self.activation,
-                                kernel_init=self.kernel_init, gated=self.gated)
-            h_x = conv_trunk(trunk, x)
+            h_x = conv_trunk(x, features=self.features, kernel_size=self.kernel_size,
+                             strides=self.strides, activation=self.activation,
+                             kernel_init=self.kernel_init, gated=self.gated)
         else:
             h_x = x.reshape((x.shape[0], -1))
             for i, width in enumerate(self.x_hidden):
