@@ -1,5 +1,7 @@
 """Tests for vae_jax/workdir.py: the workdir lock, verified checkpoints, resumed metrics."""
 
+import asyncio
+import errno
 import json
 import logging
 import os
@@ -333,6 +335,24 @@ def test_a_process_dying_of_a_full_disk_says_so_last(full_disk):
     assert lines[-1] == ("vae_jax.workdir.CheckpointSaveError: No space left on device while "
                          f"writing checkpoint 1 to {full_disk / 'checkpoints' / '1'}")
     assert len(lines) < 40, died.stderr  # not orbax's ~460 lines of tracebacks
+
+
+def test_a_failed_save_waits_for_orbax_s_other_writer_threads(tmp_path):
+    # Orbax reports a failed save as soon as one writer thread fails; another still writing
+    # would log its own failure after the CheckpointSaveError (seen in CI on a loaded machine).
+    # A private orbax class: the background-commit thread orbax's array handler runs.
+    from orbax.checkpoint._src.futures import future
+
+    async def slow_write():
+        await asyncio.sleep(1.0)
+
+    still_writing = future.CommitFuture(slow_write(), name="array_type_handler")
+    checkpoints = workdir_lib.Checkpoints(tmp_path / "checkpoints", keep=2)
+    error = checkpoints._save_error(1, OSError(errno.ENOSPC, "No space left on device"))
+    assert not still_writing._t.is_alive()
+    assert str(error) == (f"No space left on device while writing checkpoint 1 to "
+                          f"{tmp_path / 'checkpoints' / '1'}")
+    checkpoints.close()
 
 
 def test_a_failed_background_write_stops_the_next_save(tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ import re
 import shutil
 import socket
 import sys
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -272,6 +273,22 @@ class _DropOrbaxTracebacks(logging.Filter):
         return True
 
 
+def _join_orbax_threads(timeout_s: float = 60.0) -> None:
+    """Waits (at most `timeout_s`) for orbax's writer threads of a failed save to end.
+
+    Orbax reports a failed save as soon as one of its writer threads fails; the others go on
+    writing. Left running, one of them fails later (at interpreter exit: "cannot schedule new
+    futures after shutdown") and its log line lands after the `CheckpointSaveError`, which
+    must be the last thing a dying run prints.
+    """
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and \
+                type(thread).__module__.startswith("orbax."):
+            # threading.Thread.join: orbax's own join re-raises the thread's exception
+            threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+
+
 class Restored(NamedTuple):
     """What `Checkpoints.restore` did."""
 
@@ -372,6 +389,7 @@ class Checkpoints:
                 path.unlink(missing_ok=True)
 
     def _save_error(self, step: int, err: BaseException) -> CheckpointSaveError:
+        _join_orbax_threads()
         if jax.process_index() == 0:  # an unfinished save only takes space (orbax ignores it)
             for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
                 shutil.rmtree(partial, ignore_errors=True)
