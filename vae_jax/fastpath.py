@@ -16,6 +16,8 @@ there the library forms run whatever the switch says.
     global_norm: (g * g) @ 1 @ 1 per matrix     optax.tree.norm
     scale_by_adam: scalar bias corrections      optax.scale_by_adam
     where_finite: lax.cond inside a scan        jnp.where select (as optax.apply_if_finite)
+    gaussian_log_density_table: the square      distributions.gaussian_log_density over
+      expanded into two matmuls                   [N, C, Z] (a mixture's component table)
     compiler_options: 512-bit vectors with      no options
       AVX-512, no YNNPACK fusions for convs
 
@@ -291,6 +293,54 @@ def global_norm(tree) -> jax.Array:
         else:
             total = total + jnp.sum(x * x)
     return jnp.sqrt(total)
+
+
+# --------------------------------------------------------------------------- mixture densities
+
+# How many entries of each row `gaussian_log_density_table` recomputes exactly.
+EXACT_TOP = 8
+
+
+def gaussian_log_density_table(z_nz: jax.Array, mean_cz: jax.Array, logvar_cz: jax.Array, *,
+                               log_weights_c: jax.Array | None = None) -> jax.Array:
+    """[N, C]: log w_c + log N(z_n; mean_c, diag exp(logvar_c)) for every n and c, nats summed
+    over Z: `distributions.gaussian_log_density(z_nz[:, None, :], mean_cz, logvar_cz)` plus the
+    mixture weights `log_weights_c` (none: 0), the table a Gaussian mixture's density takes its
+    logsumexp over (the VampPrior's, C = 500).
+
+    The library form is that [N, C, Z] elementwise pass. The fast form expands the square:
+    with P = exp(-logvar),
+
+        table = -1/2 [ (z * z) @ P^T - 2 z @ (mean * P)^T + sum_j (mean^2 P + logvar + log 2 pi) ]
+
+    two [N, Z] @ [Z, C] products. The expansion loses float32 digits to cancellation when
+    components are narrow (absolute error about eps * sum_j (z_j^2 + mean_j^2) P_j: measured
+    7e-4 nats at logvar >= -4, 0.14 at logvar >= -10 for z of order 1), so the `EXACT_TOP`
+    largest entries of each row, the ones a logsumexp over c is made of, are recomputed
+    elementwise; the rest weigh into a logsumexp only by their share of the row's mass. Then the
+    logsumexp agrees with the library form's to 6e-5 nats at logvar >= -10 (tests/
+    test_fastpath.py). VampPrior training step table, N = 100, C = 500, Z = 40, forward and
+    gradient: 12.8 -> 0.9 ms (benchmarks/README.md).
+    """
+    from vae_jax import distributions  # noqa: PLC0415 (distributions imports this module)
+
+    log_weights_c = 0.0 if log_weights_c is None else log_weights_c
+    if not enabled():
+        return (distributions.gaussian_log_density(z_nz[:, None, :], mean_cz, logvar_cz)
+                + log_weights_c)
+    highest = lax.Precision.HIGHEST
+    precision_cz = jnp.exp(-logvar_cz)
+    quadratic_nc = (jnp.matmul(z_nz * z_nz, precision_cz.T, precision=highest)
+                    - 2.0 * jnp.matmul(z_nz, (mean_cz * precision_cz).T, precision=highest)
+                    + jnp.sum(mean_cz * mean_cz * precision_cz, axis=-1))
+    constant_c = jnp.sum(logvar_cz, axis=-1) + z_nz.shape[-1] * math.log(2 * math.pi)
+    table_nc = -0.5 * (quadratic_nc + constant_c) + log_weights_c
+    _, top_nk = lax.top_k(lax.stop_gradient(table_nc), min(EXACT_TOP, table_nc.shape[-1]))
+    exact_nk = distributions.gaussian_log_density(z_nz[:, None, :], mean_cz[top_nk],
+                                                  logvar_cz[top_nk])
+    if jnp.ndim(log_weights_c):
+        exact_nk = exact_nk + log_weights_c[top_nk]
+    return table_nc.at[jnp.arange(table_nc.shape[0])[:, None], top_nk].set(exact_nk)
 
 
 # --------------------------------------------------------------------------- the optimiser

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 
-from vae_jax import distributions
+from vae_jax import distributions, fastpath
 
 Params = Any  # a pytree of arrays; {} for a posterior without parameters
 
@@ -166,6 +166,12 @@ class Posterior:
           [...] the broadcast shape without its last axis, nats summed over Z.
         """
         return distributions.gaussian_log_density(z_kbz, enc.mean, enc.logvar)
+
+    def base_log_prob_table(self, enc: Encoded, z_nz: jax.Array) -> jax.Array:
+        """[N, C]: `base_log_prob` of every z_n under each of C encoded inputs (enc [C, Z]),
+        the component table of a mixture of them (the VampPrior's). The diagonal Gaussian
+        part goes through `fastpath.gaussian_log_density_table` (two matmuls on the CPU)."""
+        return fastpath.gaussian_log_density_table(z_nz, enc.mean, enc.logvar)
 
     def base_sample(self, enc: Encoded, eps_kbz: jax.Array) -> jax.Array:
         """A draw of the Gaussian part: z = mean + exp(logvar / 2) * eps, [K, B, Z]."""
@@ -304,6 +310,10 @@ class FullCovariance(Posterior):
         diff = z_kbz - enc.mean
         whitened = jnp.matmul(inv_scale_bzz, diff[..., None], precision=_HIGHEST)[..., 0]
         return _standard_normal_log_density(whitened) - 0.5 * jnp.sum(enc.logvar, axis=-1)
+
+    def base_log_prob_table(self, enc: Encoded, z_nz: jax.Array) -> jax.Array:
+        """[N, C]: `base_log_prob` of every z_n under each of the C encoded inputs."""
+        return self.base_log_prob(enc, z_nz[:, None, :])
 
     def point(self, params: Params, enc: Encoded) -> jax.Array:
         """E[z|x] = mean, [B, Z]."""

@@ -35,7 +35,8 @@ gaussian_log_density`:
 
 Every mixture is evaluated as one logsumexp over the component axis, so it stays finite when
 all C component densities underflow (z far from every component, or C = 500 components each
-carrying log(1/C)). The [..., C] component log densities are computed in one broadcast.
+carrying log(1/C)). The [N, C] component log densities are one table
+(`fastpath.gaussian_log_density_table`: two matmuls on the CPU).
 """
 
 import dataclasses
@@ -45,7 +46,7 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions
+from vae_jax import distributions, fastpath
 
 Params = Any  # a pytree of arrays
 Encode = Callable[[jax.Array], Any]  # x [N, H, W, Ch] -> posteriors.Encoded with [N, Z] fields
@@ -163,11 +164,11 @@ class Mixture(Prior):
     def log_prob(self, params: Params, z: jax.Array, *, encode: Encode | None = None) -> jax.Array:
         """log p(z) = logsumexp_c [log pi_c + log N(z; mu_c, var_c)]: z [..., Z] -> [...] nats."""
         del encode
-        log_weights_c = jax.nn.log_softmax(params["logits"])
-        log_components = distributions.gaussian_log_density(  # [..., C]
-            z[..., None, :], params["mean"], params["logvar"]
-        )
-        return jax.nn.logsumexp(log_components + log_weights_c, axis=-1)
+        z_nz = z.reshape(-1, z.shape[-1])
+        log_weighted_nc = fastpath.gaussian_log_density_table(
+            z_nz, params["mean"], params["logvar"],
+            log_weights_c=jax.nn.log_softmax(params["logits"]))
+        return jax.nn.logsumexp(log_weighted_nc, axis=-1).reshape(z.shape[:-1])
 
     def sample(
         self,
@@ -240,14 +241,12 @@ class Vamp(Prior):
     def log_prob(self, params: Params, z: jax.Array, *, encode: Encode | None = None) -> jax.Array:
         """log p(z) = logsumexp_c log q0(z | u_c) - log C: z [..., Z] -> [...] nats.
 
-        z is flattened to [N, Z] and broadcast against the C components as [N, C, Z], the
-        [K, B, Z] of `posterior.base_log_prob` with K = N and B = C.
+        z is flattened to [N, Z]; `posterior.base_log_prob_table` gives the [N, C] table.
         """
         enc = self._encode_pseudo_inputs(params, encode)
         num_components, latent_dim = enc.mean.shape
         z_nz = z.reshape(-1, latent_dim)
-        z_ncz = jnp.broadcast_to(z_nz[:, None, :], (z_nz.shape[0], num_components, latent_dim))
-        log_components_nc = self.posterior.base_log_prob(enc, z_ncz)
+        log_components_nc = self.posterior.base_log_prob_table(enc, z_nz)
         log_p_n = jax.nn.logsumexp(log_components_nc, axis=-1) - math.log(num_components)
         return log_p_n.reshape(z.shape[:-1])
 
