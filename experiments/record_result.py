@@ -1,0 +1,147 @@
+"""Write a run's record, `experiments/results/<file>_<variant>.json`, from its workdir.
+
+    python experiments/record_result.py --workdir ../runs/vampprior/standard \
+        --experiment mnist_vampprior:standard [--eval_wall_s 700] [--note "..."]
+
+The record (what the README's result tables quote, issue 14's "Recording results"):
+
+    experiment, command, evaluate_command   what to run to get it again (rerunning resumes)
+    eval                                    the workdir's eval.json, whole (test NLL +- SE ...)
+    epochs_trained, steps                   from the last row of metrics.jsonl and the
+                                            experiment file's STEPS_PER_EPOCH
+    best_validation                         best.json: the checkpoint `evaluate --best` scored
+    validation_curve                        validation ELBO every 10 epochs, and the last one
+    train_wall_s, train_sessions            from the TensorBoard event files (one per process:
+                                            the time from its first to its last event, summed;
+                                            compilation before the first logged step and the
+                                            time between runs are not counted)
+    eval_wall_s                             as given (evaluate does not record it)
+    commit, cpu                             `git describe --always --dirty` now, `lscpu`
+
+Refuses a workdir without eval.json, or whose eval.json is not for the test split or (for a run
+that kept a best checkpoint) did not score the best one, before writing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import pathlib
+import subprocess
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def cpu_model() -> str:
+    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lines
+                  if line.startswith("Model name")), "unknown")
+    cores = next((line.split(":", 1)[1].strip() for line in lines
+                  if line.startswith("CPU(s)")), "?")
+    return f"{model}, {cores} cores"
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def tensorboard_wall_times(directory: pathlib.Path) -> list[float]:
+    """Per event file (one per training process), seconds from its first to its last event."""
+    import tensorflow as tf  # noqa: PLC0415 (slow import, needed here only)
+
+    spans = []
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        times = [event.wall_time for event in tf.compat.v1.train.summary_iterator(str(path))
+                 if event.HasField("summary")]
+        if times:
+            spans.append(max(times) - min(times))
+    return spans
+
+
+def _experiment_module(experiment: str):
+    """experiments/<file>.py as a module (its STEPS_PER_EPOCH names the epoch)."""
+    file_name = experiment.partition(":")[0]
+    spec = importlib.util.spec_from_file_location(file_name,
+                                                  REPO / "experiments" / f"{file_name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "STEPS_PER_EPOCH"):
+        raise SystemExit(f"experiments/{file_name}.py defines no STEPS_PER_EPOCH")
+    return module
+
+
+def build_record(workdir: pathlib.Path, experiment: str, *, eval_wall_s: float | None = None,
+                 note: str | None = None, steps_per_epoch: int | None = None) -> dict:
+    """The record of `workdir` (see the module docstring); `steps_per_epoch` defaults to the
+    experiment file's STEPS_PER_EPOCH."""
+    eval_path = workdir / "eval.json"
+    if not eval_path.is_file():
+        raise SystemExit(f"{eval_path} does not exist: evaluate the run first")
+    evaluation = json.loads(eval_path.read_text())
+    if evaluation.get("split") != "test":
+        raise SystemExit(f"{eval_path} is for the {evaluation.get('split')!r} split, not 'test'")
+    best_path = workdir / "best" / "best.json"
+    best = json.loads(best_path.read_text()) if best_path.is_file() else None
+    if best is not None and evaluation.get("best_checkpoint") != best:
+        raise SystemExit(f"{eval_path} scored checkpoint {evaluation['checkpoint_step']}, not "
+                         f"the best on validation ({best_path}: step {best['step']}): "
+                         f"evaluate with --best")
+    steps_per_epoch = steps_per_epoch or _experiment_module(experiment).STEPS_PER_EPOCH
+    last_step = read_jsonl(workdir / "metrics.jsonl")[-1]["step"]
+    validation = read_jsonl(workdir / "eval_metrics.jsonl")
+    curve = {}
+    for row in validation:
+        epoch = row["step"] / steps_per_epoch
+        if epoch == int(epoch) and (int(epoch) % 10 == 0 or row is validation[-1]):
+            curve[int(epoch)] = round(row["val_elbo_nats"], 3)
+    spans = tensorboard_wall_times(workdir / "tensorboard")
+    file_name, _, variant = experiment.partition(":")
+    record = {
+        "experiment": experiment,
+        "command": (f"python -m vae_jax.main --config experiments/{file_name}.py:{variant} "
+                    f"--workdir {workdir} --config.data.data_dir=../shared/data/tfds"),
+        "evaluate_command": (f"python -m vae_jax.evaluate --workdir {workdir}"
+                             f"{' --best' if best else ''} --num_importance_samples "
+                             f"{evaluation['num_importance_samples']}"),
+        "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
+                                 capture_output=True, text=True).stdout.strip(),
+        "cpu": cpu_model(),
+        "epochs_trained": last_step / steps_per_epoch,
+        "steps": last_step,
+        "train_wall_s": round(sum(spans)),
+        "train_sessions": len(spans),
+        "eval_wall_s": eval_wall_s,
+        "best_validation": best,
+        "eval": evaluation,
+        "validation_curve_elbo_nats_by_epoch": curve,
+    }
+    if note:
+        record["note"] = note
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, type=pathlib.Path)
+    parser.add_argument("--experiment", required=True, help="<file>:<variant>")
+    parser.add_argument("--eval_wall_s", type=float, default=None)
+    parser.add_argument("--note", default=None)
+    parser.add_argument("--steps_per_epoch", type=int, default=None,
+                        help="default: the experiment file's STEPS_PER_EPOCH")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="default: experiments/results/<file>_<variant>.json")
+    args = parser.parse_args()
+    record = build_record(args.workdir, args.experiment, eval_wall_s=args.eval_wall_s,
+                          note=args.note, steps_per_epoch=args.steps_per_epoch)
+    out = args.out or REPO / "experiments" / "results" / (
+        args.experiment.replace(":", "_") + ".json")
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    nll = record["eval"]
+    print(f"{out}: test NLL {nll['nll_nats']:.2f} +- {nll['nll_stderr_nats']:.2f} nats "
+          f"(K = {nll['num_importance_samples']}), {record['epochs_trained']:g} epochs, "
+          f"{record['train_wall_s'] / 3600:.2f} h of training")
+
+
+if __name__ == "__main__":
+    main()

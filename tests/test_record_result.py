@@ -1,0 +1,72 @@
+"""experiments/record_result.py: a run's record from its workdir, and its refusals."""
+
+import importlib.util
+import json
+import pathlib
+import time
+
+import jax
+import pytest
+
+from tests import test_train
+from vae_jax import evaluate, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_SPEC = importlib.util.spec_from_file_location("record_result",
+                                               REPO / "experiments" / "record_result.py")
+record_result = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(record_result)
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    """A tiny digits run with a best checkpoint (40 steps), evaluated on the test split."""
+    workdir = tmp_path_factory.mktemp("record") / "run"
+    config = test_train.tiny_digits(**{"run.eval_every": 10, "run.keep_best": True})
+    started = time.monotonic()
+    train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
+    elapsed = time.monotonic() - started
+    evaluate.evaluate_workdir(workdir, num_importance_samples=4, chunk_size=4, best=True,
+                              write_plots=False, devices=jax.devices()[:1])
+    return workdir, elapsed
+
+
+def test_the_record_carries_the_evaluation_the_best_checkpoint_and_the_curve(evaluated_run):
+    workdir, elapsed = evaluated_run
+    record = record_result.build_record(workdir, "digits:none", eval_wall_s=12.0,
+                                        steps_per_epoch=10)
+    evaluation = json.loads((workdir / "eval.json").read_text())
+    best = json.loads((workdir / "best" / "best.json").read_text())
+    assert record["eval"] == evaluation and record["eval"]["split"] == "test"
+    assert record["best_validation"] == best == evaluation["best_checkpoint"]
+    assert record["steps"] == 40 and record["epochs_trained"] == 4.0
+    validation = test_train.read_jsonl(workdir / "eval_metrics.jsonl")
+    assert record["validation_curve_elbo_nats_by_epoch"] == {
+        row["step"] // 10: round(row["val_elbo_nats"], 3) for row in validation
+        if (row["step"] // 10) % 10 == 0 or row is validation[-1]}
+    assert record["train_sessions"] == 1 and 0 <= record["train_wall_s"] <= elapsed
+    assert record["eval_wall_s"] == 12.0
+    assert record["command"].startswith("python -m vae_jax.main --config experiments/digits.py")
+    assert "--best --num_importance_samples 4" in record["evaluate_command"]
+
+
+def test_a_record_of_a_validation_or_latest_checkpoint_evaluation_is_refused(evaluated_run,
+                                                                              tmp_path):
+    workdir, _ = evaluated_run
+    evaluate.evaluate_workdir(workdir, num_importance_samples=4, chunk_size=4,
+                              split="validation", write_plots=False, out_dir=tmp_path / "val",
+                              devices=jax.devices()[:1])
+    evaluate.evaluate_workdir(workdir, num_importance_samples=4, chunk_size=4,
+                              write_plots=False, out_dir=tmp_path / "latest",
+                              devices=jax.devices()[:1])
+    for name, message in (("val", "'validation' split"), ("latest", "evaluate with --best")):
+        copy = tmp_path / f"{name}_workdir"
+        copy.mkdir()
+        for path in workdir.iterdir():
+            (copy / path.name).symlink_to(path)
+        (copy / "eval.json").unlink()
+        (copy / "eval.json").write_text((tmp_path / name / "eval.json").read_text())
+        with pytest.raises(SystemExit, match=message):
+            record_result.build_record(copy, "digits:none", steps_per_epoch=10)
+    with pytest.raises(SystemExit, match="evaluate the run first"):
+        record_result.build_record(tmp_path, "digits:none", steps_per_epoch=10)
