@@ -9,6 +9,7 @@ authors' code (jmtomczak/vae_vampprior, `experiment.py` defaults) on this codeba
 | `vamp` | the same with a VampPrior of 500 pseudo-inputs | 82.43 +- 0.06 |
 | `hvae_vamp` | two-level HVAE, gated MLPs, z_1 = z_2 = 40, VampPrior on z_2 | 81.56 +- 0.09 |
 | `convhvae_vamp` | its conv HVAE: gated convolutions (`gated_conv`) | 79.67 |
+| `standard_iaf`, `vamp_iaf` | `standard`, `vamp` with two IAF steps (`iaf` posterior) | - |
 
 (Published: the Exemplar-VAE table, Norouzi et al. 2020, for the first three; the VampPrior
 paper's Table 2 for the conv HVAE.) The hierarchy (`model.hierarchy="vampprior"`):
@@ -89,6 +90,11 @@ VARIANTS = {
                       # One step per compiled program: on the CPU a lax.scan of 2 steps of this
                       # model did not finish 4 steps in 4 min, one step per dispatch takes 2 s.
                       "run.steps_per_dispatch": 1},
+    # What a normalising-flow posterior adds (issue 14): the rows above with two IAF steps
+    # (Kingma et al. 2016; MADE networks with the encoder's context, `posteriors.IAF`). With a
+    # VampPrior the mixture's components are the flow's base Gaussians at the pseudo-inputs.
+    "standard_iaf": {"model.prior": "standard_normal", "model.posterior": "iaf"},
+    "vamp_iaf": {**_VAMP, "model.posterior": "iaf"},
 }
 
 STEPS_PER_EPOCH = 500  # 50,000 training images in batches of 100
