@@ -15,7 +15,7 @@ The record (what the README's result tables quote, issue 14's "Recording results
                                             the time from its first to its last event, summed;
                                             compilation before the first logged step and the
                                             time between runs are not counted)
-    eval_wall_s                             as given (evaluate does not record it)
+    eval_wall_s                             eval.json's wall_time_s (or as given)
     commit, cpu                             `git describe --always --dirty` now, `lscpu`
 
 Refuses a workdir without eval.json, or whose eval.json is not for the test split or (for a run
@@ -111,7 +111,7 @@ def build_record(workdir: pathlib.Path, experiment: str, *, eval_wall_s: float |
         "steps": last_step,
         "train_wall_s": round(sum(spans)),
         "train_sessions": len(spans),
-        "eval_wall_s": eval_wall_s,
+        "eval_wall_s": eval_wall_s if eval_wall_s is not None else evaluation.get("wall_time_s"),
         "best_validation": best,
         "eval": evaluation,
         "validation_curve_elbo_nats_by_epoch": curve,

@@ -46,6 +46,8 @@ def test_the_record_carries_the_evaluation_the_best_checkpoint_and_the_curve(eva
         if (row["step"] // 10) % 10 == 0 or row is validation[-1]}
     assert record["train_sessions"] == 1 and 0 <= record["train_wall_s"] <= elapsed
     assert record["eval_wall_s"] == 12.0
+    assert 0 < evaluation["wall_time_s"] == record_result.build_record(
+        workdir, "digits:none", steps_per_epoch=10)["eval_wall_s"]
     assert record["command"].startswith("python -m vae_jax.main --config experiments/digits.py")
     assert "--best --num_importance_samples 4" in record["evaluate_command"]
 

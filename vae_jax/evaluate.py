@@ -29,6 +29,7 @@ import functools
 import json
 import math
 import pathlib
+import time
 from typing import Callable
 
 import chex
@@ -591,7 +592,8 @@ def evaluate_workdir(
     density's values minus D log L, recon_nats plus D log L (recorded as
     `dequantization_offset_nats`), so bits_per_dim = -E log p(y) / (D ln 2) + log2 L, an upper
     bound on the bits/dim of the levels (Theis et al. 2016). The NLL, IWAE and ELBO noise come
-    from `seed`. Single-process only.
+    from `seed`. Single-process only. `wall_time_s` is the seconds from the start to the
+    numbers (restoring, compiling and computing; the pictures are not counted).
 
     Output: `report(result)`, when given, is called with the numbers before anything is
     written, so they survive a directory that cannot be written (e.g. a read-only workdir).
@@ -641,6 +643,7 @@ def evaluate_workdir(
             f"{config.data.name!r}")
     if _inside(out_dir, workdir):
         _refuse_if_in_use(workdir)
+    started = time.monotonic()
     with fastpath.switched(config.run.cpu_fast_paths):
         evaluation = compute_evaluation(
             workdir, config, num_importance_samples=num_importance_samples,
@@ -658,6 +661,7 @@ def evaluate_workdir(
             result["disentanglement"] = scores["metrics"]
         if out_dir.absolute() != workdir.absolute():
             result["workdir"] = str(workdir.absolute())
+        result["wall_time_s"] = round(time.monotonic() - started, 1)  # before the plots
         if report is not None:
             report(result)
         return write_evaluation(evaluation, result, out_dir, workdir=workdir,
