@@ -52,8 +52,13 @@ def tensorboard_wall_times(directory: pathlib.Path) -> list[float]:
 
     spans = []
     for path in sorted(directory.glob("events.out.tfevents.*")):
-        times = [event.wall_time for event in tf.compat.v1.train.summary_iterator(str(path))
-                 if event.HasField("summary")]
+        times = []
+        try:
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                if event.HasField("summary"):
+                    times.append(event.wall_time)
+        except tf.errors.DataLossError:  # the last record of a killed run, half written
+            pass
         if times:
             spans.append(max(times) - min(times))
     return spans

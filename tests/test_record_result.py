@@ -72,3 +72,15 @@ def test_a_record_of_a_validation_or_latest_checkpoint_evaluation_is_refused(eva
             record_result.build_record(copy, "digits:none", steps_per_epoch=10)
     with pytest.raises(SystemExit, match="evaluate the run first"):
         record_result.build_record(tmp_path, "digits:none", steps_per_epoch=10)
+
+
+def test_the_wall_time_survives_an_event_file_cut_short(evaluated_run, tmp_path):
+    # A run killed while writing leaves a half-written last record (seen on a real run).
+    workdir, _ = evaluated_run
+    (events,) = (workdir / "tensorboard").glob("events.out.tfevents.*")
+    whole = record_result.tensorboard_wall_times(workdir / "tensorboard")
+    cut = tmp_path / "tensorboard"
+    cut.mkdir()
+    (cut / events.name).write_bytes(events.read_bytes()[:-7])
+    (span,) = record_result.tensorboard_wall_times(cut)
+    assert 0 < span <= whole[0]
