@@ -17,7 +17,7 @@ there the library forms run whatever the switch says.
     scale_by_adam: scalar bias corrections      optax.scale_by_adam
     where_finite: lax.cond inside a scan        jnp.where select (as optax.apply_if_finite)
     gaussian_log_density_table: the square      distributions.gaussian_log_density over
-      expanded into two matmuls                   [N, C, Z] (a mixture's component table)
+      expanded into two matmuls                 [N, C, Z] (a mixture's component table)
     compiler_options: 512-bit vectors with      no options
       AVX-512, no YNNPACK fusions for convs
 
