@@ -18,8 +18,10 @@ The record (what the README's result tables quote, issue 14's "Recording results
     eval_wall_s                             eval.json's wall_time_s (or as given)
     commit, cpu                             `git describe --always --dirty` now, `lscpu`
 
-Refuses a workdir without eval.json, or whose eval.json is not for the test split or (for a run
-that kept a best checkpoint) did not score the best one, before writing anything.
+`--unfinished` records a run still training (no eval.json; `eval` is null and `status` says
+so). Otherwise refuses a workdir without eval.json, or whose eval.json is not for the test
+split or (for a run that kept a best checkpoint) did not score the best one, before writing
+anything.
 """
 
 from __future__ import annotations
@@ -77,18 +79,26 @@ def _experiment_module(experiment: str):
 
 
 def build_record(workdir: pathlib.Path, experiment: str, *, eval_wall_s: float | None = None,
-                 note: str | None = None, steps_per_epoch: int | None = None) -> dict:
+                 note: str | None = None, steps_per_epoch: int | None = None,
+                 unfinished: bool = False, num_importance_samples: int = 5000) -> dict:
     """The record of `workdir` (see the module docstring); `steps_per_epoch` defaults to the
-    experiment file's STEPS_PER_EPOCH."""
+    experiment file's STEPS_PER_EPOCH. `unfinished`: a run still training, recorded without a
+    test evaluation (`eval` None, `status` says so)."""
     eval_path = workdir / "eval.json"
-    if not eval_path.is_file():
-        raise SystemExit(f"{eval_path} does not exist: evaluate the run first")
-    evaluation = json.loads(eval_path.read_text())
-    if evaluation.get("split") != "test":
-        raise SystemExit(f"{eval_path} is for the {evaluation.get('split')!r} split, not 'test'")
     best_path = workdir / "best" / "best.json"
     best = json.loads(best_path.read_text()) if best_path.is_file() else None
-    if best is not None and evaluation.get("best_checkpoint") != best:
+    if unfinished:
+        if eval_path.is_file():
+            raise SystemExit(f"{eval_path} exists: record the evaluated run without --unfinished")
+        evaluation = {"num_importance_samples": num_importance_samples}
+    elif not eval_path.is_file():
+        raise SystemExit(f"{eval_path} does not exist: evaluate the run first (or record it "
+                         f"--unfinished)")
+    else:
+        evaluation = json.loads(eval_path.read_text())
+    if not unfinished and evaluation.get("split") != "test":
+        raise SystemExit(f"{eval_path} is for the {evaluation.get('split')!r} split, not 'test'")
+    if not unfinished and best is not None and evaluation.get("best_checkpoint") != best:
         raise SystemExit(f"{eval_path} scored checkpoint {evaluation['checkpoint_step']}, not "
                          f"the best on validation ({best_path}: step {best['step']}): "
                          f"evaluate with --best")
@@ -104,6 +114,8 @@ def build_record(workdir: pathlib.Path, experiment: str, *, eval_wall_s: float |
     file_name, _, variant = experiment.partition(":")
     record = {
         "experiment": experiment,
+        "status": ("unfinished: still training, not evaluated on the test set" if unfinished
+                   else "finished and evaluated"),
         "command": (f"python -m vae_jax.main --config experiments/{file_name}.py:{variant} "
                     f"--workdir {workdir} --config.data.data_dir=../shared/data/tfds"),
         "evaluate_command": (f"python -m vae_jax.evaluate --workdir {workdir}"
@@ -116,9 +128,10 @@ def build_record(workdir: pathlib.Path, experiment: str, *, eval_wall_s: float |
         "steps": last_step,
         "train_wall_s": round(sum(spans)),
         "train_sessions": len(spans),
-        "eval_wall_s": eval_wall_s if eval_wall_s is not None else evaluation.get("wall_time_s"),
+        "eval_wall_s": eval_wall_s if eval_wall_s is not None else evaluation.get(
+            "wall_time_s"),
         "best_validation": best,
-        "eval": evaluation,
+        "eval": None if unfinished else evaluation,
         "validation_curve_elbo_nats_by_epoch": curve,
     }
     if note:
@@ -134,15 +147,23 @@ def main() -> None:
     parser.add_argument("--note", default=None)
     parser.add_argument("--steps_per_epoch", type=int, default=None,
                         help="default: the experiment file's STEPS_PER_EPOCH")
+    parser.add_argument("--unfinished", action="store_true",
+                        help="a run still training: its curve and best so far, no test numbers")
     parser.add_argument("--out", type=pathlib.Path, default=None,
                         help="default: experiments/results/<file>_<variant>.json")
     args = parser.parse_args()
     record = build_record(args.workdir, args.experiment, eval_wall_s=args.eval_wall_s,
-                          note=args.note, steps_per_epoch=args.steps_per_epoch)
+                          note=args.note, steps_per_epoch=args.steps_per_epoch,
+                          unfinished=args.unfinished)
     out = args.out or REPO / "experiments" / "results" / (
         args.experiment.replace(":", "_") + ".json")
     out.write_text(json.dumps(record, indent=1) + "\n")
     nll = record["eval"]
+    if nll is None:
+        best = record["best_validation"]
+        print(f"{out}: unfinished, {record['epochs_trained']:g} epochs, best validation "
+              f"{best and best['value']} at step {best and best['step']}")
+        return
     print(f"{out}: test NLL {nll['nll_nats']:.2f} +- {nll['nll_stderr_nats']:.2f} nats "
           f"(K = {nll['num_importance_samples']}), {record['epochs_trained']:g} epochs, "
           f"{record['train_wall_s'] / 3600:.2f} h of training")

@@ -84,3 +84,20 @@ def test_the_wall_time_survives_an_event_file_cut_short(evaluated_run, tmp_path)
     (cut / events.name).write_bytes(events.read_bytes()[:-7])
     (span,) = record_result.tensorboard_wall_times(cut)
     assert 0 < span <= whole[0]
+
+
+def test_an_unfinished_run_is_recorded_without_test_numbers(evaluated_run, tmp_path):
+    workdir, _ = evaluated_run
+    with pytest.raises(SystemExit, match="without --unfinished"):
+        record_result.build_record(workdir, "digits:none", steps_per_epoch=10, unfinished=True)
+    training = tmp_path / "training"
+    training.mkdir()
+    for path in workdir.iterdir():
+        if path.name != "eval.json":
+            (training / path.name).symlink_to(path)
+    record = record_result.build_record(training, "digits:none", steps_per_epoch=10,
+                                        unfinished=True)
+    assert record["eval"] is None and record["status"].startswith("unfinished")
+    assert record["best_validation"] == json.loads((workdir / "best" / "best.json").read_text())
+    assert record["steps"] == 40
+    assert record["evaluate_command"].endswith("--best --num_importance_samples 5000")
