@@ -14,10 +14,8 @@ the encoder, its component table). Prints the CPU model with the table.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
@@ -27,27 +25,12 @@ import jax.numpy as jnp
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from vae_jax import fastpath, train  # noqa: E402
-
-
-def cpu_model() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines
-                 if line.startswith("Model name")), "unknown")
-
-
-def load_config(spec: str):
-    """The config of "experiments/<file>.py:<variant>", as `--config` would load it."""
-    path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
+from vae_jax import fastpath, provenance, train  # noqa: E402
 
 
 def time_gradient(spec: str, *, steps: int, windows: int) -> tuple[float, int]:
     """(median ms per gradient, batch size) of the variant `spec` = "file:variant"."""
-    config = load_config(spec)
+    config = provenance.experiment_config(spec)
     image_shape = (28, 28, 1)
     vae = train.make_model(config, image_shape)
     with fastpath.switched(config.run.cpu_fast_paths):
@@ -80,7 +63,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="calls per timing window")
     parser.add_argument("--windows", type=int, default=7)
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}, jax {jax.__version__}, backend {jax.default_backend()}")
+    print(f"CPU: {provenance.machine()}, jax {jax.__version__}, backend {jax.default_backend()}")
     print("| variant | ms per gradient | images/s |")
     print("| --- | --- | --- |")
     for spec in args.variants:

@@ -9,7 +9,6 @@ does, timing each global batch.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import tempfile
@@ -20,17 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import workloads
 
-from vae_jax import evaluate, input_pipeline, model, parallel, train
+from vae_jax import evaluate, input_pipeline, model, parallel, provenance, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(w: workloads.Workload, data_dir: str):
-    path = REPO_ROOT / w.config
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = provenance.experiment_config(REPO_ROOT / w.config)
     config.data.data_dir = data_dir
     return config
 

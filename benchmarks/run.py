@@ -29,6 +29,8 @@ import time
 
 import workloads
 
+from vae_jax import provenance
+
 HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 MEMORY_KS = (500, 5000)
@@ -207,14 +209,6 @@ def _ceiling(gemm_runs: list[dict], name: str, w: workloads.Workload, num_sample
 
 
 def _machine(torch_available: bool) -> dict:
-    model = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     versions = {}
     for name in ("jax", "jaxlib", "flax", "optax", "torch"):
         if name == "torch" and not torch_available:
@@ -224,7 +218,8 @@ def _machine(torch_available: bool) -> dict:
             versions[name] = version(name)
         except Exception:  # noqa: BLE001 - a missing package is reported as absent
             pass
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": provenance.cpu_model(), "cores": os.cpu_count(),
+            "python": platform.python_version(),
             "load_average_at_start": os.getloadavg(), **versions}
 
 

@@ -7,13 +7,11 @@ changes only `model.prior` / `model.posterior` (and their sizes), so rows compar
 recipes.
 """
 
-import importlib.util
 import pathlib
 
-_BASE = pathlib.Path(__file__).with_name("mnist_mlp.py")
-_spec = importlib.util.spec_from_file_location("mnist_mlp", _BASE)
-mnist_mlp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mnist_mlp)
+from vae_jax.provenance import load_experiment
+
+mnist_mlp = load_experiment(pathlib.Path(__file__).with_name("mnist_mlp.py"))
 
 EPOCHS = 10  # 4,290 steps of batch 128
 

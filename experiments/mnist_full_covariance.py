@@ -32,13 +32,11 @@ weights of the head (512 x 496), each moved by Adam at the full learning rate, a
 likeliest cause, untested here.
 """
 
-import importlib.util
 import pathlib
 
-_spec = importlib.util.spec_from_file_location(
-    "mnist_families", pathlib.Path(__file__).with_name("mnist_families.py"))
-mnist_families = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mnist_families)
+from vae_jax.provenance import load_experiment
+
+mnist_families = load_experiment(pathlib.Path(__file__).with_name("mnist_families.py"))
 
 VARIANTS = {"diagonal": dict(posterior="diagonal"),
             "full_covariance": dict(posterior="full_covariance")}

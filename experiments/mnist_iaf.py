@@ -24,13 +24,11 @@ posterior); the KL of a flow has no per-dimension terms, so eval.json carries
 kl_per_dim_note instead.
 """
 
-import importlib.util
 import pathlib
 
-_spec = importlib.util.spec_from_file_location(
-    "mnist_families", pathlib.Path(__file__).with_name("mnist_families.py"))
-mnist_families = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mnist_families)
+from vae_jax.provenance import load_experiment
+
+mnist_families = load_experiment(pathlib.Path(__file__).with_name("mnist_families.py"))
 
 VARIANTS = {"diagonal": dict(posterior="diagonal"), "iaf": dict(posterior="iaf")}
 

@@ -66,13 +66,11 @@ at 90.27), because it trades the ELBO for the likelihood (Burda et al., section 
 ("bias": the decoder's initial output bias, `model.decoder_bias_init`.)
 """
 
-import importlib.util
 import pathlib
 
-_VAE = pathlib.Path(__file__).with_name("mnist_vae_burda.py")
-_spec = importlib.util.spec_from_file_location("mnist_vae_burda", _VAE)
-mnist_vae_burda = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mnist_vae_burda)
+from vae_jax.provenance import load_experiment
+
+mnist_vae_burda = load_experiment(pathlib.Path(__file__).with_name("mnist_vae_burda.py"))
 
 VARIANTS = tuple(f"{layers}_k{k}{length}" for length in ("", "_short")
                  for layers in ("1layer", "2layer") for k in (5, 50))

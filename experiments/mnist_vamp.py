@@ -27,13 +27,11 @@ shared machine and do not compare). The learned mixture of 10 Gaussians gains 0.
 keeps all 32 units active.
 """
 
-import importlib.util
 import pathlib
 
-_spec = importlib.util.spec_from_file_location(
-    "mnist_families", pathlib.Path(__file__).with_name("mnist_families.py"))
-mnist_families = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mnist_families)
+from vae_jax.provenance import load_experiment
+
+mnist_families = load_experiment(pathlib.Path(__file__).with_name("mnist_families.py"))
 
 VARIANTS = {
     "standard": dict(prior="standard_normal"),

@@ -16,7 +16,7 @@ The record (what the README's result tables quote, issue 14's "Recording results
                                             compilation before the first logged step and the
                                             time between runs are not counted)
     eval_wall_s                             eval.json's wall_time_s (or as given)
-    commit, cpu                             `git describe --always --dirty` now, `lscpu`
+    commit, cpu                             `git describe --always --dirty` now, the CPU
 
 `--unfinished` records a run still training (no eval.json; `eval` is null and `status` says
 so). Otherwise refuses a workdir without eval.json, or whose eval.json is not for the test
@@ -27,21 +27,12 @@ anything.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
-import subprocess
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from vae_jax import provenance
 
-
-def cpu_model() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in lines
-                  if line.startswith("Model name")), "unknown")
-    cores = next((line.split(":", 1)[1].strip() for line in lines
-                  if line.startswith("CPU(s)")), "?")
-    return f"{model}, {cores} cores"
+REPO = provenance.REPO
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict]:
@@ -69,10 +60,7 @@ def tensorboard_wall_times(directory: pathlib.Path) -> list[float]:
 def _experiment_module(experiment: str):
     """experiments/<file>.py as a module (its STEPS_PER_EPOCH names the epoch)."""
     file_name = experiment.partition(":")[0]
-    spec = importlib.util.spec_from_file_location(file_name,
-                                                  REPO / "experiments" / f"{file_name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = provenance.load_experiment(file_name)
     if not hasattr(module, "STEPS_PER_EPOCH"):
         raise SystemExit(f"experiments/{file_name}.py defines no STEPS_PER_EPOCH")
     return module
@@ -121,9 +109,8 @@ def build_record(workdir: pathlib.Path, experiment: str, *, eval_wall_s: float |
         "evaluate_command": (f"python -m vae_jax.evaluate --workdir {workdir}"
                              f"{' --best' if best else ''} --num_importance_samples "
                              f"{evaluation['num_importance_samples']}"),
-        "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
-                                 capture_output=True, text=True).stdout.strip(),
-        "cpu": cpu_model(),
+        "commit": provenance.git_commit(),
+        "cpu": provenance.machine(),
         "epochs_trained": last_step / steps_per_epoch,
         "steps": last_step,
         "train_wall_s": round(sum(spans)),

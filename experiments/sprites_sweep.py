@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from vae_jax import provenance
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = REPO / "experiments" / "sprites_disentanglement.py"
 METRICS = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness_train",
@@ -167,10 +169,7 @@ def main(argv=None) -> None:
             rows.append(train_and_evaluate(variant, seed, args))
             print(f"{variant} seed {seed}: " + ", ".join(
                 f"{m}={rows[-1][m]:.3f}" for m in METRICS), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=REPO).stdout.strip()
-    cpu = next((line.split(":", 1)[1].strip() for line in pathlib.Path(
-        "/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "unknown")
+    commit, cpu = provenance.git_commit(), provenance.cpu_model()
     table = summarise(rows, variants, args.runs_dir)
     best = best_run(rows)
     (args.runs_dir / "sweep.json").write_text(json.dumps(

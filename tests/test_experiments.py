@@ -11,7 +11,6 @@ experiment fits 8x8 ('SAME' stride-2 layers go 8 -> 4 -> 2 -> 1), so none needs 
 the sprites experiments train on the sprites themselves (embedded, rendered on demand).
 """
 
-import importlib.util
 import inspect
 import math
 import pathlib
@@ -23,6 +22,7 @@ import pytest
 
 from tests.test_train import params_of, read_jsonl
 from vae_jax import train
+from vae_jax.provenance import load_experiment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = REPO / "experiments"
@@ -53,13 +53,6 @@ SAME_PROGRAMS = {
     "bench_conv": (("mnist_conv", None), set()),
     "mnist_conv_beta": (("mnist_conv", None), {"objective.beta"}),
 }
-
-
-def load_experiment(name):
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def variants(module):

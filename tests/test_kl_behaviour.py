@@ -1,25 +1,14 @@
 """experiments/mnist_kl_behaviour.py builds four configs that differ only in the KL treatment,
 and experiments/kl_behaviour_figure.py draws a PNG from workdirs' metric files."""
 
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from vae_jax import train
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_experiment(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from vae_jax.provenance import load_experiment
 
 EXPERIMENT = load_experiment("mnist_kl_behaviour")
 FIGURE = load_experiment("kl_behaviour_figure")

@@ -7,7 +7,6 @@ bin has a closed form), and `tfds.testing.mock_data` for Fashion-MNIST, which is
 offline.
 """
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from vae_jax import input_pipeline, losses, train
+from vae_jax.provenance import load_experiment
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = ("bernoulli_binarized", "gaussian_fixed", "gaussian_learned", "continuous_bernoulli",
@@ -24,16 +24,9 @@ VARIANTS = ("bernoulli_binarized", "gaussian_fixed", "gaussian_learned", "contin
             "continuous_bernoulli_dequantized")
 
 
-def load_module(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def comparison():
-    return load_module("likelihood_comparison")
+    return load_experiment("likelihood_comparison")
 
 
 def flat(config):
@@ -51,7 +44,7 @@ def flat(config):
 
 
 def test_every_variant_validates_and_differs_only_in_the_likelihood():
-    module = load_module("mnist_likelihoods")
+    module = load_experiment("mnist_likelihoods")
     assert module.VARIANTS == VARIANTS
     configs = {v: module.get_config(v) for v in VARIANTS}
     expected = {
@@ -141,7 +134,7 @@ def test_dequantized_bound_of_a_linear_density_matches_the_hand_computation(comp
 def test_fashion_mnist_gaussian_loads_mocked_fashion_mnist(tmp_path):
     import tensorflow_datasets as tfds
 
-    config = load_module("fashion_mnist_gaussian").get_config()
+    config = load_experiment("fashion_mnist_gaussian").get_config()
     assert (config.data.name, config.model.likelihood, config.data.binarization) == (
         "fashion_mnist", "gaussian", "none")
     train.validate_config(config, 1)
@@ -179,11 +172,11 @@ def test_fashion_mnist_config_trains_on_mocked_data_and_is_compared(tmp_path, co
 
     likelihood, binarization, dequantize, footing = FASHION_CONFIGS[
         name.removeprefix("fashion_mnist_")]
-    config = load_module(name).get_config()
+    config = load_experiment(name).get_config()
     assert (config.data.name, config.model.likelihood, config.data.binarization,
             config.data.dequantize) == ("fashion_mnist", likelihood, binarization, dequantize)
     # One model, optimiser and schedule for all: only the likelihood and its data differ.
-    reference = flat(load_module("fashion_mnist_gaussian").fashion_config("gaussian"))
+    reference = flat(load_experiment("fashion_mnist_gaussian").fashion_config("gaussian"))
     changed = {k for k, v in flat(config).items() if v != reference[k]}
     assert changed <= {"model.likelihood", "model.gaussian_logvar", "data.binarization",
                        "data.dequantize"}

@@ -1,21 +1,15 @@
 """experiments/record_result.py: a run's record from its workdir, and its refusals."""
 
-import importlib.util
 import json
-import pathlib
 import time
 
 import jax
 import pytest
 
 from tests import test_train
-from vae_jax import evaluate, train
+from vae_jax import evaluate, provenance, train
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-_SPEC = importlib.util.spec_from_file_location("record_result",
-                                               REPO / "experiments" / "record_result.py")
-record_result = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(record_result)
+record_result = provenance.load_experiment("record_result")
 
 
 @pytest.fixture(scope="module")

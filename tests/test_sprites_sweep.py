@@ -1,16 +1,11 @@
 """experiments/sprites_sweep.py: the table (median and range over seeds), the figure and the
 choice of the best run, on made-up metric rows."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("sprites_sweep",
-                                               REPO / "experiments" / "sprites_sweep.py")
-sweep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep)
+from vae_jax.provenance import load_experiment
+
+sweep = load_experiment("sprites_sweep")
 
 
 def _rows():

@@ -2,7 +2,6 @@
 
 import dataclasses
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -22,7 +21,7 @@ import optax
 import pytest
 from PIL import Image
 
-from vae_jax import input_pipeline, losses, train
+from vae_jax import input_pipeline, losses, provenance, train
 from vae_jax import model as model_lib
 from vae_jax import workdir as workdir_lib
 
@@ -32,10 +31,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def load_config(name="digits", **overrides):
     """The config of experiments/<name>.py with `overrides` by dotted name, as on the command
     line: `load_config("digits", **{"model.hidden": (64,), "run.num_steps": 40})`."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = provenance.experiment_config(name)
     for key, value in overrides.items():
         target = config
         *path, last = key.split(".")
@@ -528,9 +524,7 @@ def test_layer_sizes_follow_the_stated_rule():
     config = tiny_digits(**{"model.num_layers": 3, "model.latent_dim": 10})
     dims, hidden = model_lib.layer_sizes(config.model)
     assert dims == (10, 5, 2) and hidden == ((10, 10), (4, 4))
-    spec = importlib.util.spec_from_file_location("burda", REPO / "experiments/mnist_vae_burda.py")
-    burda = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(burda)
+    burda = provenance.load_experiment("mnist_vae_burda")
     assert model_lib.layer_sizes(burda.get_config("2layer").model) == ((100, 50), ((100, 100),))
 
 
@@ -583,9 +577,7 @@ def test_adam_hyperparameters_come_from_the_config():
                           "2layer_k50_short")),
 ])
 def test_burda_experiment_configs(name, variants):
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = provenance.load_experiment(name)
     for variant in variants:
         config = module.get_config(variant)
         train.validate_config(config, num_devices=1)

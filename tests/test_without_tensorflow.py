@@ -40,11 +40,9 @@ SCRIPT = textwrap.dedent('''
     import jax
 
     from vae_jax import evaluate, train
+    from vae_jax.provenance import experiment_config
 
-    spec = importlib.util.spec_from_file_location("digits", "experiments/digits.py")
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
-    config = experiment.get_config()
+    config = experiment_config("experiments/digits.py")
     config.data.validation_size = 64
     config.model.update(hidden=(16,), latent_dim=3)
     config.run.update(batch_size=16, eval_batch_size=32, num_steps=4, steps_per_dispatch=2,
