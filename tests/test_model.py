@@ -306,3 +306,20 @@ def test_the_vampprior_hierarchy_is_built_by_name_and_burda_refuses_a_deep_vampp
     mc.update(hierarchy="vampprior", decoder="conv")
     with pytest.raises(ValueError, match="p\\(x \\| z_1, ..., z_L\\)"):
         model_lib.build_model(mc, IMAGE)
+
+
+def test_a_logvar_range_reaches_every_gaussian_network_and_a_bad_one_is_refused():
+    from vae_jax import config_defaults
+
+    mc = config_defaults.default_config().model
+    mc.update(num_layers=2, upper_latent_dims=(2,), latent_dim=3, hidden=(6, 5),
+              encoder="gated_mlp", decoder="gated_mlp", prior="vamp", prior_components=3,
+              hierarchy="vampprior", logvar_range=(-6.0, 2.0))
+    vae = model_lib.build_model(mc, IMAGE)
+    # q(z_2 | x) (and through it the VampPrior's components), q(z_1 | x, z_2), p(z_1 | z_2).
+    for network in (vae.encoder, *vae.upper_encoders, *vae.upper_priors):
+        assert network.logvar_range == (-6.0, 2.0)
+    for bad in ((2.0, -6.0), (-6.0,), (-6.0, 0.0, 2.0)):
+        mc.logvar_range = bad
+        with pytest.raises(ValueError, match="model.logvar_range"):
+            model_lib.build_model(mc, IMAGE)

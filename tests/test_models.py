@@ -615,3 +615,28 @@ def test_set_output_bias_refuses_conv_decoders_and_wrong_sizes():
     variables = _random_variables(decoder, np.zeros((1, 4), np.float32))
     with pytest.raises(ValueError, match=r"output bias of shape \(63,\).*64 outputs"):
         models.set_output_bias(decoder, variables, np.zeros(63))
+
+
+@pytest.mark.parametrize("encoder", [
+    models.MLPEncoder(3, hidden=(6,), gated=True, logvar_range=(-6.0, 2.0)),
+    models.ConvEncoder(3, features=(4,), kernel_size=3, strides=2, gated=True,
+                       logvar_range=(-6.0, 2.0)),
+])
+def test_a_logvar_range_is_hardtanh_of_the_linear_head(encoder):
+    """The VampPrior code's hardtanh(-6, 2) log-variance: the linear head clipped to [-6, 2],
+    with no gradient outside it; the mean head is untouched."""
+    x = np.random.default_rng(0).normal(size=(5, 4, 4, 1)).astype(np.float32)
+    variables = encoder.init(jax.random.key(0), x)
+    # Scale the head so that some units fall below -6 and some above 2.
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, a: a * 40.0 if "logvar" in jax.tree_util.keystr(path) else a, variables)
+    linear = encoder.clone(logvar_range=())
+    mean, logvar = encoder.apply(variables, x)
+    mean_linear, logvar_linear = (np.asarray(a, np.float64) for a in linear.apply(variables, x))
+    assert (logvar_linear < -6).any() and (logvar_linear > 2).any()
+    np.testing.assert_array_equal(mean, mean_linear.astype(np.float32))
+    np.testing.assert_allclose(logvar, np.clip(logvar_linear, -6.0, 2.0), rtol=1e-6)
+    grad = jax.grad(lambda v: encoder.apply(v, x)[1].sum())(variables)
+    bias_grad = np.asarray(grad["params"]["logvar"]["bias"])
+    inside = ((logvar_linear > -6) & (logvar_linear < 2)).sum(axis=0)  # per unit, over B
+    np.testing.assert_allclose(bias_grad, inside)

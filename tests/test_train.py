@@ -431,6 +431,29 @@ def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
     assert not list(workdir.glob("config.previous-*"))
 
 
+def test_a_run_recorded_before_a_field_existed_resumes_with_its_default(tmp_path):
+    """config.json of an older run lacks a field added since: the run trained with the field's
+    default, so the same command resumes it; a value other than the default is a change."""
+    workdir = tmp_path / "w"
+    train.train_and_evaluate(tiny_digits(**{"run.num_steps": 20}), workdir, quiet=True,
+                             devices=jax.devices()[:1])
+    path = workdir / "config.json"
+    stored = json.loads(path.read_text())
+    del stored["model"]["logvar_range"], stored["run"]["keep_best"]
+    path.write_text(json.dumps(stored))
+    config = tiny_digits(**{"run.num_steps": 20})
+    result = train.train_and_evaluate(config, workdir, quiet=True, devices=jax.devices()[:1])
+    assert int(result.state.step) == 20
+    assert json.loads(path.read_text()) == stored  # not rewritten, nothing kept aside
+    assert not list(workdir.glob("config.previous-*"))
+    with pytest.raises(workdir_lib.WorkdirConfigMismatch) as refused:
+        train.train_and_evaluate(tiny_digits(**{"run.num_steps": 20,
+                                                "model.logvar_range": (-6.0, 2.0)}),
+                                 workdir, quiet=True, devices=jax.devices()[:1])
+    assert str(refused.value).count(" -> ") == 1
+    assert "model.logvar_range: [] -> [-6.0, 2.0]" in str(refused.value)
+
+
 def test_allowed_config_change_keeps_the_old_config(tmp_path):
     workdir = tmp_path / "w"
     train.train_and_evaluate(tiny_digits(**{"run.num_steps": 20}), workdir, quiet=True,

@@ -11,6 +11,8 @@ fields). Five groups:
     run        batch sizes, length, and how often to log, evaluate and checkpoint
 """
 
+import json
+
 import ml_collections
 
 
@@ -63,6 +65,9 @@ def default_config() -> ml_collections.ConfigDict:
     m.conv_hidden = ()  # dense layers between the conv stack and the latent heads
     m.activation = "relu"
     m.kernel_init = "kaiming_normal"  # or "lecun_normal", "kaiming_uniform", ...
+    # (lo, hi): every Gaussian log-variance head (posteriors, and p(z_l | z_l+1) of a
+    # hierarchy) is hardtanh(lo, hi), as the VampPrior code's (-6.0, 2.0); (): linear heads.
+    m.logvar_range = ()
     # "data_mean": the decoder's output bias starts at the training set's pixel means (logits
     # for Bernoulli; `likelihoods.data_mean_output_bias`), as in Burda et al.'s code; MLP
     # decoders.
@@ -154,3 +159,16 @@ def default_config() -> ml_collections.ConfigDict:
     # there); False: plain jax.random / jax.nn / optax everywhere.
     r.cpu_fast_paths = True
     return config
+
+
+def with_defaults(stored: dict) -> dict:
+    """A config.json's dict with every field it lacks set to its default: a run recorded
+    before a field existed trained with the field's default (the field is new, not changed)."""
+    stored = {name: dict(value) if isinstance(value, dict) else value
+              for name, value in stored.items()}
+    for name, value in json.loads(default_config().to_json()).items():
+        stored.setdefault(name, value)
+        if isinstance(value, dict) and isinstance(stored[name], dict):
+            for field, default in value.items():
+                stored[name].setdefault(field, default)
+    return stored

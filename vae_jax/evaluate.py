@@ -331,14 +331,7 @@ def _load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
             f"{path} not found: --workdir must be the directory of a training run "
             "(python -m vae_jax.main --workdir ...), which holds config.json and checkpoints/."
         )
-    stored = json.loads(path.read_text())
-    # A run recorded before a field existed trained with the field's default.
-    for name, value in json.loads(config_defaults.default_config().to_json()).items():
-        stored.setdefault(name, value)
-        if isinstance(value, dict):  # e.g. data.dequantize in an older run's "data"
-            for field, default in value.items():
-                stored[name].setdefault(field, default)
-    return ml_collections.ConfigDict(stored)
+    return ml_collections.ConfigDict(config_defaults.with_defaults(json.loads(path.read_text())))
 
 
 def _load_split(config, split: str):

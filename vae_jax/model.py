@@ -435,10 +435,15 @@ def build_model(model_config, image_shape, *, num_levels: int = 256) -> VAE:
     if top_down and not mc.upper_hidden:
         upper_hidden = (tuple(mc.hidden),) * (len(dims) - 1)
     common = dict(activation=mc.activation, kernel_init=mc.kernel_init)
+    logvar_range = tuple(float(v) for v in mc.logvar_range)
+    if logvar_range and not (len(logvar_range) == 2 and logvar_range[0] < logvar_range[1]):
+        raise ValueError(f"model.logvar_range={tuple(mc.logvar_range)} must be (lo, hi) with "
+                         "lo < hi, or () for linear log-variance heads")
+    heads = dict(logvar_range=logvar_range, **common)  # the Gaussian networks'
     encoded_dim = dims[-1] if top_down else dims[0]
     enc_kwargs = dict(latent_dim=encoded_dim, hidden=tuple(mc.hidden),
                       extra_dim=posterior.extra_dim(encoded_dim),
-                      extra_zero_init=posterior.extra_zero_init, **common)
+                      extra_zero_init=posterior.extra_zero_init, **heads)
     conv_kwargs = dict(features=tuple(mc.features),
                        strides=tuple(mc.conv_strides) or mc.strides, hidden=tuple(mc.conv_hidden))
     if mc.encoder in ("conv", "gated_conv"):
@@ -461,19 +466,19 @@ def build_model(model_config, image_shape, *, num_levels: int = 256) -> VAE:
                 features=tuple(mc.features) if "conv" in mc.encoder else (),
                 kernel_size=mc.kernel_size, strides=conv_kwargs["strides"], gated=gated,
                 extra_dim=posterior.extra_dim(dims[i]),
-                extra_zero_init=posterior.extra_zero_init, **common)
+                extra_zero_init=posterior.extra_zero_init, **heads)
             for i in range(len(dims) - 1))
         upper_priors = tuple(models.MLPEncoder(dims[i], hidden=upper_hidden[i], gated=gated,
-                                               **common)
+                                               **heads)
                              for i in range(len(dims) - 1))
     else:
         upper_encoders = tuple(
             models.MLPEncoder(dims[i + 1], hidden=upper_hidden[i],
                               extra_dim=posterior.extra_dim(dims[i + 1]),
-                              extra_zero_init=posterior.extra_zero_init, **common)
+                              extra_zero_init=posterior.extra_zero_init, **heads)
             for i in range(len(dims) - 1))
         upper_priors = tuple(
-            models.MLPEncoder(dims[i], hidden=tuple(reversed(upper_hidden[i])), **common)
+            models.MLPEncoder(dims[i], hidden=tuple(reversed(upper_hidden[i])), **heads)
             for i in range(len(dims) - 1))
     return VAE(encoder=encoder, decoder=decoder, likelihood=likelihood, prior=prior,
                posterior=posterior, latent_dims=dims, upper_encoders=upper_encoders,

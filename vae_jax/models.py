@@ -576,13 +576,17 @@ def _mirror_crop_start(n_in: int, kernel_size: int, stride: int) -> int:
 
 
 def _gaussian_heads(h_bf: Array, latent_dim: int, extra_dim: int, kernel_init: str,
-                    extra_zero_init: bool = False):
+                    extra_zero_init: bool = False, logvar_range: Sequence[float] = ()):
     """The linear heads of a Gaussian encoder: (mean_bz, logvar_bz), plus extra_be when
     extra_dim > 0. The heads use the "linear" gain: no nonlinearity follows them; the extra
-    head starts at zero (kernel and bias) when `extra_zero_init`."""
+    head starts at zero (kernel and bias) when `extra_zero_init`. `logvar_range` (lo, hi)
+    clips the log-variance head, hardtanh(lo, hi) (the VampPrior code's (-6, 2): standard
+    deviations from 0.05 to 2.7; no gradient outside the range); () leaves it linear."""
     head_init = get_kernel_init(kernel_init, "linear")
     mean_bz = nn.Dense(latent_dim, kernel_init=head_init, name="mean")(h_bf)
     logvar_bz = nn.Dense(latent_dim, kernel_init=head_init, name="logvar")(h_bf)
+    if logvar_range:
+        logvar_bz = jnp.clip(logvar_bz, *logvar_range)
     if not extra_dim:
         return mean_bz, logvar_bz
     extra_init = nn.initializers.zeros if extra_zero_init else head_init
@@ -656,6 +660,7 @@ class MLPEncoder(nn.Module):
         off-diagonal that starts at 0 makes q start diagonal).
       gated: hidden layers are `GatedDense` (registered as "gated_mlp"); `activation` then only
         picks the initialiser's gain.
+      logvar_range: (lo, hi) clips the log-variance head to [lo, hi] (hardtanh); (): linear.
     """
 
     latent_dim: int
@@ -665,9 +670,10 @@ class MLPEncoder(nn.Module):
     extra_dim: int = 0
     extra_zero_init: bool = False
     gated: bool = False
+    logvar_range: Sequence[float] = ()
 
     def __post_init__(self):
-        _as_tuple(self, "hidden")
+        _as_tuple(self, "hidden", "logvar_range")
         super().__post_init__()
 
     @nn.compact
@@ -679,7 +685,7 @@ class MLPEncoder(nn.Module):
             h_bf = _hidden_layer(width, gated=self.gated, init=init, act=act,
                                  name=f"hidden_{i}")(h_bf)
         return _gaussian_heads(h_bf, self.latent_dim, self.extra_dim, self.kernel_init,
-                               self.extra_zero_init)
+                               self.extra_zero_init, self.logvar_range)
 
 
 class Discriminator(nn.Module):
@@ -771,6 +777,7 @@ class ConvEncoder(nn.Module):
       gated: conv and dense layers are `GatedConv` / `GatedDense` (registered as
         "gated_conv"); `activation` then only picks the initialiser's gain. `kernel_size` may
         then also be one size per layer (the VampPrior code's 7, 3, 5, 3, 3).
+      logvar_range: as in `MLPEncoder`.
     """
 
     latent_dim: int
@@ -783,9 +790,10 @@ class ConvEncoder(nn.Module):
     extra_dim: int = 0
     extra_zero_init: bool = False
     gated: bool = False
+    logvar_range: Sequence[float] = ()
 
     def __post_init__(self):
-        _as_tuple(self, "features", "kernel_size", "strides", "hidden")
+        _as_tuple(self, "features", "kernel_size", "strides", "hidden", "logvar_range")
         super().__post_init__()
 
     def feature_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -798,7 +806,7 @@ class ConvEncoder(nn.Module):
                           strides=self.strides, activation=self.activation,
                           kernel_init=self.kernel_init, gated=self.gated, hidden=self.hidden)
         return _gaussian_heads(h_bf, self.latent_dim, self.extra_dim, self.kernel_init,
-                               self.extra_zero_init)
+                               self.extra_zero_init, self.logvar_range)
 
 
 def conv_trunk(x_bhwc: Array, *, features: Sequence[int], kernel_size: int | Sequence[int],
@@ -837,7 +845,7 @@ class ConditionalEncoder(nn.Module):
 
     x [B, H, W, C] is passed through the trunk once and broadcast against z [..., B, Z_{l+1}]
     (K samples of z share one pass over x). Layers are `GatedDense` / `GatedConv` with
-    `gated`, else dense / conv + `activation`.
+    `gated`, else dense / conv + `activation`. `logvar_range`: as in `MLPEncoder`.
     """
 
     latent_dim: int
@@ -851,9 +859,11 @@ class ConditionalEncoder(nn.Module):
     extra_dim: int = 0
     extra_zero_init: bool = False
     gated: bool = True
+    logvar_range: Sequence[float] = ()
 
     def __post_init__(self):
-        _as_tuple(self, "hidden", "x_hidden", "features", "kernel_size", "strides")
+        _as_tuple(self, "hidden", "x_hidden", "features", "kernel_size", "strides",
+                  "logvar_range")
         super().__post_init__()
 
     @nn.compact
@@ -876,7 +886,7 @@ class ConditionalEncoder(nn.Module):
             h = _hidden_layer(width, gated=self.gated, init=init, act=act,
                               name=f"hidden_{i}")(h)
         return _gaussian_heads(h, self.latent_dim, self.extra_dim, self.kernel_init,
-                               self.extra_zero_init)
+                               self.extra_zero_init, self.logvar_range)
 
 
 class SkipDecoder(nn.Module):

@@ -46,6 +46,8 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from PIL import Image
 
+from vae_jax import config_defaults
+
 
 class WorkdirConfigMismatch(RuntimeError):
     """The workdir belongs to a run with a different config."""
@@ -95,7 +97,7 @@ def check_workdir_config(
     path = workdir / "config.json"
     if not path.exists():
         return False
-    old = _flatten(json.loads(path.read_text()))
+    old = _flatten(config_defaults.with_defaults(json.loads(path.read_text())))
     new = _flatten(json.loads(config.to_json_best_effort(sort_keys=True)))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed and not allow_config_change:
@@ -117,7 +119,7 @@ def record_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> N
     path = workdir / "config.json"
     config_json = json.loads(config.to_json_best_effort(sort_keys=True))
     if path.exists():
-        if json.loads(path.read_text()) == config_json:
+        if config_defaults.with_defaults(json.loads(path.read_text())) == config_json:
             return
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         path.replace(workdir / f"config.previous-{stamp}.json")
