@@ -33,7 +33,8 @@ Recipe, and where each row follows their code (jmtomczak/vae_vampprior: `experim
   [0, 1] (their hardtanh(0, 1) of the same init).
 - Networks: as theirs (gated layers of 300 units, z = 40, the HVAE's joint layers, the conv
   HVAE's gated convolutions), except: their log-variance heads are hardtanh(-6, 2), ours are
-  linear; their conv encoder of x in q(z_1 | x, z_2) has 3x3 kernels throughout, as ours;
+  linear (`--config.model.logvar_range="(-6.0, 2.0)"` gives theirs; no row here used it
+  yet); their conv encoder of x in q(z_1 | x, z_2) has 3x3 kernels throughout, as ours;
   the decoder's output layer of the conv HVAE is a 1x1 convolution (theirs too).
 
 Commands (one workdir per variant; rerunning a command resumes it exactly, any number of
