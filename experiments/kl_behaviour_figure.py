@@ -14,18 +14,14 @@ Usage:
 """
 
 import argparse
-import json
 import pathlib
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from vae_jax.workdir import read_jsonl
+
 LINESTYLES = ("-", "--", "-.", ":")
-
-
-def read_jsonl(path) -> list[dict]:
-    """The JSON objects of a .jsonl file, one per non-empty line."""
-    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
 
 
 def series(records: list[dict], key: str):

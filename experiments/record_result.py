@@ -31,12 +31,9 @@ import json
 import pathlib
 
 from vae_jax import provenance
+from vae_jax import workdir as workdir_lib
 
 REPO = provenance.REPO
-
-
-def read_jsonl(path: pathlib.Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def tensorboard_wall_times(directory: pathlib.Path) -> list[float]:
@@ -91,8 +88,8 @@ def build_record(workdir: pathlib.Path, experiment: str, *, eval_wall_s: float |
                          f"the best on validation ({best_path}: step {best['step']}): "
                          f"evaluate with --best")
     steps_per_epoch = steps_per_epoch or _experiment_module(experiment).STEPS_PER_EPOCH
-    last_step = read_jsonl(workdir / "metrics.jsonl")[-1]["step"]
-    validation = read_jsonl(workdir / "eval_metrics.jsonl")
+    last_step = workdir_lib.read_jsonl(workdir / "metrics.jsonl")[-1]["step"]
+    validation = workdir_lib.read_jsonl(workdir / "eval_metrics.jsonl")
     curve = {}
     for row in validation:
         epoch = row["step"] / steps_per_epoch

@@ -12,13 +12,14 @@ that); images are [..., H, W, C] floats in [0, 1] with C = 1 (grayscale) or 3 (R
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from vae_jax import workdir
 
 _BACKGROUND = 255  # white separators and label margins
 _CELL_PIXELS = 48  # small images are upscaled to about this many pixels per side
@@ -169,10 +170,6 @@ def latent_scatter(path, points_n2, *, labels=None, dims=(0, 1)) -> pathlib.Path
     return path
 
 
-def _read_jsonl(path) -> list[dict]:
-    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
-
-
 def _series(records, key):
     pairs = [(r["step"], r[key]) for r in records
              if key in r and r[key] is not None and math.isfinite(r[key])]
@@ -184,8 +181,8 @@ def training_curves(path, metrics_path: str | os.PathLike,
     """Reconstruction, KL and ELBO over steps (metrics.jsonl), with the validation ELBO and
     the active units when eval_metrics.jsonl holds them (`val_elbo_nats`; `active_units` or
     `val_active_units`)."""
-    train_records = _read_jsonl(metrics_path)
-    eval_records = _read_jsonl(eval_metrics_path) if eval_metrics_path else []
+    train_records = workdir.read_jsonl(metrics_path)
+    eval_records = workdir.read_jsonl(eval_metrics_path) if eval_metrics_path else []
     active_key = next((k for k in ("val_active_units", "active_units")
                        if any(k in r for r in eval_records)), None)
     panels = 3 + (active_key is not None)
