@@ -19,15 +19,10 @@ import pathlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from vae_jax.plots import series
 from vae_jax.workdir import read_jsonl
 
 LINESTYLES = ("-", "--", "-.", ":")
-
-
-def series(records: list[dict], key: str):
-    """(steps, values) of `key` over the records that hold it."""
-    pairs = [(r["step"], r[key]) for r in records if r.get(key) is not None]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def kl_behaviour_figure(workdirs, out, *, labels=None) -> pathlib.Path:

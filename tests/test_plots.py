@@ -196,3 +196,10 @@ def test_training_curves_with_and_without_validation(tmp_path):
          "val_active_units": 3} for s in (15, 30)])
     size, _ = open_png(plots.training_curves(tmp_path / "b.png", train, evals))
     assert size == (1600, 350)  # plus the active units
+
+
+def test_series_keeps_the_finite_values_of_the_records_that_hold_the_key():
+    records = [{"step": 1, "a": 2.0}, {"step": 2}, {"step": 3, "a": None},
+               {"step": 4, "a": float("nan")}, {"step": 5, "a": -1.5}, {"step": 6, "b": 1.0}]
+    assert plots.series(records, "a") == ([1, 5], [2.0, -1.5])
+    assert plots.series(records, "missing") == ([], [])

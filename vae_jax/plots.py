@@ -170,10 +170,18 @@ def latent_scatter(path, points_n2, *, labels=None, dims=(0, 1)) -> pathlib.Path
     return path
 
 
-def _series(records, key):
+def series(records: list[dict], key: str) -> tuple[list, list]:
+    """(steps, values) of `key` over the metric records that hold a finite value of it; two
+    empty lists when none does."""
     pairs = [(r["step"], r[key]) for r in records
-             if key in r and r[key] is not None and math.isfinite(r[key])]
-    return ([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else None
+             if r.get(key) is not None and math.isfinite(r[key])]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _plot(ax, steps_values, *fmt, **kwargs):
+    """Plots a (steps, values) series unless it is empty (no legend entry for a missing one)."""
+    if steps_values[0]:
+        ax.plot(*steps_values, *fmt, **kwargs)
 
 
 def training_curves(path, metrics_path: str | os.PathLike,
@@ -190,24 +198,14 @@ def training_curves(path, metrics_path: str | os.PathLike,
     axes = fig.subplots(1, panels)
     for ax, key, title in ((axes[0], "recon_nats", "reconstruction (nats)"),
                            (axes[1], "kl_nats", "KL (nats)")):
-        series = _series(train_records, key)
-        if series:
-            ax.plot(*series, label="train")
-        validation = _series(eval_records, f"val_{key}")
-        if validation:
-            ax.plot(*validation, "o-", label="validation")
+        _plot(ax, series(train_records, key), label="train")
+        _plot(ax, series(eval_records, f"val_{key}"), "o-", label="validation")
         ax.set_title(title)
-    series = _series(train_records, "elbo_nats")
-    if series:
-        axes[2].plot(*series, label="train")
-    validation = _series(eval_records, "val_elbo_nats")
-    if validation:
-        axes[2].plot(*validation, "o-", label="validation")
+    _plot(axes[2], series(train_records, "elbo_nats"), label="train")
+    _plot(axes[2], series(eval_records, "val_elbo_nats"), "o-", label="validation")
     axes[2].set_title("ELBO (nats)")
     if active_key is not None:
-        series = _series(eval_records, active_key)
-        if series:
-            axes[3].plot(*series, "o-", label="validation")
+        _plot(axes[3], series(eval_records, active_key), "o-", label="validation")
         axes[3].set_title("active units")
     for ax in axes:
         ax.set_xlabel("step")
