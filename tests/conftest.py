@@ -3,12 +3,30 @@
 Eight fake CPU devices are requested before JAX is imported anywhere, so multi-device code
 (`jax.shard_map` over a 1-D mesh) is exercised on an ordinary CPU. Single-device behaviour is
 tested on a mesh over `jax.devices()[:1]`.
+
+The suite is bound by XLA compile time, not by running the programs (tiny shapes, a few steps),
+so the tests compile at XLA's backend optimisation level 0, without LLVM's expensive passes: on
+2 cores (AMD EPYC) `pytest -n 2` went from 19.7 to 12.5 minutes. The programs compute the same
+functions; every numerical test compares against an independent reference with a tolerance,
+and the tests that compare two runs bit for bit compile both with the same flags (subprocesses
+take theirs from `xla_flags`).
 """
 
 import os
 import pathlib
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def xla_flags(device_count: int | None) -> str:
+    """XLA_FLAGS for a test process: `device_count` fake CPU devices (None: the machine's own),
+    compiled fast (see above). Subprocesses that need their own device count take it here."""
+    if device_count is None:
+        return FAST_COMPILE_FLAGS
+    return f"--xla_force_host_platform_device_count={device_count} {FAST_COMPILE_FLAGS}"
+
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402

@@ -8,14 +8,14 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, xla_flags
 
 WORKLOADS = ("W1", "W2", "W3", "W4")
 
 
 def test_quick_benchmark_writes_every_workload(mnist_data_dir, tmp_path):
     out = tmp_path / "results.json"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ, XLA_FLAGS=xla_flags(None))  # the machine's own devices
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "run.py"), "--quick",
          "--data_dir", mnist_data_dir, "--out", str(out)],

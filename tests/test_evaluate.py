@@ -28,6 +28,7 @@ from scipy import special, stats
 
 from tests import test_priors as tests_priors
 from tests import test_train as tests_train
+from tests.conftest import xla_flags
 from vae_jax import (
     distributions,
     evaluate,
@@ -754,7 +755,7 @@ def _read_only_command(workdir, *args):
     return subprocess.run(
         ["unshare", "--mount", "sh", "-c", mount + 'exec "$@"', str(workdir), sys.executable,
          "-m", "vae_jax.evaluate", "--workdir", str(workdir), *args],
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+        env=dict(os.environ, XLA_FLAGS=xla_flags(1)),
         capture_output=True, text=True, timeout=300)
 
 
@@ -846,7 +847,7 @@ def test_evaluate_command_end_to_end_on_digits(trained_digits):
     proc = subprocess.run(
         [sys.executable, "-m", "vae_jax.evaluate", "--workdir", str(trained_digits),
          "--num_importance_samples", "50", "--chunk_size", "25"],
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+        env=dict(os.environ, XLA_FLAGS=xla_flags(2)),
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nll_nats=" in proc.stdout

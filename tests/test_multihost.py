@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests.conftest import xla_flags
 from tests.test_train import tiny_digits
 from vae_jax import input_pipeline, train
 from vae_jax import workdir as workdir_lib
@@ -34,7 +35,7 @@ def free_port() -> int:
 
 
 def launch(workdir, local_devices, extra=()):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(local_devices))
     cmd = [sys.executable, "-m", "vae_jax.main", *FLAGS, "--workdir", str(workdir), *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)

@@ -21,6 +21,7 @@ import optax
 import pytest
 from PIL import Image
 
+from tests.conftest import xla_flags
 from vae_jax import input_pipeline, losses, provenance, train
 from vae_jax import model as model_lib
 from vae_jax import workdir as workdir_lib
@@ -83,7 +84,7 @@ def read_tensorboard_tags(directory):
 def run_main(workdir, *flags, env=None, **kwargs):
     cmd = [sys.executable, "-m", "vae_jax.main", "--config", str(REPO / "experiments/digits.py"),
            "--workdir", str(workdir), "--quiet", *flags]
-    full_env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    full_env = dict(os.environ, XLA_FLAGS=xla_flags(2),
                     **(env or {}))
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300, **kwargs)
 
@@ -218,8 +219,8 @@ def test_the_loop_traces_the_step_once(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
-    flags = ("--config.run.num_steps=3000", "--config.run.steps_per_dispatch=50",
-             "--config.run.log_every=50", "--config.run.eval_every=3000",
+    flags = ("--config.run.num_steps=1000", "--config.run.steps_per_dispatch=50",
+             "--config.run.log_every=50", "--config.run.eval_every=1000",
              "--config.run.checkpoint_every=100", "--config.run.keep_checkpoints=2")
     reference = run_main(tmp_path / "reference", *flags)
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -227,7 +228,7 @@ def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
     workdir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "vae_jax.main", "--config", str(REPO / "experiments/digits.py"),
            "--workdir", str(workdir), "--quiet", *flags]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (workdir / "checkpoints" / "200").exists() and time.time() < deadline:
@@ -236,7 +237,7 @@ def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved and max(saved) < 3000
+    assert saved and max(saved) < 1000
 
     resumed = run_main(workdir, *flags)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -244,7 +245,7 @@ def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
     # step appears once, in order, as in the uninterrupted run.
     steps = [row["step"] for row in read_jsonl(workdir / "metrics.jsonl")]
     assert steps == [row["step"] for row in read_jsonl(tmp_path / "reference" / "metrics.jsonl")]
-    assert steps == list(range(50, 3001, 50))
+    assert steps == list(range(50, 1001, 50))
 
     def final_params(path):
         config = tiny_digits(**{"model.hidden": (256, 256)})
@@ -255,7 +256,7 @@ def test_resume_after_sigkill_gives_identical_parameters(tmp_path):
         checkpoints = workdir_lib.Checkpoints(path / "checkpoints", keep=2)
         state = checkpoints.restore_latest(state)
         checkpoints.close()
-        assert int(state.step) == 3000
+        assert int(state.step) == 1000
         return state
 
     a, b = final_params(tmp_path / "reference"), final_params(workdir)
@@ -944,7 +945,7 @@ def test_sigint_and_sigterm_save_the_current_step_and_exit_with_one_line(tmp_pat
     workdir = tmp_path / "w"
     cmd = [sys.executable, "-m", "vae_jax.main", "--config", str(REPO / "experiments/digits.py"),
            "--workdir", str(workdir), "--quiet", *flags]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 120
@@ -973,7 +974,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_at_once(tmp_path):
              "--config.run.checkpoint_every=100000", "--config.model.hidden=(64,)")
     cmd = [sys.executable, "-m", "vae_jax.main", "--config", str(REPO / "experiments/digits.py"),
            "--workdir", str(workdir), "--quiet", *flags]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2))
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 
+from tests.conftest import xla_flags
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent('''
@@ -63,7 +65,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_digits_train_and_evaluate_without_tensorflow(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1))
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "run")], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
