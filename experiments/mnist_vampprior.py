@@ -85,13 +85,16 @@ HVAE 4 steps of 2 s), and what a whole run costs at that rate:
 | `standard_iaf` | 18,000 | 2.8 s | 23 min | 1.5 h |
 | `vamp_iaf` | 5,200 | 9.6 s | 1.3 h | 5.3 h |
 
-`vamp` is training (started 2026-12-07 05:21 UTC in ../runs/vampprior/vamp; two sessions so far,
-5.0 h of wall time, paused or sharing the cores for much of it; rerun its command to resume it;
-`python experiments/record_result.py --workdir ../runs/vampprior/vamp --experiment
-mnist_vampprior:vamp --unfinished` records where it is). At epoch 740 it had not stopped
-improving: best validation ELBO -86.77 at epoch 731, against `standard`'s -88.94 at epoch 1,053.
-Validation ELBO by epoch: 100: -91.22, 200: -89.17, 300: -88.12, 400: -87.61, 500: -87.31, 600:
--87.06, 700: -86.89 (`standard`: -95.6 at 100, -92.1 at 200, -90.4 at 400, -89.6 at 600). The
+`vamp` is training (started 2026-12-07 05:21 UTC in ../runs/vampprior/vamp; three sessions so
+far, 7.7 h of wall time, paused or sharing the cores for part of it; rerun its command to resume
+it; `python experiments/record_result.py --workdir ../runs/vampprior/vamp --experiment
+mnist_vampprior:vamp --unfinished` records where it is). At epoch 1,277 it had not stopped
+improving: best validation ELBO -86.28 at epoch 1,241, against `standard`'s -88.94 at epoch
+1,053. Validation ELBO by epoch: 100: -91.22, 200: -89.17, 300: -88.12, 400: -87.61, 500:
+-87.31, 600: -87.06, 700: -86.89, 800: -86.78, 900: -86.61, 1,000: -86.51, 1,100: -86.44,
+1,200: -86.38 (`standard`: -95.6 at 100, -92.1 at 200, -90.4 at 400, -89.6 at 600); 27 units
+active from epoch 900. Alone it trains about 390 epochs an hour, so the 2,000-epoch cap is
+under 2 h away. After it, on this CPU: `hvae_vamp`, then control runs of `standard`. The
 curves of all recorded rows: experiments/results/mnist_vampprior_curves.png
 (`experiments/results_figure.py`).
 The VampPrior rows pay for 500 pseudo-inputs through the encoder at every step (five
