@@ -93,10 +93,10 @@ improving: best validation ELBO -86.28 at epoch 1,241, against `standard`'s -88.
 1,053. Validation ELBO by epoch: 100: -91.22, 200: -89.17, 300: -88.12, 400: -87.61, 500:
 -87.31, 600: -87.06, 700: -86.89, 800: -86.78, 900: -86.61, 1,000: -86.51, 1,100: -86.44,
 1,200: -86.38 (`standard`: -95.6 at 100, -92.1 at 200, -90.4 at 400, -89.6 at 600); 27 units
-active from epoch 900. Alone it trains about 390 epochs an hour, so the 2,000-epoch cap is
-under 2 h away. After it, on this CPU: `hvae_vamp`, then control runs of `standard`. The
-curves of all recorded rows: experiments/results/mnist_vampprior_curves.png
-(`experiments/results_figure.py`).
+active from epoch 900. Alone it trains about 350 epochs an hour (checkpoints and validation
+passes included), so the 2,000-epoch cap is about 2 h away. After it, on this CPU:
+`hvae_vamp`, then control runs of `standard`. The curves of all recorded rows:
+experiments/results/mnist_vampprior_curves.png (`experiments/results_figure.py`).
 The VampPrior rows pay for 500 pseudo-inputs through the encoder at every step (five
 times the batch of 100): 10.5 ms of `vamp`'s 24 ms gradient, against 4.9 ms for all of
 `standard`'s. Its mixture's [N, 500] component table is two matmuls
