@@ -109,6 +109,7 @@ are some 140 GFLOP per step of 100 images, forward and backward.
 from vae_jax.config_defaults import default_config
 
 _VAMP = {"model.prior": "vamp", "model.prior_components": 500}
+_EMA = {"optim.ema_decay": 0.9995}  # a window of about 2,000 steps (4 epochs)
 # The VampPrior paper's two-level hierarchy (`model.hierarchy="vampprior"`), z_1 and z_2 of 40.
 _HVAE = {**_VAMP, "model.hierarchy": "vampprior", "model.num_layers": 2,
          "model.upper_latent_dims": (40,)}
@@ -132,11 +133,13 @@ VARIANTS = {
     # VampPrior the mixture's components are the flow's base Gaussians at the pseudo-inputs.
     "standard_iaf": {"model.prior": "standard_normal", "model.posterior": "iaf"},
     "vamp_iaf": {**_VAMP, "model.posterior": "iaf"},
-    # `standard` validated and evaluated with an exponential moving average of its parameters
+    # The rows validated and evaluated with an exponential moving average of their parameters
     # (Polyak averaging, as Kingma et al. 2016 evaluate their IAF models): with Adam at a
     # constant learning rate the last iterate carries the optimiser's noise, the average less.
-    # Nothing else changes; training follows the same iterates.
-    "standard_ema": {"model.prior": "standard_normal", "optim.ema_decay": 0.9995},
+    # Nothing else changes: with the same seed, training follows the same iterates.
+    "standard_ema": {"model.prior": "standard_normal", **_EMA},
+    "vamp_ema": {**_VAMP, **_EMA},
+    "hvae_vamp_ema": {**_HVAE, **_EMA},
 }
 
 STEPS_PER_EPOCH = 500  # 50,000 training images in batches of 100
