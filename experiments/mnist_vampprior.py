@@ -10,6 +10,7 @@ authors' code (jmtomczak/vae_vampprior, `experiment.py` defaults) on this codeba
 | `hvae_vamp` | two-level HVAE, gated MLPs, z_1 = z_2 = 40, VampPrior on z_2 | 81.56 +- 0.09 |
 | `convhvae_vamp` | its conv HVAE: gated convolutions (`gated_conv`) | 79.67 |
 | `standard_iaf`, `vamp_iaf` | `standard`, `vamp` with two IAF steps (`iaf` posterior) | - |
+| `standard_ema`, `vamp_ema`, `hvae_vamp_ema` | the same, validated and tested with an EMA | - |
 
 (Published: the Exemplar-VAE table, Norouzi et al. 2020, for the first three; the VampPrior
 paper's Table 2 for the conv HVAE.) The hierarchy (`model.hierarchy="vampprior"`):
