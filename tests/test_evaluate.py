@@ -638,7 +638,7 @@ def test_restore_uses_the_ema_parameters_when_the_run_kept_them(tmp_path):
     vae = train.make_model(config, (8, 8, 1))
     state = train.init_state(jax.random.key(0), vae, (8, 8, 1), train.make_optimizer(config),
                              ema=True)
-    ema = jax.tree.map(lambda p: p + 1.0, state.params)
+    ema = jax.tree.map(lambda p: p + 0.01, state.params)
     state = state.replace(step=jnp.asarray(7, jnp.int32), ema_params=ema)
     checkpoints = workdir_lib.Checkpoints(tmp_path / "ema" / "checkpoints", keep=2)
     checkpoints.save(7, state)
@@ -646,6 +646,10 @@ def test_restore_uses_the_ema_parameters_when_the_run_kept_them(tmp_path):
     params, step = evaluate.restore_eval_params(config, tmp_path / "ema", vae, (8, 8, 1))
     assert step == 7
     chex.assert_trees_all_close(params, ema)
+    # eval.json says which parameters it scored.
+    result = evaluate.evaluate_workdir(tmp_path / "ema", num_importance_samples=2, chunk_size=2,
+                                       max_examples=8, iwae_ks=(1,), write_plots=False)
+    assert (result["parameters"], result["ema_decay"]) == ("ema", 0.9)
 
 
 @pytest.fixture(scope="module")
@@ -789,7 +793,8 @@ def test_a_read_only_workdir_still_prints_the_numbers_and_out_writes_elsewhere(
 EVAL_KEYS = ("nll_nats", "nll_stderr_nats", "bits_per_dim", "elbo_nats", "iwae_bounds",
              "kl_per_dim", "mean_variance_per_dim", "active_units", "mutual_information_nats",
              "latent_dim", "latent_dims", "num_importance_samples", "split", "num_examples",
-             "checkpoint_step", "binarization_seed", "likelihood", "prior", "posterior")
+             "checkpoint_step", "parameters", "binarization_seed", "likelihood", "prior",
+             "posterior")
 # Numbers a model does not define come as notes: kl_per_dim without a closed-form KL per
 # dimension, the mutual information unless q(z | x) is one diagonal Gaussian layer.
 NOTE_KEYS = ("kl_per_dim_note", "mutual_information_note")
@@ -810,6 +815,7 @@ def check_eval_json(workdir, *, num_examples, num_importance_samples, step, late
     assert result["num_examples"] == num_examples
     assert result["num_importance_samples"] == num_importance_samples
     assert result["checkpoint_step"] == step
+    assert result["parameters"] == "iterate" and "ema_decay" not in result
     latent_dim = sum(latent_dims)
     assert result["latent_dims"] == list(latent_dims) and result["latent_dim"] == latent_dim
     # A number or its note, never both.

@@ -772,6 +772,8 @@ def summarise_evaluation(evaluation: Evaluation) -> dict:
         "num_importance_samples": evaluation.num_importance_samples,
         "split": evaluation.split,
         "checkpoint_step": evaluation.step,
+        # Which parameters of the checkpoint were scored (`restore_eval_params`).
+        "parameters": "ema" if config.optim.ema_decay > 0 else "iterate",
         "seed": evaluation.seed,
         "likelihood": config.model.likelihood,
         "prior": config.model.prior,
@@ -794,6 +796,8 @@ def summarise_evaluation(evaluation: Evaluation) -> dict:
             config.model.likelihood, binarized=config.data.binarization != "none",
             num_levels=evaluation.num_levels):
         result["normalised_likelihood"] = 0.0
+    if config.optim.ema_decay > 0:
+        result["ema_decay"] = float(config.optim.ema_decay)
     if config.data.binarization == "dynamic":
         result["binarization_seed"] = evaluation.binarization_seed
     if dequantize:
