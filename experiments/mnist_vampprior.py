@@ -151,8 +151,9 @@ VARIANTS = {
     "standard_iaf": {"model.prior": "standard_normal", "model.posterior": "iaf"},
     "vamp_iaf": {**_VAMP, "model.posterior": "iaf"},
     # The rows validated and evaluated with an exponential moving average of their parameters
-    # (Polyak averaging, as Kingma et al. 2016 evaluate their IAF models): with Adam at a
-    # constant learning rate the last iterate carries the optimiser's noise, the average less.
+    # (Polyak averaging; PixelCNN++, Salimans et al. 2017, evaluates with the same decay,
+    # openai/pixel-cnn's polyak_decay = 0.9995): with Adam at a constant learning rate the
+    # last iterate carries the optimiser's noise, the average less.
     # Nothing else changes: with the same seed, training follows the same iterates.
     "standard_ema": {"model.prior": "standard_normal", **_EMA},
     "vamp_ema": {**_VAMP, **_EMA},
