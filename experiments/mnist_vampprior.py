@@ -110,10 +110,10 @@ beats the published 84.45 by 0.27 nats, more than our standard error (0.22) and 
 (0.12). With Adam at a constant learning rate of 5e-4 the last iterate carries the optimiser's
 noise; the published recipe evaluates the last iterate.
 
-Next on this CPU: `hvae_vamp_ema` (started 2026-12-07 16:08 UTC, in
-../runs/vampprior/hvae_vamp_ema), then `vamp_ema`. `hvae_vamp` (the recipe without the EMA;
-the same iterates) is paused at epoch 73 (step 36,500) in ../runs/vampprior/hvae_vamp;
-rerunning its command resumes it. The curves of all recorded rows:
+Next on this CPU: `hvae_vamp_ema` (16:08-17:20 UTC on 2026-12-07 to epoch 166, best validation
+ELBO -87.35 so far, in ../runs/vampprior/hvae_vamp_ema), then `vamp_ema`. `hvae_vamp` (the
+recipe without the EMA; the same iterates) is paused at epoch 73 (step 36,500) in
+../runs/vampprior/hvae_vamp; rerunning its command resumes it. The curves of all recorded rows:
 experiments/results/mnist_vampprior_curves.png (`experiments/results_figure.py`).
 The VampPrior rows pay for 500 pseudo-inputs through the encoder at every step (five
 times the batch of 100): 10.5 ms of `vamp`'s 24 ms gradient, against 4.9 ms for all of
