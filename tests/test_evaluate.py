@@ -28,7 +28,7 @@ from scipy import special, stats
 
 from tests import test_priors as tests_priors
 from tests import test_train as tests_train
-from tests.conftest import xla_flags
+from tests.conftest import REPO_ROOT, xla_flags
 from vae_jax import (
     distributions,
     evaluate,
@@ -790,11 +790,81 @@ def test_a_read_only_workdir_still_prints_the_numbers_and_out_writes_elsewhere(
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
 
 
+def test_paired_difference_is_the_covariance_identity_and_covers_the_true_difference():
+    rng = np.random.default_rng(0)
+    # Two rows whose per-example values share a per-example difficulty (correlation ~0.98).
+    n, replicates, true_difference = 300, 4000, 0.3
+    difficulty = rng.gamma(4.0, 20.0, size=(replicates, n))
+    a = difficulty + true_difference + rng.normal(0, 3.0, size=(replicates, n))
+    b = difficulty + rng.normal(0, 3.0, size=(replicates, n))
+    first = evaluate.paired_difference(a[0], b[0])
+    # The float64 identity se^2 = se_a^2 + se_b^2 - 2 cov(a, b) / N.
+    cov = np.cov(a[0], b[0], ddof=1)
+    assert first["stderr"] ** 2 == pytest.approx(
+        (cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]) / n, rel=1e-10)
+    assert first["unpaired_stderr"] ** 2 == pytest.approx((cov[0, 0] + cov[1, 1]) / n, rel=1e-10)
+    assert first["correlation"] == pytest.approx(stats.pearsonr(a[0], b[0])[0], rel=1e-10)
+    assert first["unpaired_stderr"] > 5 * first["stderr"]
+    # Monte Carlo: the paired interval +- 1.96 se covers the true difference 95% of the time
+    # (binomial sd of the rate over 4000 replicates: 0.0034), the unpaired one almost always.
+    results = [evaluate.paired_difference(a[r], b[r]) for r in range(replicates)]
+    covered = np.mean([abs(r["difference"] - true_difference) <= 1.96 * r["stderr"]
+                       for r in results])
+    assert covered == pytest.approx(0.95, abs=0.012)
+    # The reported se matches the spread of the difference over replicates.
+    spread = np.std([r["difference"] for r in results], ddof=1)
+    assert np.mean([r["stderr"] for r in results]) == pytest.approx(spread, rel=0.05)
+    with pytest.raises(ValueError, match="equal-length"):
+        evaluate.paired_difference(a[0], b[0, :-1])
+
+
+def test_compare_evaluations_pairs_two_checkpoints_on_the_same_images_only(
+        two_checkpoint_run, tmp_path):
+    workdir, _, _ = two_checkpoint_run
+    kwargs = dict(num_importance_samples=4, chunk_size=4, max_examples=24, batch_size=8,
+                  iwae_ks=(1,), write_plots=False)
+    for name, step, binarization_seed in (("a", 7, 0), ("b", 3, 0), ("other", 3, 1)):
+        evaluate.evaluate_workdir(workdir, step=step, binarization_seed=binarization_seed,
+                                  out_dir=tmp_path / name, **kwargs)
+    eval_a, arrays_a = evaluate.load_evaluation(tmp_path / "a")
+    eval_b, arrays_b = evaluate.load_evaluation(tmp_path / "b")
+    comparison = evaluate.compare_evaluations(tmp_path / "a", tmp_path / "b")
+    assert comparison["nll_nats"] == [eval_a["nll_nats"], eval_b["nll_nats"]]
+    assert comparison["nll"]["difference"] == pytest.approx(
+        eval_a["nll_nats"] - eval_b["nll_nats"], abs=1e-9)
+    assert comparison["elbo"]["difference"] == pytest.approx(
+        eval_a["elbo_nats"] - eval_b["elbo_nats"], abs=1e-9)
+    d = arrays_a["nll_nats"] - arrays_b["nll_nats"]
+    assert comparison["nll"]["stderr"] == pytest.approx(np.std(d, ddof=1) / math.sqrt(24))
+    # Another binarisation of the same test images is other data: refused, naming the field.
+    assert eval_a["data_sha256"] != json.loads((tmp_path / "other" / "eval.json").read_text())[
+        "data_sha256"]
+    with pytest.raises(ValueError, match="data_sha256"):
+        evaluate.compare_evaluations(tmp_path / "a", tmp_path / "other")
+    # The command prints both rows and A - B with the paired error; errors are one line.
+    script = [sys.executable, str(REPO_ROOT / "experiments" / "compare_evaluations.py")]
+    proc = subprocess.run([*script, str(tmp_path / "a"), str(tmp_path / "b"), "--json",
+                           str(tmp_path / "c.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("NLL: A ") and "(paired; unpaired +- " in proc.stdout
+    assert proc.stdout.count("A - B") == 2
+    assert json.loads((tmp_path / "c.json").read_text()) == json.loads(json.dumps(comparison))
+    proc = subprocess.run([*script, str(tmp_path / "a"), str(tmp_path / "other")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ")
+    assert "data_sha256" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # An evaluation from before per_example.npz existed: the error says how to get one.
+    (tmp_path / "b" / evaluate.PER_EXAMPLE_NPZ).unlink()
+    with pytest.raises(FileNotFoundError, match="evaluate again with the same flags"):
+        evaluate.compare_evaluations(tmp_path / "a", tmp_path / "b")
+
+
 EVAL_KEYS = ("nll_nats", "nll_stderr_nats", "bits_per_dim", "elbo_nats", "iwae_bounds",
              "kl_per_dim", "mean_variance_per_dim", "active_units", "mutual_information_nats",
              "latent_dim", "latent_dims", "num_importance_samples", "split", "num_examples",
              "checkpoint_step", "parameters", "binarization_seed", "likelihood", "prior",
-             "posterior")
+             "posterior", "data_sha256")
 # Numbers a model does not define come as notes: kl_per_dim without a closed-form KL per
 # dimension, the mutual information unless q(z | x) is one diagonal Gaussian layer.
 NOTE_KEYS = ("kl_per_dim_note", "mutual_information_note")
@@ -835,6 +905,14 @@ def check_eval_json(workdir, *, num_examples, num_importance_samples, step, late
     # -log p(x) (K samples) is below -ELBO up to noise; the ELBO is IWAE-1 with exact KL.
     assert result["nll_nats"] <= -result["elbo_nats"] + 0.5, result
     assert result["nll_nats"] == pytest.approx(-iwae["50"], abs=1.0)
+    # per_example.npz holds the numbers eval.json averages, one per example.
+    per_example = evaluate.load_evaluation(workdir)[1]
+    assert set(per_example) == {"nll_nats", "elbo_nats"}
+    for key in ("nll_nats", "elbo_nats"):
+        assert per_example[key].shape == (num_examples,) and per_example[key].dtype == np.float64
+        assert np.mean(per_example[key]) == pytest.approx(result[key], rel=1e-9)
+    assert np.std(per_example["nll_nats"], ddof=1) / math.sqrt(num_examples) == pytest.approx(
+        result["nll_stderr_nats"], rel=1e-9)
     return result
 
 

@@ -5,9 +5,11 @@
         [--step N | --best] [--out DIR] [--disentanglement [--disentanglement_num_train 10000]
         [--disentanglement_num_eval 5000]]
 
-prints the numbers, then writes `runs/x/eval.json` and `runs/x/plots/*.png` (or into
-`--out DIR`) from the run's latest checkpoint (or that of `--step N`). Any K >= 1 works; the
-chunk size only bounds memory.
+prints the numbers, then writes `runs/x/eval.json`, `runs/x/per_example.npz` and
+`runs/x/plots/*.png` (or into `--out DIR`) from the run's latest checkpoint (or that of
+`--step N`). Any K >= 1 works; the chunk size only bounds memory. `compare_evaluations` (the
+command `experiments/compare_evaluations.py`) gives the difference of two rows evaluated on the
+same images with its paired standard error.
 
 Every number asks the model (`vae_jax.model.VAE`), so it works for every prior, posterior
 family and number of layers: the NLL is `model.log_likelihood_estimate` (the one chunked scan
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import pathlib
@@ -320,6 +323,7 @@ def manifold_latents(num_per_side: int, *, low: float = 0.05, high: float = 0.95
 
 
 EVAL_JSON = "eval.json"
+PER_EXAMPLE_NPZ = "per_example.npz"
 DISENTANGLEMENT_JSON = "disentanglement.json"
 PLOTS_DIR = "plots"
 
@@ -590,7 +594,9 @@ def evaluate_workdir(
 
     Output: `report(result)`, when given, is called with the numbers before anything is
     written, so they survive a directory that cannot be written (e.g. a read-only workdir).
-    Then `out_dir` (default: the workdir; created if missing) receives eval.json and, with
+    Then `out_dir` (default: the workdir; created if missing) receives eval.json,
+    per_example.npz (each example's `nll_nats` and `elbo_nats`, `reported_per_example`: what
+    `compare_evaluations` pairs; eval.json's `data_sha256` names the images) and, with
     `write_plots`, the pictures in `plots/` (see `save_plots`). eval.json is written first, so
     the numbers also survive a plotting error; written elsewhere than the workdir, it records
     the workdir it evaluated (`workdir`). A failed write raises OSError naming the directory.
@@ -753,14 +759,12 @@ def summarise_evaluation(evaluation: Evaluation) -> dict:
     iwae = {str(k): float(np.mean(per_example["iwae"][:, i], dtype=np.float64))
             for i, k in enumerate(evaluation.iwae_ks)}
     diagnostics = _latent_mean_diagnostics(evaluation)
-    log_px_n = evaluation.log_px_n
     dequantize = config.data.dequantize
-    if dequantize:
-        log_px_n = losses.dequantized_log_mass_bound(log_px_n, num_dims, evaluation.num_levels)
+    reported = reported_per_example(evaluation)
     result = {
-        **nll_summary(log_px_n, num_dims=num_dims),
-        "elbo_nats": float(np.mean(per_example["elbo"], dtype=np.float64)),
-        "elbo_stderr_nats": float(np.std(per_example["elbo"], ddof=1, dtype=np.float64)
+        **nll_summary(-reported["nll_nats"], num_dims=num_dims),
+        "elbo_nats": float(np.mean(reported["elbo_nats"])),
+        "elbo_stderr_nats": float(np.std(reported["elbo_nats"], ddof=1)
                                   / math.sqrt(num_examples)),
         "recon_nats": float(np.mean(per_example["recon"], dtype=np.float64)),
         "kl_nats": float(np.mean(per_example["kl"], dtype=np.float64)),
@@ -775,6 +779,8 @@ def summarise_evaluation(evaluation: Evaluation) -> dict:
         # Which parameters of the checkpoint were scored (`restore_eval_params`).
         "parameters": "ema" if config.optim.ema_decay > 0 else "iterate",
         "seed": evaluation.seed,
+        # Which images, in which order: `compare_evaluations` pairs only equal fingerprints.
+        "data_sha256": data_fingerprint(evaluation.x_nhwc),
         "likelihood": config.model.likelihood,
         "prior": config.model.prior,
         "posterior": config.model.posterior,
@@ -805,7 +811,6 @@ def summarise_evaluation(evaluation: Evaluation) -> dict:
         offset_nats = num_dims * math.log(evaluation.num_levels)
         iwae = {k: v - offset_nats for k, v in iwae.items()}
         result.update(
-            elbo_nats=result["elbo_nats"] - offset_nats,
             recon_nats=result["recon_nats"] + offset_nats,
             iwae_bounds=iwae,
             dequantization_seed=evaluation.dequantization_seed,
@@ -843,6 +848,7 @@ def write_evaluation(evaluation: Evaluation, result: dict, out_dir, *, workdir,
         with lock:
             out_dir.mkdir(parents=True, exist_ok=True)
             workdir_lib.write_json(out_dir / EVAL_JSON, result)  # survives a plotting error
+            write_per_example(out_dir / PER_EXAMPLE_NPZ, reported_per_example(evaluation))
             factors = None
             if disentanglement_scores is not None:
                 workdir_lib.write_json(out_dir / DISENTANGLEMENT_JSON, disentanglement_scores)
@@ -859,6 +865,104 @@ def write_evaluation(evaluation: Evaluation, result: dict, out_dir, *, workdir,
         raise type(err)(f"could not write the evaluation into {out_dir} ({err}); choose "
                         "another directory with out_dir (--out)") from err
     return result
+
+
+def reported_per_example(evaluation: Evaluation) -> dict:
+    """The per-example numbers whose means eval.json reports, float64 [N] in the split's order:
+    `nll_nats` (-log p(x), importance-sampled) and `elbo_nats`; for a run trained on dequantised
+    data, both as bounds on the levels (shifted by D log L, as in `summarise_evaluation`)."""
+    log_px_n = np.asarray(evaluation.log_px_n, np.float64)
+    elbo_n = np.asarray(evaluation.per_example["elbo"], np.float64)
+    if evaluation.config.data.dequantize:
+        num_dims = math.prod(evaluation.x_nhwc.shape[1:])
+        log_px_n = losses.dequantized_log_mass_bound(log_px_n, num_dims, evaluation.num_levels)
+        elbo_n = losses.dequantized_log_mass_bound(elbo_n, num_dims, evaluation.num_levels)
+    return {"nll_nats": -log_px_n, "elbo_nats": elbo_n}
+
+
+def data_fingerprint(x_nhwc: np.ndarray) -> str:
+    """SHA-256 of the evaluated data as the model saw them (float32, C order, with the shape):
+    equal only for the same images, binarised alike, in the same order."""
+    x_nhwc = np.ascontiguousarray(x_nhwc, dtype=np.float32)
+    digest = hashlib.sha256(str(x_nhwc.shape).encode())
+    digest.update(x_nhwc.tobytes())
+    return digest.hexdigest()
+
+
+def write_per_example(path: pathlib.Path, arrays: dict) -> None:
+    """Writes `arrays` as an .npz atomically (a crash never leaves half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(path)
+
+
+def paired_difference(a_n, b_n) -> dict:
+    """Mean difference of two evaluations of the same N examples, with its paired standard error.
+
+        d_n = a_n - b_n,   difference = mean_n(d_n),   stderr = std_n(d_n, ddof=1) / sqrt(N)
+
+    The paired error counts what the two rows share: stderr^2 = se_a^2 + se_b^2 - 2 cov(a, b) / N.
+    Per-example NLLs of two models on one test set are strongly correlated (a hard digit is hard
+    for both), so it is much smaller than the unpaired sqrt(se_a^2 + se_b^2), which is returned
+    as `unpaired_stderr` for contrast. Float64, host side.
+
+    Args:
+      a_n, b_n: per-example values [N] (e.g. `nll_nats` of `reported_per_example`), N >= 2.
+
+    Returns:
+      dict of floats: difference, stderr, unpaired_stderr, correlation; and num_examples.
+    """
+    a_n, b_n = np.asarray(a_n, np.float64), np.asarray(b_n, np.float64)
+    if a_n.ndim != 1 or a_n.shape != b_n.shape or len(a_n) < 2:
+        raise ValueError(f"need two equal-length vectors of at least 2 examples; got shapes "
+                         f"{a_n.shape} and {b_n.shape}")
+    n = len(a_n)
+    d_n = a_n - b_n
+    return {
+        "difference": float(np.mean(d_n)),
+        "stderr": float(np.std(d_n, ddof=1) / math.sqrt(n)),
+        "unpaired_stderr": float(math.sqrt((np.var(a_n, ddof=1) + np.var(b_n, ddof=1)) / n)),
+        "correlation": float(np.corrcoef(a_n, b_n)[0, 1]),
+        "num_examples": n,
+    }
+
+
+def load_evaluation(directory) -> tuple[dict, dict]:
+    """(eval.json, per_example.npz arrays) of the directory an evaluation wrote into (a workdir,
+    or its `--out`). Raises FileNotFoundError naming what is missing and how to get it."""
+    directory = pathlib.Path(directory)
+    eval_path, arrays_path = directory / EVAL_JSON, directory / PER_EXAMPLE_NPZ
+    if not eval_path.is_file():
+        raise FileNotFoundError(f"{eval_path} does not exist: evaluate the run first "
+                                f"(python -m vae_jax.evaluate --workdir ...)")
+    if not arrays_path.is_file():
+        raise FileNotFoundError(
+            f"{arrays_path} does not exist: {eval_path} was written before evaluations kept "
+            f"their per-example numbers; evaluate again with the same flags (the same seeds "
+            f"give the same numbers)")
+    with np.load(arrays_path) as arrays:
+        return json.loads(eval_path.read_text()), {k: arrays[k] for k in arrays.files}
+
+
+def compare_evaluations(directory_a, directory_b) -> dict:
+    """Row A minus row B, paired over the examples both evaluations scored: `paired_difference`
+    of the NLL (`nll`) and of the ELBO (`elbo`), with each row's means. Refuses (ValueError,
+    naming the field) two evaluations of different splits or different images
+    (`data_sha256`: the test set binarised with another seed, or cut by --max_examples)."""
+    eval_a, arrays_a = load_evaluation(directory_a)
+    eval_b, arrays_b = load_evaluation(directory_b)
+    for key in ("split", "num_examples", "data_sha256"):
+        if eval_a.get(key) != eval_b.get(key):
+            raise ValueError(f"{directory_a} and {directory_b} did not score the same examples: "
+                             f"{key} {eval_a.get(key)!r} against {eval_b.get(key)!r}")
+    return {
+        "a": str(directory_a), "b": str(directory_b), "split": eval_a["split"],
+        "nll_nats": [eval_a["nll_nats"], eval_b["nll_nats"]],
+        "nll": paired_difference(arrays_a["nll_nats"], arrays_b["nll_nats"]),
+        "elbo_nats": [eval_a["elbo_nats"], eval_b["elbo_nats"]],
+        "elbo": paired_difference(arrays_a["elbo_nats"], arrays_b["elbo_nats"]),
+    }
 
 
 def save_plots(directory, vae, params, x_nhwc, key, *, kl_per_dim, mean_nz, labels=None,
