@@ -20,8 +20,9 @@ The record (what the README's result tables quote, issue 14's "Recording results
 
 `--unfinished` records a run still training (no eval.json; `eval` is null and `status` says
 so). Otherwise refuses a workdir without eval.json, or whose eval.json is not for the test
-split or (for a run that kept a best checkpoint) did not score the best one, before writing
-anything.
+split, (for a run that kept a best checkpoint) did not score the best one, or scored other
+parameters than the run validated (`--parameters iterate` of a run with an EMA), before
+writing anything.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ def build_record(workdir: pathlib.Path, experiment: str, *, eval_wall_s: float |
         raise SystemExit(f"{eval_path} scored checkpoint {evaluation['checkpoint_step']}, not "
                          f"the best on validation ({best_path}: step {best['step']}): "
                          f"evaluate with --best")
+    config = json.loads((workdir / "config.json").read_text())
+    validated = "ema" if config["optim"]["ema_decay"] > 0 else "iterate"
+    if not unfinished and evaluation.get("parameters", validated) != validated:
+        raise SystemExit(f"{eval_path} scored the {evaluation['parameters']} parameters, not "
+                         f"the {validated} ones the run validated: a control is written with "
+                         f"--out elsewhere, and the row's evaluation uses --parameters auto")
     steps_per_epoch = steps_per_epoch or _experiment_module(experiment).STEPS_PER_EPOCH
     last_step = workdir_lib.read_jsonl(workdir / "metrics.jsonl")[-1]["step"]
     validation = workdir_lib.read_jsonl(workdir / "eval_metrics.jsonl")

@@ -650,6 +650,24 @@ def test_restore_uses_the_ema_parameters_when_the_run_kept_them(tmp_path):
     result = evaluate.evaluate_workdir(tmp_path / "ema", num_importance_samples=2, chunk_size=2,
                                        max_examples=8, iwae_ks=(1,), write_plots=False)
     assert (result["parameters"], result["ema_decay"]) == ("ema", 0.9)
+    # The same checkpoint without the average: the optimiser's own parameters, said so.
+    params, _ = evaluate.restore_eval_params(config, tmp_path / "ema", vae, (8, 8, 1),
+                                             parameters="iterate")
+    chex.assert_trees_all_close(params, state.params)
+    iterate = evaluate.evaluate_workdir(
+        tmp_path / "ema", num_importance_samples=2, chunk_size=2, max_examples=8, iwae_ks=(1,),
+        write_plots=False, parameters="iterate", out_dir=tmp_path / "iterate")
+    assert iterate["parameters"] == "iterate" and "ema_decay" not in iterate
+    assert iterate["nll_nats"] != result["nll_nats"]
+    # An EMA asked of a run that kept none, or an unknown name: refused before anything runs.
+    plain = _write_config(tmp_path / "plain", **{"model.hidden": (16,), "model.latent_dim": 2})
+    for parameters, message in (("ema", "kept no EMA"), ("average", "must be one of")):
+        with pytest.raises(ValueError, match=message):
+            evaluate.evaluate_workdir(tmp_path / "plain", parameters=parameters)
+        with pytest.raises(ValueError, match=message):
+            evaluate.restore_eval_params(plain, tmp_path / "plain", vae, (8, 8, 1),
+                                         parameters=parameters)
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["config.json"]
 
 
 @pytest.fixture(scope="module")
@@ -930,7 +948,7 @@ def trained_digits(tmp_path_factory):
 def test_evaluate_command_end_to_end_on_digits(trained_digits):
     proc = subprocess.run(
         [sys.executable, "-m", "vae_jax.evaluate", "--workdir", str(trained_digits),
-         "--num_importance_samples", "50", "--chunk_size", "25"],
+         "--num_importance_samples", "50", "--chunk_size", "25", "--parameters", "iterate"],
         env=dict(os.environ, XLA_FLAGS=xla_flags(2)),
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

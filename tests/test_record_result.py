@@ -66,6 +66,16 @@ def test_a_record_of_a_validation_or_latest_checkpoint_evaluation_is_refused(eva
             record_result.build_record(copy, "digits:none", steps_per_epoch=10)
     with pytest.raises(SystemExit, match="evaluate the run first"):
         record_result.build_record(tmp_path, "digits:none", steps_per_epoch=10)
+    # An eval.json that scored other parameters than the run validated (the run kept no EMA).
+    copy = tmp_path / "ema_workdir"
+    copy.mkdir()
+    for path in workdir.iterdir():
+        if path.name != "eval.json":
+            (copy / path.name).symlink_to(path)
+    evaluation = json.loads((workdir / "eval.json").read_text())
+    (copy / "eval.json").write_text(json.dumps({**evaluation, "parameters": "ema"}))
+    with pytest.raises(SystemExit, match="scored the ema parameters, not the iterate ones"):
+        record_result.build_record(copy, "digits:none", steps_per_epoch=10)
 
 
 def test_the_wall_time_survives_an_event_file_cut_short(evaluated_run, tmp_path):

@@ -2,8 +2,8 @@
 
     python -m vae_jax.evaluate --workdir runs/x [--num_importance_samples 5000]
         [--chunk_size 100] [--split test|validation] [--max_examples N] [--batch_size B]
-        [--step N | --best] [--out DIR] [--disentanglement [--disentanglement_num_train 10000]
-        [--disentanglement_num_eval 5000]]
+        [--step N | --best] [--parameters auto|iterate|ema] [--out DIR]
+        [--disentanglement [--disentanglement_num_train 10000] [--disentanglement_num_eval 5000]]
 
 prints the numbers, then writes `runs/x/eval.json`, `runs/x/per_example.npz` and
 `runs/x/plots/*.png` (or into `--out DIR`) from the run's latest checkpoint (or that of
@@ -381,10 +381,32 @@ def dequantize_once(levels_nhwc: np.ndarray, num_levels: int, seed: int) -> np.n
     return np.asarray(draw(keys_n, levels_nhwc, num_levels))
 
 
-def restore_eval_params(config, workdir, vae, image_shape, *, step=None, best=False):
+PARAMETERS = ("auto", "ema", "iterate")
+
+
+def scored_parameters(config, parameters: str = "auto") -> str:
+    """Which parameters of a checkpoint an evaluation scores: "ema" or "iterate". `parameters`
+    "auto" picks the EMA when the run kept one (config.optim.ema_decay > 0), as validation
+    did; "iterate" the optimiser's own parameters of any run (the same checkpoint without the
+    average, a control for what the EMA adds); "ema" insists on the average. Raises ValueError
+    for "ema" on a run that kept none, or an unknown name."""
+    if parameters not in PARAMETERS:
+        raise ValueError(f"parameters must be one of {PARAMETERS}; got {parameters!r}")
+    kept_ema = config.optim.ema_decay > 0
+    if parameters == "ema" and not kept_ema:
+        raise ValueError("parameters='ema': this run kept no EMA of its parameters "
+                         "(optim.ema_decay = 0); score its iterate ('auto' or 'iterate')")
+    if parameters == "auto":
+        return "ema" if kept_ema else "iterate"
+    return parameters
+
+
+def restore_eval_params(config, workdir, vae, image_shape, *, step=None, best=False,
+                        parameters: str = "auto"):
     """(params, step) of a checkpoint in `workdir/checkpoints` (with `best`, the best one on
     validation in `workdir/best/checkpoints`, kept by `run.keep_best`), on one device: its EMA
-    parameters when the run kept them (config.optim.ema_decay > 0), else its parameters.
+    parameters when the run kept them (config.optim.ema_decay > 0), else its parameters;
+    `parameters` "iterate" or "ema" asks for one of them (`scored_parameters`).
 
     `step` None restores the newest intact checkpoint, an int exactly that step's, each
     verified against its checksums (`workdir_lib.Checkpoints.restore`). A reader: corrupt
@@ -393,6 +415,7 @@ def restore_eval_params(config, workdir, vae, image_shape, *, step=None, best=Fa
     (a FileNotFoundError naming the steps there are) when there is none of `step`, and
     `workdir_lib.CheckpointRestoreError` when the checkpoint cannot be restored.
     """
+    scored = scored_parameters(config, parameters)
     workdir = pathlib.Path(workdir)
     directory = workdir / "best" / "checkpoints" if best else workdir / "checkpoints"
     missing = FileNotFoundError(
@@ -421,7 +444,8 @@ def restore_eval_params(config, workdir, vae, image_shape, *, step=None, best=Fa
         restored = checkpoints.restore(abstract, step, move_corrupt=False)
     finally:
         checkpoints.close()
-    return optim.eval_params(restored.state), int(restored.step)
+    state = restored.state
+    return (state.ema_params if scored == "ema" else state.params), int(restored.step)
 
 
 def run_in_batches(program, params, x_nhwc, key, mesh, *, batch_size: int):
@@ -475,6 +499,7 @@ class Evaluation:
     x_nhwc: np.ndarray  # the evaluated data, as the model saw them
     labels: np.ndarray | None
     num_levels: int
+    parameters: str  # which ones were scored: "ema" or "iterate" (`scored_parameters`)
     log_px_n: np.ndarray  # [N] importance-sampled log p(x), nats
     per_example: dict  # `per_example_metrics` of every example, numpy [N, ...]
     mutual_information_nats: float | None  # where q(z | x) is one diagonal Gaussian layer
@@ -555,6 +580,7 @@ def evaluate_workdir(
     write_plots: bool = True,
     step: int | None = None,
     best: bool = False,
+    parameters: str = "auto",
     out_dir=None,
     report: Callable[[dict], None] | None = None,
     disentanglement: bool = False,
@@ -566,7 +592,8 @@ def evaluate_workdir(
     Reads `workdir/config.json`, loads `split` with the training run's data arguments,
     restores the checkpoint of `step` (default: the latest; with `best`, the best one on
     validation that `run.keep_best` kept, recorded in eval.json as `best_checkpoint`;
-    `restore_eval_params`; EMA parameters when the run kept them), and computes on every
+    `restore_eval_params`; EMA parameters when the run kept them, or as `parameters` asks:
+    `scored_parameters`), and computes on every
     device of `devices` (default: all):
 
       nll_nats (+ stderr, bits_per_dim)  -log p(x) by importance sampling with K =
@@ -635,6 +662,7 @@ def evaluate_workdir(
     workdir = pathlib.Path(workdir)
     out_dir = workdir if out_dir is None else pathlib.Path(out_dir)
     config = _load_config(workdir)
+    scored_parameters(config, parameters)  # a bad name or a missing EMA, before anything runs
     if disentanglement and config.data.name not in ground_truth.GROUND_TRUTH_NAMES:
         raise ValueError(
             f"--disentanglement needs a run trained on data with known factors (one of "
@@ -649,7 +677,7 @@ def evaluate_workdir(
             chunk_size=chunk_size, split=split, max_examples=max_examples,
             batch_size=batch_size, seed=seed, binarization_seed=binarization_seed,
             dequantization_seed=dequantization_seed, iwae_ks=iwae_ks, devices=devices,
-            step=step, best=best)
+            step=step, best=best, parameters=parameters)
         result = summarise_evaluation(evaluation)
         if best:
             result["best_checkpoint"] = json.loads((workdir / "best" / "best.json").read_text())
@@ -683,6 +711,7 @@ def compute_evaluation(
     devices=None,
     step: int | None = None,
     best: bool = False,
+    parameters: str = "auto",
 ) -> Evaluation:
     """The per-example numbers of `evaluate_workdir` (see there for the arguments), computed
     on every device of `devices`; nothing is written. `config` defaults to the run's."""
@@ -705,8 +734,9 @@ def compute_evaluation(
                          f"{max_examples}); the evaluation needs at least 2")
     vae = model_lib.build_model(config.model, data.image_shape, num_levels=data.num_levels)
     vae.likelihood.check_support(x_nhwc)
+    scored = scored_parameters(config, parameters)
     params, step = restore_eval_params(config, workdir, vae, data.image_shape, step=step,
-                                       best=best)
+                                       best=best, parameters=scored)
 
     mesh = parallel.make_mesh(devices)
     num_devices = mesh.devices.size
@@ -735,7 +765,8 @@ def compute_evaluation(
             diag_key)["mutual_information_nats"])
     return Evaluation(
         config=config, vae=vae, params=params, step=step, split=split, x_nhwc=x_nhwc,
-        labels=labels, num_levels=data.num_levels, log_px_n=log_px_n, per_example=per_example,
+        labels=labels, num_levels=data.num_levels, parameters=scored, log_px_n=log_px_n,
+        per_example=per_example,
         mutual_information_nats=mutual_information_nats, iwae_ks=tuple(iwae_ks),
         num_importance_samples=int(num_importance_samples), seed=int(seed),
         binarization_seed=int(binarization_seed), dequantization_seed=int(dequantization_seed),
@@ -777,7 +808,7 @@ def summarise_evaluation(evaluation: Evaluation) -> dict:
         "split": evaluation.split,
         "checkpoint_step": evaluation.step,
         # Which parameters of the checkpoint were scored (`restore_eval_params`).
-        "parameters": "ema" if config.optim.ema_decay > 0 else "iterate",
+        "parameters": evaluation.parameters,
         "seed": evaluation.seed,
         # Which images, in which order: `compare_evaluations` pairs only equal fingerprints.
         "data_sha256": data_fingerprint(evaluation.x_nhwc),
@@ -802,7 +833,7 @@ def summarise_evaluation(evaluation: Evaluation) -> dict:
             config.model.likelihood, binarized=config.data.binarization != "none",
             num_levels=evaluation.num_levels):
         result["normalised_likelihood"] = 0.0
-    if config.optim.ema_decay > 0:
+    if evaluation.parameters == "ema":
         result["ema_decay"] = float(config.optim.ema_decay)
     if config.data.binarization == "dynamic":
         result["binarization_seed"] = evaluation.binarization_seed
@@ -1074,6 +1105,10 @@ def _define_flags():
         step=flags.DEFINE_integer(
             "step", None, "Evaluate the checkpoint of this step (default: the latest).",
             lower_bound=0),
+        parameters=flags.DEFINE_enum(
+            "parameters", "auto", list(PARAMETERS), "Which parameters of the checkpoint to "
+            "score: auto (the EMA when the run kept one, as validation did), iterate (the "
+            "optimiser's own: a control for what the EMA adds), ema."),
         best=flags.DEFINE_bool(
             "best", False, "Evaluate the best checkpoint on validation (runs with "
             "run.keep_best or run.early_stopping_patience) instead of the latest."),
