@@ -10,7 +10,8 @@ The record (what the README's result tables quote, issue 14's "Recording results
     epochs_trained, steps                   from the last row of metrics.jsonl and the
                                             experiment file's STEPS_PER_EPOCH
     best_validation                         best.json: the checkpoint `evaluate --best` scored
-    validation_curve                        validation ELBO every 10 epochs, and the last one
+    validation_curve                        validation ELBO at epochs 1-9, every 10 epochs
+                                            after, and the last one
     train_wall_s, train_sessions            from the TensorBoard event files (one per process:
                                             the time from its first to its last event, summed;
                                             compilation before the first logged step and the
@@ -100,7 +101,7 @@ def build_record(workdir: pathlib.Path, experiment: str, *, eval_wall_s: float |
     curve = {}
     for row in validation:
         epoch = row["step"] / steps_per_epoch
-        if epoch == int(epoch) and (int(epoch) % 10 == 0 or row is validation[-1]):
+        if epoch == int(epoch) and (epoch < 10 or epoch % 10 == 0 or row is validation[-1]):
             curve[int(epoch)] = round(row["val_elbo_nats"], 3)
     spans = tensorboard_wall_times(workdir / "tensorboard")
     file_name, _, variant = experiment.partition(":")

@@ -35,9 +35,13 @@ def test_the_record_carries_the_evaluation_the_best_checkpoint_and_the_curve(eva
     assert record["best_validation"] == best == evaluation["best_checkpoint"]
     assert record["steps"] == 40 and record["epochs_trained"] == 4.0
     validation = test_train.read_jsonl(workdir / "eval_metrics.jsonl")
+    # Every epoch below 10 (the start of a curve), then every 10th, and the last.
     assert record["validation_curve_elbo_nats_by_epoch"] == {
-        row["step"] // 10: round(row["val_elbo_nats"], 3) for row in validation
-        if (row["step"] // 10) % 10 == 0 or row is validation[-1]}
+        epoch: round(row["val_elbo_nats"], 3) for row in validation
+        if (epoch := row["step"] // 10) < 10 or epoch % 10 == 0 or row is validation[-1]}
+    assert list(record["validation_curve_elbo_nats_by_epoch"]) == [1, 2, 3, 4]
+    assert list(record_result.build_record(workdir, "digits:none", steps_per_epoch=2)[
+        "validation_curve_elbo_nats_by_epoch"]) == [5, 10, 20]
     assert record["train_sessions"] == 1 and 0 <= record["train_wall_s"] <= elapsed
     assert record["eval_wall_s"] == 12.0
     assert 0 < evaluation["wall_time_s"] == record_result.build_record(
