@@ -121,6 +121,19 @@ times the batch of 100): 10.5 ms of `vamp`'s 24 ms gradient, against 4.9 ms for 
 (`fastpath.gaussian_log_density_table`, benchmarks/README.md): before that, `vamp` trained at
 3,100 images/s. The conv HVAE needs a GPU: its four 64-channel gated convolutions at 28 x 28
 are some 140 GFLOP per step of 100 images, forward and backward.
+
+`convhvae_vamp` ran 4 epochs here to measure the start of its curve (2026-12-07 17:46-19:09
+UTC, 40-43 images/s beside `hvae_vamp_ema` at nice 19; 17-20 min per epoch with the
+validation pass; paused by SIGTERM at step 2,023 in ../runs/vampprior/convhvae_vamp, and its
+command resumes it). Validation ELBO at epochs 1-4: -242.21, -216.78, -207.44, -197.31
+(`hvae_vamp`, the MLP hierarchy, on the same schedule: -267.81, -221.31, -204.57, -191.87);
+its reconstruction term: 49.74, 40.39, 32.83, 28.90 (`hvae_vamp`: 61.24, 46.76, 41.64,
+39.38). In the warm-up, where the KL weight rises from 0 to 0.04, the conv decoder
+reconstructs 10 nats better and spends more KL (168 against 152 nats at epoch 4): nothing yet
+says where it ends. Record: experiments/results/mnist_vampprior_convhvae_vamp.json
+(unfinished). What finishes it: the same command on a GPU, up to 2,000 epochs (10^6 steps of
+100 images, some 1.4e17 FLOP at the 140 GFLOP per step above; no GPU was lent to measure its
+rate), then the evaluation command above.
 """
 
 from vae_jax.config_defaults import default_config
