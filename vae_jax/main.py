@@ -75,9 +75,21 @@ def main(argv):
 def _exit_with(message: str, code: int):
     """Prints `message` as the last line and exits at once. The run's files are closed by now;
     skipping the interpreter's teardown keeps orbax's asyncio tasks of a failed save (a full
-    disk) from printing "Task exception was never retrieved" tracebacks after the cause."""
+    disk) from printing "Task exception was never retrieved" tracebacks after the cause.
+
+    Orbax's threads of a failed save may still be printing tracebacks at this moment ("Event
+    loop is closed"), and sys.stderr is not thread-safe: a half-written line of theirs could
+    run into ours. So file descriptor 2 is pointed at /dev/null first (later writes of other
+    threads go nowhere) and the message goes to the real stderr on a line of its own."""
     sys.stdout.flush()
-    print(message, file=sys.stderr, flush=True)
+    try:
+        sys.stderr.flush()
+    except ValueError:  # stderr closed: the message still goes to file descriptor 2
+        pass
+    stderr_fd = os.dup(2)
+    devnull_fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull_fd, 2)
+    os.write(stderr_fd, f"\n{message}\n".encode())
     os._exit(code)
 
 
