@@ -110,8 +110,11 @@ beats the published 84.45 by 0.27 nats, more than our standard error (0.22) and 
 (0.12). With Adam at a constant learning rate of 5e-4 the last iterate carries the optimiser's
 noise; the published recipe evaluates the last iterate.
 
-Next on this CPU: `hvae_vamp_ema` (16:08-17:20 UTC on 2026-12-07 to epoch 166, best validation
-ELBO -87.35 so far, in ../runs/vampprior/hvae_vamp_ema), then `vamp_ema`. `hvae_vamp` (the
+Next on this CPU: `hvae_vamp_ema` (trained on 2026-12-07 to epoch 260.8, step 130,400, in
+../runs/vampprior/hvae_vamp_ema; record mnist_vampprior_hvae_vamp_ema.json, unfinished).
+Validation ELBO by epoch: 100: -89.55, 150: -87.73, 200: -86.76, 250: -86.16, best -86.06 at
+260 (`vamp`: -91.22, -89.90, -89.17, -88.54, -88.50; its best after 1,241 epochs was -86.28);
+61 units active of 80 at epoch 260. Then `vamp_ema`. `hvae_vamp` (the
 recipe without the EMA; the same iterates) is paused at epoch 73 (step 36,500) in
 ../runs/vampprior/hvae_vamp; rerunning its command resumes it. The curves of all recorded rows:
 experiments/results/mnist_vampprior_curves.png (`experiments/results_figure.py`).
