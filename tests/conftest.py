@@ -10,10 +10,19 @@ so the tests compile at XLA's backend optimisation level 0, without LLVM's expen
 functions; every numerical test compares against an independent reference with a tolerance,
 and the tests that compare two runs bit for bit compile both with the same flags (subprocesses
 take theirs from `xla_flags`).
+
+Many tests compile the same programs (the tiny configs, the end-to-end runs in subprocesses), so
+the run shares one JAX persistent compilation cache between the pytest-xdist workers and every
+subprocess: a fresh directory per run, made by the first process and removed by it at the end,
+so a run never reads what an earlier one compiled. `tests/test_train.py` on 2 cores went from 155
+to 120 s with it (AMD EPYC). A cached executable is looked up by a hash of the program, the
+compile options, the XLA flags and the JAX version, so it is the one a compile would give.
 """
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
@@ -28,12 +37,22 @@ def xla_flags(device_count: int | None) -> str:
 
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# xdist workers (and subprocesses) inherit the directory from the process that made it.
+_OWN_COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_COMPILATION_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vae_jax-tests-xla-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Real MNIST in TFDS format lives beside the repository on CI and development machines.
 SHARED_TFDS_DIR = REPO_ROOT.parent / "shared" / "data" / "tfds"
+
+
+def pytest_unconfigure(config):
+    if _OWN_COMPILATION_CACHE and not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
