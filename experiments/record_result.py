@@ -32,7 +32,7 @@ import argparse
 import json
 import pathlib
 
-from vae_jax import provenance
+from vae_jax import evaluate, provenance
 from vae_jax import workdir as workdir_lib
 
 REPO = provenance.REPO
@@ -89,8 +89,7 @@ def build_record(workdir: pathlib.Path, experiment: str, *, eval_wall_s: float |
         raise SystemExit(f"{eval_path} scored checkpoint {evaluation['checkpoint_step']}, not "
                          f"the best on validation ({best_path}: step {best['step']}): "
                          f"evaluate with --best")
-    config = json.loads((workdir / "config.json").read_text())
-    validated = "ema" if config["optim"]["ema_decay"] > 0 else "iterate"
+    validated = evaluate.scored_parameters(evaluate.load_run_config(workdir))
     if not unfinished and evaluation.get("parameters", validated) != validated:
         raise SystemExit(f"{eval_path} scored the {evaluation['parameters']} parameters, not "
                          f"the {validated} ones the run validated: a control is written with "

@@ -1196,7 +1196,7 @@ def test_the_disentanglement_evaluation_scores_the_posterior_means(sprites_run, 
 
     # The codes are the posterior means of the images' intensities, recomputed here in float64
     # from the restored parameters (dense layers and ReLU of the MLP encoder).
-    config = evaluate._load_config(sprites_run)
+    config = evaluate.load_run_config(sprites_run)
     vae = train.make_model(config, (64, 64, 1))
     params, _ = evaluate.restore_eval_params(config, sprites_run, vae, (64, 64, 1))
     images = ground_truth.Sprites().images_from_factors(

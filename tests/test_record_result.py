@@ -82,6 +82,22 @@ def test_a_record_of_a_validation_or_latest_checkpoint_evaluation_is_refused(eva
         record_result.build_record(copy, "digits:none", steps_per_epoch=10)
 
 
+def test_a_run_from_before_the_ema_field_is_recorded_as_scoring_its_iterate(evaluated_run,
+                                                                            tmp_path):
+    # Runs trained before optim.ema_decay existed hold a config.json without it.
+    workdir, _ = evaluated_run
+    copy = tmp_path / "old_workdir"
+    copy.mkdir()
+    for path in workdir.iterdir():
+        if path.name != "config.json":
+            (copy / path.name).symlink_to(path)
+    config = json.loads((workdir / "config.json").read_text())
+    del config["optim"]["ema_decay"]
+    (copy / "config.json").write_text(json.dumps(config))
+    record = record_result.build_record(copy, "digits:none", steps_per_epoch=10)
+    assert record["eval"]["parameters"] == "iterate"
+
+
 def test_the_wall_time_survives_an_event_file_cut_short(evaluated_run, tmp_path):
     # A run killed while writing leaves a half-written last record (seen on a real run).
     workdir, _ = evaluated_run

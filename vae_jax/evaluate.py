@@ -328,7 +328,9 @@ DISENTANGLEMENT_JSON = "disentanglement.json"
 PLOTS_DIR = "plots"
 
 
-def _load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+def load_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+    """The config a training run in `workdir` was run with (its config.json, with the defaults of
+    fields added since); FileNotFoundError when `workdir` holds no run."""
     path = workdir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -661,7 +663,7 @@ def evaluate_workdir(
                          f"disentanglement_num_eval={disentanglement_num_eval} must be >= 2")
     workdir = pathlib.Path(workdir)
     out_dir = workdir if out_dir is None else pathlib.Path(out_dir)
-    config = _load_config(workdir)
+    config = load_run_config(workdir)
     scored_parameters(config, parameters)  # a bad name or a missing EMA, before anything runs
     if disentanglement and config.data.name not in ground_truth.GROUND_TRUTH_NAMES:
         raise ValueError(
@@ -716,7 +718,7 @@ def compute_evaluation(
     """The per-example numbers of `evaluate_workdir` (see there for the arguments), computed
     on every device of `devices`; nothing is written. `config` defaults to the run's."""
     workdir = pathlib.Path(workdir)
-    config = _load_config(workdir) if config is None else config
+    config = load_run_config(workdir) if config is None else config
     if jax.process_count() > 1:
         raise NotImplementedError("the evaluation command runs in a single process")
     levels, labels, data = _load_split(config, split)
