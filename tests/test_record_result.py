@@ -25,6 +25,15 @@ def evaluated_run(tmp_path_factory):
     return workdir, elapsed
 
 
+def linked_copy(workdir, copy, *, without):
+    """`copy`: a directory of links to everything in `workdir` but the file `without`."""
+    copy.mkdir()
+    for path in workdir.iterdir():
+        if path.name != without:
+            (copy / path.name).symlink_to(path)
+    return copy
+
+
 def test_the_record_carries_the_evaluation_the_best_checkpoint_and_the_curve(evaluated_run):
     workdir, elapsed = evaluated_run
     record = record_result.build_record(workdir, "digits:none", eval_wall_s=12.0,
@@ -60,22 +69,14 @@ def test_a_record_of_a_validation_or_latest_checkpoint_evaluation_is_refused(eva
                               write_plots=False, out_dir=tmp_path / "latest",
                               devices=jax.devices()[:1])
     for name, message in (("val", "'validation' split"), ("latest", "evaluate with --best")):
-        copy = tmp_path / f"{name}_workdir"
-        copy.mkdir()
-        for path in workdir.iterdir():
-            (copy / path.name).symlink_to(path)
-        (copy / "eval.json").unlink()
+        copy = linked_copy(workdir, tmp_path / f"{name}_workdir", without="eval.json")
         (copy / "eval.json").write_text((tmp_path / name / "eval.json").read_text())
         with pytest.raises(SystemExit, match=message):
             record_result.build_record(copy, "digits:none", steps_per_epoch=10)
     with pytest.raises(SystemExit, match="evaluate the run first"):
         record_result.build_record(tmp_path, "digits:none", steps_per_epoch=10)
     # An eval.json that scored other parameters than the run validated (the run kept no EMA).
-    copy = tmp_path / "ema_workdir"
-    copy.mkdir()
-    for path in workdir.iterdir():
-        if path.name != "eval.json":
-            (copy / path.name).symlink_to(path)
+    copy = linked_copy(workdir, tmp_path / "ema_workdir", without="eval.json")
     evaluation = json.loads((workdir / "eval.json").read_text())
     (copy / "eval.json").write_text(json.dumps({**evaluation, "parameters": "ema"}))
     with pytest.raises(SystemExit, match="scored the ema parameters, not the iterate ones"):
@@ -86,11 +87,7 @@ def test_a_run_from_before_the_ema_field_is_recorded_as_scoring_its_iterate(eval
                                                                             tmp_path):
     # Runs trained before optim.ema_decay existed hold a config.json without it.
     workdir, _ = evaluated_run
-    copy = tmp_path / "old_workdir"
-    copy.mkdir()
-    for path in workdir.iterdir():
-        if path.name != "config.json":
-            (copy / path.name).symlink_to(path)
+    copy = linked_copy(workdir, tmp_path / "old_workdir", without="config.json")
     config = json.loads((workdir / "config.json").read_text())
     del config["optim"]["ema_decay"]
     (copy / "config.json").write_text(json.dumps(config))
