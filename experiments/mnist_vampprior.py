@@ -110,11 +110,17 @@ beats the published 84.45 by 0.27 nats, more than our standard error (0.22) and 
 (0.12). With Adam at a constant learning rate of 5e-4 the last iterate carries the optimiser's
 noise; the published recipe evaluates the last iterate.
 
-Next on this CPU: `hvae_vamp_ema` (trained on 2026-12-07 to epoch 260.8, step 130,400, in
-../runs/vampprior/hvae_vamp_ema; record mnist_vampprior_hvae_vamp_ema.json, unfinished).
-Validation ELBO by epoch: 100: -89.55, 150: -87.73, 200: -86.76, 250: -86.16, best -86.06 at
-260 (`vamp`: -91.22, -89.90, -89.17, -88.54, -88.50; its best after 1,241 epochs was -86.28);
-61 units active of 80 at epoch 260. Then `vamp_ema`. `hvae_vamp` (the
+Next on this CPU: `hvae_vamp_ema` (trained on 2026-12-07 to epoch 851.6, step 425,800, in
+../runs/vampprior/hvae_vamp_ema over four sessions; record mnist_vampprior_hvae_vamp_ema.json,
+unfinished; 3,320 images/s median alone, about 240 epochs an hour with the validation pass).
+Validation ELBO by epoch: 100: -89.55, 200: -86.76, 300: -85.74, 400: -85.22, 500: -84.89,
+600: -84.69, 700: -84.53, 800: -84.43, best -84.36 at 851 (`vamp`: -91.22, -89.17, -88.12,
+-87.61, -87.31, -87.06, -86.89, -86.78, -86.72; its best after 1,241 epochs was -86.28); 49
+units active of 80. A validation probe at step 423,000 (`evaluate --split validation
+--max_examples 2000 --num_importance_samples 1000`, the first 2,000 validation images): NLL
+81.83, 1.14 +- 0.06 nats below `vamp`'s best checkpoint on the same images (82.97; paired,
+`experiments/compare_evaluations.py`), whose test NLL is 82.49; the EMA gains 0.34 +- 0.02 nats
+of it over the run's own iterate at that step (82.17). Then `vamp_ema`. `hvae_vamp` (the
 recipe without the EMA; the same iterates) is paused at epoch 73 (step 36,500) in
 ../runs/vampprior/hvae_vamp; rerunning its command resumes it. The curves of all recorded rows:
 experiments/results/mnist_vampprior_curves.png (`experiments/results_figure.py`).
