@@ -21,6 +21,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -85,13 +86,23 @@ def _worker(spec: dict) -> dict:
     return out
 
 
+def worker_xla_flags() -> str:
+    """The caller's XLA_FLAGS without a fake device count: every worker has one CPU device, as a
+    user's run has (the tests ask for eight), and the caller's other flags (the benchmark's
+    test compiles fast, as every test does)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    return " ".join(re.sub(r"--xla_force_host_platform_device_count=\S*", "", flags).split())
+
+
 def _run_worker(spec: dict) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
     if spec.get("omp_passive"):
         # With other jobs on the cores, spinning OpenMP threads wait for descheduled peers:
         # small GEMMs measured 2-10x slower here with 2 threads. Passive waiting avoids that.
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    env.pop("XLA_FLAGS", None)  # one CPU device, as a user's run has (tests set eight)
+    env.pop("XLA_FLAGS", None)
+    if flags := worker_xla_flags():
+        env["XLA_FLAGS"] = flags
     proc = subprocess.run([sys.executable, str(HERE / "run.py"), "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env, cwd=REPO_ROOT)
     for line in reversed(proc.stdout.splitlines()):
@@ -220,7 +231,8 @@ def _machine(torch_available: bool) -> dict:
             pass
     return {"cpu": provenance.cpu_model(), "cores": os.cpu_count(),
             "python": platform.python_version(),
-            "load_average_at_start": os.getloadavg(), **versions}
+            "load_average_at_start": os.getloadavg(), "xla_flags": worker_xla_flags(),
+            **versions}
 
 
 def main(argv=None):

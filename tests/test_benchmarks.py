@@ -8,14 +8,14 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO_ROOT, xla_flags
+from tests.conftest import FAST_COMPILE_FLAGS, REPO_ROOT, xla_flags
 
 WORKLOADS = ("W1", "W2", "W3", "W4")
 
 
 def test_quick_benchmark_writes_every_workload(mnist_data_dir, tmp_path):
     out = tmp_path / "results.json"
-    env = dict(os.environ, XLA_FLAGS=xla_flags(None))  # the machine's own devices
+    env = dict(os.environ, XLA_FLAGS=xla_flags(8))  # eight fake devices, as the tests have
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "benchmarks" / "run.py"), "--quick",
          "--data_dir", mnist_data_dir, "--out", str(out)],
@@ -23,6 +23,9 @@ def test_quick_benchmark_writes_every_workload(mnist_data_dir, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     results = json.loads(out.read_text())
+    # The workers drop the fake device count (one CPU device, as a user's run has) and keep
+    # the other flags: --quick compiles fast, as the tests do.
+    assert results["machine"]["xla_flags"] == FAST_COMPILE_FLAGS
     assert set(results["workloads"]) == set(WORKLOADS)
     torch_installed = "torch" in results["machine"]
     for name in WORKLOADS:
