@@ -526,6 +526,50 @@ def test_run_in_batches_pads_the_last_batch_and_agrees_with_one_call(ppca):
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def _counted(program, calls, *, stop_at=None):
+    """`program`, appending to `calls` at each call; raises _Interrupted at call `stop_at`."""
+    def run(*args):
+        if len(calls) == stop_at:
+            raise _Interrupted
+        calls.append(1)
+        return program(*args)
+    return run
+
+
+def test_run_in_batches_continues_after_the_batches_its_progress_holds(ppca, tmp_path):
+    params, x, _ = ppca
+    x13 = np.concatenate([x, x[:5]])  # 13 rows: batches of 4, 4, 4 and 1
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    program = evaluate.make_nll_program(mesh, PPCA_VAE, num_samples=100, chunk_size=50)
+    params, key = parallel.replicate(params, mesh), parallel.replicate(jax.random.key(5), mesh)
+    path = tmp_path / "progress.npz"
+
+    def run(calls, identity="a", stop_at=None):
+        progress = evaluate.BatchProgress(path, identity, every_s=0.0)
+        return evaluate.run_in_batches(_counted(program, calls, stop_at=stop_at), params, x13,
+                                       key, mesh, batch_size=4, progress=progress)
+
+    want = evaluate.run_in_batches(program, params, x13, key, mesh, batch_size=4)
+    calls = []
+    with pytest.raises(_Interrupted):
+        run(calls, stop_at=2)
+    np.testing.assert_array_equal(np.load(path)["done"], want[:8])
+    calls = []
+    np.testing.assert_array_equal(run(calls), want)
+    assert len(calls) == 2  # the two batches the interrupted run had not finished
+    # Saved under another identity (other arguments, parameters, data) or unreadable: all
+    # four batches again, and the file replaced.
+    for prepare in (lambda: None, lambda: path.write_bytes(b"not an npz")):
+        prepare()
+        calls = []
+        np.testing.assert_array_equal(run(calls, identity="b"), want)
+        assert len(calls) == 4 and str(np.load(path)["identity"]) == "b"
+
+
 def test_per_example_metrics_on_eight_devices(ppca):
     params, x, exact_b = ppca
     x64 = np.tile(x, (8, 1, 1, 1))  # 8 independent copies of every example (distinct ids)
@@ -749,6 +793,39 @@ def test_an_evaluation_writing_into_a_workdir_in_use_is_refused(two_checkpoint_r
     finally:
         training.release()
     assert reported[0]["checkpoint_step"] == 7 and not (workdir / "eval.json").exists()
+
+
+def test_an_interrupted_evaluation_continues_where_it_stopped(two_checkpoint_run, tmp_path,
+                                                               monkeypatch):
+    workdir, _, _ = two_checkpoint_run
+    small = dict(_SMALL_EVALUATION, devices=jax.devices()[:1])  # two NLL batches of 8
+    reference = evaluate.evaluate_workdir(workdir, out_dir=tmp_path / "reference", **small)
+    monkeypatch.setattr(evaluate, "PROGRESS_EVERY_S", 0.0)  # a save after every batch
+    make_nll_program, calls = evaluate.make_nll_program, []
+
+    def run(out_dir, stop_at=None, **kwargs):
+        monkeypatch.setattr(evaluate, "make_nll_program", lambda *a, **k: _counted(
+            make_nll_program(*a, **k), calls, stop_at=stop_at))
+        return evaluate.evaluate_workdir(workdir, out_dir=out_dir, **small, **kwargs)
+
+    out = tmp_path / "interrupted"
+    with pytest.raises(_Interrupted):
+        run(out, stop_at=1)
+    assert (out / evaluate.NLL_PROGRESS).is_file() and not (out / evaluate.EVAL_JSON).exists()
+    calls.clear()
+    result = run(out)
+    assert len(calls) == 1  # the second batch only
+    assert ({k: v for k, v in result.items() if k != "wall_time_s"}
+            == {k: v for k, v in reference.items() if k != "wall_time_s"})
+    np.testing.assert_array_equal(evaluate.load_evaluation(out)[1]["nll_nats"],
+                                  evaluate.load_evaluation(tmp_path / "reference")[1]["nll_nats"])
+    assert not (out / evaluate.NLL_PROGRESS).exists()  # eval.json holds the numbers
+    # Other arguments (here the seed of the importance samples) do not reuse the progress.
+    with pytest.raises(_Interrupted):
+        run(out, stop_at=len(calls) + 1)
+    calls.clear()
+    run(out, seed=1)
+    assert len(calls) == 2
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ prints the numbers, then writes `runs/x/eval.json`, `runs/x/per_example.npz` and
 `runs/x/plots/*.png` (or into `--out DIR`) from the run's latest checkpoint (or that of
 `--step N`). Any K >= 1 works; the chunk size only bounds memory. `compare_evaluations` (the
 command `experiments/compare_evaluations.py`) gives the difference of two rows evaluated on the
-same images with its paired standard error.
+same images with its paired standard error. Rerun after an interruption, the command continues
+the NLL pass after the batches it had finished (`NLL_PROGRESS`, `BatchProgress`).
 
 Every number asks the model (`vae_jax.model.VAE`), so it works for every prior, posterior
 family and number of layers: the NLL is `model.log_likelihood_estimate` (the one chunked scan
@@ -33,6 +34,8 @@ import json
 import math
 import pathlib
 import time
+import warnings
+import zipfile
 from typing import Callable
 
 import chex
@@ -450,14 +453,70 @@ def restore_eval_params(config, workdir, vae, image_shape, *, step=None, best=Fa
     return (state.ema_params if scored == "ema" else state.params), int(restored.step)
 
 
-def run_in_batches(program, params, x_nhwc, key, mesh, *, batch_size: int):
+NLL_PROGRESS = "nll_progress.npz"
+PROGRESS_EVERY_S = 60.0
+
+
+@dataclasses.dataclass
+class BatchProgress:
+    """The outputs (one array [n, ...]) of the batches `run_in_batches` has finished, kept in
+    `path`, an .npz with the `identity` they were computed under (a digest of everything they
+    depend on: `nll_identity`), so that an interrupted run continues after them when it is
+    run again with the same identity. A file of another identity, or an unreadable one, is
+    ignored and replaced at the next save.
+
+    Saves (atomic) come at most every `every_s` seconds and after the last batch, each inside
+    `lock()` when given; a save that meets `workdir_lib.WorkdirLocked` (a training run took
+    the workdir) is skipped, and one that cannot write (OSError: a read-only directory) turns
+    the saving off with a warning: the numbers are computed either way."""
+
+    path: pathlib.Path | None  # None: saving turned off
+    identity: str
+    every_s: float = PROGRESS_EVERY_S
+    lock: Callable[[], contextlib.AbstractContextManager] | None = None
+    _saved_at: float = dataclasses.field(default_factory=time.monotonic)
+
+    def load(self) -> np.ndarray | None:
+        try:
+            with np.load(self.path) as saved:
+                if str(saved["identity"]) == self.identity:
+                    return saved["done"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # absent or unreadable: computed again
+        return None
+
+    def save(self, done: np.ndarray, *, last: bool = False) -> None:
+        if self.path is None or (not last and time.monotonic() - self._saved_at < self.every_s):
+            return
+        try:
+            with self.lock() if self.lock else contextlib.nullcontext():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_per_example(self.path, {"identity": np.asarray(self.identity),
+                                              "done": done})
+        except workdir_lib.WorkdirLocked:
+            return  # nothing is written beside a training run
+        except OSError as err:
+            warnings.warn(f"cannot keep the evaluation's progress in {self.path} ({err}); an "
+                          "interrupted evaluation will start over", stacklevel=2)
+            self.path = None
+        self._saved_at = time.monotonic()
+
+
+def run_in_batches(program, params, x_nhwc, key, mesh, *, batch_size: int,
+                   progress: BatchProgress | None = None):
     """Runs `program(params, x, key, example_ids)` (per-example outputs, split along "batch")
     over every row of x_nhwc [N, ...] in global batches of `batch_size`, with example_ids the
     rows' positions in x_nhwc. The last batch is padded with zero rows (valid data for every
-    likelihood) whose outputs are dropped. Returns the outputs as numpy arrays [N, ...]."""
+    likelihood) whose outputs are dropped. Returns the outputs as numpy arrays [N, ...].
+
+    With `progress` (a program with one output array), the batches it holds are not run
+    again, and the finished ones are saved into it as they come."""
     n = len(x_nhwc)
     outputs = []
-    for start in range(0, n, batch_size):
+    done = None if progress is None else progress.load()
+    if done is not None:
+        outputs.append(done)
+    for start in range(0 if done is None else len(done), n, batch_size):
         x_batch = x_nhwc[start : start + batch_size]
         valid = len(x_batch)
         if valid < batch_size:
@@ -467,7 +526,27 @@ def run_in_batches(program, params, x_nhwc, key, mesh, *, batch_size: int):
         out = program(params, parallel.shard_rows(x_batch, mesh), key,
                       parallel.shard_rows(example_ids, mesh))
         outputs.append(jax.tree.map(lambda a, v=valid: np.asarray(a)[:v], out))
+        if progress is not None:
+            outputs = [np.concatenate(outputs)]
+            progress.save(outputs[0], last=start + batch_size >= n)
     return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def nll_identity(config, params, x_nhwc, key, *, num_samples: int, chunk_size: int,
+                 batch_size: int, num_devices: int) -> str:
+    """SHA-256 of everything the NLL pass's numbers depend on: the model (config, and the
+    parameters' bytes), the data (`data_fingerprint`), the key, K, the chunk and batch sizes,
+    the device count, the CPU fast paths and the JAX version."""
+    digest = hashlib.sha256(json.dumps({
+        "model": config.model.to_dict(), "cpu_fast_paths": config.run.cpu_fast_paths,
+        "num_samples": num_samples, "chunk_size": chunk_size, "batch_size": batch_size,
+        "num_devices": num_devices, "jax": jax.__version__,
+        "data": data_fingerprint(x_nhwc)}, sort_keys=True, default=str).encode())
+    for leaf in jax.tree.leaves((params, jax.random.key_data(key))):
+        leaf = np.asarray(leaf)
+        digest.update(f"{leaf.dtype}{leaf.shape}".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
 
 
 def _finite(value) -> bool:
@@ -629,6 +708,9 @@ def evaluate_workdir(
     `write_plots`, the pictures in `plots/` (see `save_plots`). eval.json is written first, so
     the numbers also survive a plotting error; written elsewhere than the workdir, it records
     the workdir it evaluated (`workdir`). A failed write raises OSError naming the directory.
+    While the NLL pass runs, `out_dir` keeps its finished batches (`NLL_PROGRESS`, removed
+    when eval.json is written), so a rerun with the same arguments after an interruption
+    continues after them (`compute_evaluation`'s `progress_dir`).
 
     An `out_dir` inside the workdir is written holding `workdir_lib.WorkdirLock(workdir,
     purpose="evaluation")`, so an evaluation never writes beside a training run: one that
@@ -673,13 +755,16 @@ def evaluate_workdir(
     if _inside(out_dir, workdir):
         _refuse_if_in_use(workdir)
     started = time.monotonic()
+    lock = ((lambda: workdir_lib.WorkdirLock(workdir, purpose="evaluation"))
+            if _inside(out_dir, workdir) else None)
     with fastpath.switched(config.run.cpu_fast_paths):
         evaluation = compute_evaluation(
             workdir, config, num_importance_samples=num_importance_samples,
             chunk_size=chunk_size, split=split, max_examples=max_examples,
             batch_size=batch_size, seed=seed, binarization_seed=binarization_seed,
             dequantization_seed=dequantization_seed, iwae_ks=iwae_ks, devices=devices,
-            step=step, best=best, parameters=parameters)
+            step=step, best=best, parameters=parameters, progress_dir=out_dir,
+            progress_lock=lock)
         result = summarise_evaluation(evaluation)
         if best:
             result["best_checkpoint"] = json.loads((workdir / "best" / "best.json").read_text())
@@ -714,9 +799,14 @@ def compute_evaluation(
     step: int | None = None,
     best: bool = False,
     parameters: str = "auto",
+    progress_dir=None,
+    progress_lock: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> Evaluation:
     """The per-example numbers of `evaluate_workdir` (see there for the arguments), computed
-    on every device of `devices`; nothing is written. `config` defaults to the run's."""
+    on every device of `devices`. `config` defaults to the run's. Nothing is written, except
+    with `progress_dir`: there the NLL pass keeps its finished batches (`NLL_PROGRESS`, a
+    `BatchProgress` saved inside `progress_lock()`), and a rerun with the same arguments
+    continues after them."""
     workdir = pathlib.Path(workdir)
     config = load_run_config(workdir) if config is None else config
     if jax.process_count() > 1:
@@ -748,13 +838,21 @@ def compute_evaluation(
     nll_key, metrics_key, diag_key, plot_key = jax.random.split(jax.random.key(seed), 4)
     replicated_params = parallel.replicate(params, mesh)
 
-    def run(program, key):
+    def run(program, key, progress=None):
         return run_in_batches(program, replicated_params, x_nhwc, parallel.replicate(key, mesh),
-                              mesh, batch_size=batch_size)
+                              mesh, batch_size=batch_size, progress=progress)
 
     options = parallel.compiler_options(convolutional=vae.convolutional)
+    progress = None
+    if progress_dir is not None:
+        identity = nll_identity(config, params, x_nhwc, nll_key,
+                                num_samples=num_importance_samples, chunk_size=chunk_size,
+                                batch_size=batch_size, num_devices=num_devices)
+        progress = BatchProgress(pathlib.Path(progress_dir) / NLL_PROGRESS, identity,
+                                 every_s=PROGRESS_EVERY_S, lock=progress_lock)
     log_px_n = run(make_nll_program(mesh, vae, num_samples=num_importance_samples,
-                                    chunk_size=chunk_size, compiler_options=options), nll_key)
+                                    chunk_size=chunk_size, compiler_options=options), nll_key,
+                   progress)
     per_example = run(make_per_example_program(functools.partial(
         per_example_metrics, vae, iwae_ks=tuple(iwae_ks)), mesh,
         compiler_options=options), metrics_key)
@@ -860,7 +958,8 @@ def summarise_evaluation(evaluation: Evaluation) -> dict:
 def write_evaluation(evaluation: Evaluation, result: dict, out_dir, *, workdir,
                      write_plots: bool = True, disentanglement_scores: dict | None = None
                      ) -> dict:
-    """Writes `result` as eval.json into `out_dir` (created if missing), the
+    """Writes `result` as eval.json into `out_dir` (created if missing) with
+    per_example.npz, removes the NLL pass's progress there (`NLL_PROGRESS`), writes the
     `disentanglement_scores` (`compute_disentanglement`), when given, as disentanglement.json
     and, with `write_plots`, the pictures into `out_dir/plots` (`save_plots`), then eval.json
     again with their paths; returns `result`. eval.json is written first, so the numbers survive a
@@ -882,6 +981,7 @@ def write_evaluation(evaluation: Evaluation, result: dict, out_dir, *, workdir,
             out_dir.mkdir(parents=True, exist_ok=True)
             workdir_lib.write_json(out_dir / EVAL_JSON, result)  # survives a plotting error
             write_per_example(out_dir / PER_EXAMPLE_NPZ, reported_per_example(evaluation))
+            (out_dir / NLL_PROGRESS).unlink(missing_ok=True)  # the numbers are written now
             factors = None
             if disentanglement_scores is not None:
                 workdir_lib.write_json(out_dir / DISENTANGLEMENT_JSON, disentanglement_scores)
