@@ -110,9 +110,14 @@ beats the published 84.45 by 0.27 nats, more than our standard error (0.22) and 
 (0.12). With Adam at a constant learning rate of 5e-4 the last iterate carries the optimiser's
 noise; the published recipe evaluates the last iterate.
 
-Next on this CPU: `hvae_vamp_ema` (trained on 2026-12-07 to epoch 851.6, step 425,800, in
-../runs/vampprior/hvae_vamp_ema over four sessions; record mnist_vampprior_hvae_vamp_ema.json,
-unfinished; 3,320 images/s median alone, about 240 epochs an hour with the validation pass).
+Next on this CPU: `hvae_vamp_ema`. It trained on 2026-12-07 to epoch 851.6 (step 425,800;
+record mnist_vampprior_hvae_vamp_ema.json, unfinished; 3,320 images/s median alone on an AMD
+EPYC, about 240 epochs an hour with the validation pass), then to epoch 910, and its workdir
+went with that machine. On 2026-12-08 its command started it again from step 0 on an Intel
+Xeon (4,300-4,800 images/s alone, about 320 epochs an hour) in ../runs/vampprior/hvae_vamp_ema,
+and it retraced the record: its validation ELBO equals the record's, to the 3 decimals
+recorded, at all 23 epochs the record holds up to epoch 140. It reached epoch 148
+that session; rerunning the command resumes it.
 Validation ELBO by epoch: 100: -89.55, 200: -86.76, 300: -85.74, 400: -85.22, 500: -84.89,
 600: -84.69, 700: -84.53, 800: -84.43, best -84.36 at 851 (`vamp`: -91.22, -89.17, -88.12,
 -87.61, -87.31, -87.06, -86.89, -86.78, -86.72; its best after 1,241 epochs was -86.28); 49
@@ -120,9 +125,13 @@ units active of 80. A validation probe at step 423,000 (`evaluate --split valida
 --max_examples 2000 --num_importance_samples 1000`, the first 2,000 validation images): NLL
 81.83, 1.14 +- 0.06 nats below `vamp`'s best checkpoint on the same images (82.97; paired,
 `experiments/compare_evaluations.py`), whose test NLL is 82.49; the EMA gains 0.34 +- 0.02 nats
-of it over the run's own iterate at that step (82.17). Then `vamp_ema`. `hvae_vamp` (the
-recipe without the EMA; the same iterates) is paused at epoch 73 (step 36,500) in
-../runs/vampprior/hvae_vamp; rerunning its command resumes it. The curves of all recorded rows:
+of it over the run's own iterate at that step (82.17). When it ends (early stopping or the
+cap), its evaluation (about 25-30 min here: the probe's 73 s for 2,000 images at K = 1,000,
+times 25; an interrupted one continues when rerun) and `record_result.py`; as a paired
+control, the same checkpoint's iterate (`--parameters iterate --out <workdir>/eval_iterate`,
+then `compare_evaluations.py`). Then `vamp_ema`. `hvae_vamp` (the recipe without the EMA;
+the same iterates) reached epoch 73 on 2026-12-07, and its workdir is gone too: its command
+starts it again. The curves of all recorded rows:
 experiments/results/mnist_vampprior_curves.png (`experiments/results_figure.py`).
 The VampPrior rows pay for 500 pseudo-inputs through the encoder at every step (five
 times the batch of 100): 10.5 ms of `vamp`'s 24 ms gradient, against 4.9 ms for all of
@@ -133,8 +142,8 @@ are some 140 GFLOP per step of 100 images, forward and backward.
 
 `convhvae_vamp` ran 4 epochs here to measure the start of its curve (2026-12-07 17:46-19:09
 UTC, 40-43 images/s beside `hvae_vamp_ema` at nice 19; 17-20 min per epoch with the
-validation pass; paused by SIGTERM at step 2,023 in ../runs/vampprior/convhvae_vamp, and its
-command resumes it). Validation ELBO at epochs 1-4: -242.21, -216.78, -207.44, -197.31
+validation pass; paused by SIGTERM at step 2,023; that workdir went with its machine, and
+the command starts the run again). Validation ELBO at epochs 1-4: -242.21, -216.78, -207.44, -197.31
 (`hvae_vamp`, the MLP hierarchy, on the same schedule: -267.81, -221.31, -204.57, -191.87);
 its reconstruction term: 49.74, 40.39, 32.83, 28.90 (`hvae_vamp`: 61.24, 46.76, 41.64,
 39.38). In the warm-up, where the KL weight rises from 0 to 0.04, the conv decoder
