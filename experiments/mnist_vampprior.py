@@ -116,8 +116,8 @@ EPYC, about 240 epochs an hour with the validation pass), then to epoch 910, and
 went with that machine. On 2026-12-08 its command started it again from step 0 on an Intel
 Xeon (4,300-4,800 images/s alone, about 320 epochs an hour) in ../runs/vampprior/hvae_vamp_ema,
 and it retraced the record: its validation ELBO equals the record's, to the 3 decimals
-recorded, at all 23 epochs the record holds up to epoch 140. It reached epoch 148
-that session; rerunning the command resumes it.
+recorded, at all 72 epochs the record holds up to epoch 630. By 02:36 UTC it had
+reached epoch 631 (best -84.70 at 592); rerunning the command resumes it.
 Validation ELBO by epoch: 100: -89.55, 200: -86.76, 300: -85.74, 400: -85.22, 500: -84.89,
 600: -84.69, 700: -84.53, 800: -84.43, best -84.36 at 851 (`vamp`: -91.22, -89.17, -88.12,
 -87.61, -87.31, -87.06, -86.89, -86.78, -86.72; its best after 1,241 epochs was -86.28); 49
